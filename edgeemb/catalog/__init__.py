@@ -1,0 +1,1 @@
+"""Data shipped with edgeemb: model manifests (models/) and recipes (recipes/)."""

@@ -1,0 +1,77 @@
+"""Quantisation formats for embedding rows, registered by name.
+
+Each format is a small frozen dataclass (the configuration) with vectorised numpy
+`quantize` / `dequantize` over whole rows: no Python loop over rows or blocks. A format turns a
+float32 matrix (n, d) into named arrays whose leading axis is the row, so a lookup is
+`np.take` on every array followed by `dequantize` of just those rows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from edgeemb.errors import EdgeembError
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class QuantFormat(ABC):
+    """A row-wise quantisation format. Subclasses set `name` and implement the two transforms."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def check_width(self, dim: int) -> None:
+        """Raise EdgeembError if rows of width `dim` cannot use this format."""
+
+    @abstractmethod
+    def quantize(self, rows: np.ndarray) -> Arrays:
+        """float32 (n, d) -> named arrays, each with n as its leading axis."""
+
+    @abstractmethod
+    def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
+        """Named arrays for n rows -> float32 (n, d)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short human label, e.g. 'int4, blocks of 32, fp16 scales'."""
+
+    def spec(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
+_REGISTRY: dict[str, type[QuantFormat]] = {}
+
+
+def register(cls: type[QuantFormat]) -> type[QuantFormat]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_format(name: str, **options) -> QuantFormat:
+    """Build a format from its name and options, e.g. get_format('int4', block_size=32)."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise EdgeembError(f"unknown quantisation format '{name}' (known: {', '.join(names())})") from None
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise EdgeembError(f"format '{name}': {exc}") from None
+
+
+def format_from_spec(spec: dict) -> QuantFormat:
+    spec = dict(spec)
+    return get_format(spec.pop("name"), **spec)
+
+
+from edgeemb.formats import integer as _integer  # noqa: E402,F401  (registers the formats)

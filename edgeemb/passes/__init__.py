@@ -1,0 +1,39 @@
+"""Recipe steps. Each step is a config (a frozen pydantic model: data) and a function
+`(EmbeddingTable, config) -> EmbeddingTable` (the work). No step knows a file format or the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from edgeemb.table import EmbeddingTable
+
+
+class StepConfig(BaseModel):
+    """Base of every step's arguments: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    config_type: type[StepConfig]
+    apply: Callable[[EmbeddingTable, StepConfig], EmbeddingTable]
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register(name: str, config_type: type[StepConfig]):
+    def wrap(function):
+        STEPS[name] = Step(name, config_type, function)
+        return function
+
+    return wrap
+
+
+from edgeemb.passes import quantize as _quantize, svd as _svd  # noqa: E402,F401  (register the steps)

@@ -1,0 +1,33 @@
+"""Progress reporting without printing: library code calls `track`, the CLI decides how it shows.
+
+The library never prints. Long loops wrap their iterable in `track(...)`; by default that is a
+no-op, and the CLI installs a renderer (rich progress bars) with `reporting(...)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+Tracker = Callable[[Iterable[T], str, int | None], Iterable[T]]
+
+_tracker: contextvars.ContextVar[Tracker | None] = contextvars.ContextVar("edgeemb_tracker", default=None)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
+    """Yield from `items`, reporting progress to the installed renderer, if any."""
+    tracker = _tracker.get()
+    return items if tracker is None else tracker(items, description, total)
+
+
+@contextlib.contextmanager
+def reporting(tracker: Tracker) -> Iterator[None]:
+    """Install `tracker` for the duration of the block."""
+    token = _tracker.set(tracker)
+    try:
+        yield
+    finally:
+        _tracker.reset(token)

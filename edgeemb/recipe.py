@@ -1,0 +1,127 @@
+"""Recipes: a short YAML list of named steps with arguments, validated on load.
+
+    name: svd-int4
+    description: low-rank factors, then int4 blocks
+    steps:
+      - svd: {rank: 128}
+      - quantize: {format: int4, block_size: 32}
+    evaluate:            # optional; paths are the user's data, relative to the working directory
+      sts: data/stsb_en_dev.tsv
+
+Unknown steps and keys are errors that name the offending key. A recipe's `digest` hashes its
+validated content (defaults filled in), so two runs of the same recipe are recognisably the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from edgeemb.errors import EdgeembError
+from edgeemb.passes import STEPS, StepConfig
+from edgeemb.table import EmbeddingTable
+
+DEFAULT_RECIPE = "int4"
+_TOP_KEYS = {"name", "description", "steps", "evaluate"}
+_EVALUATE_KEYS = ("sts", "beir", "texts")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    steps: tuple[tuple[str, StepConfig], ...]
+    description: str = ""
+    evaluate: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "steps": [{name: config.model_dump(mode="json")} for name, config in self.steps],
+            "evaluate": dict(self.evaluate),
+        }
+
+    @property
+    def digest(self) -> str:
+        content = {k: v for k, v in self.to_dict().items() if k != "evaluate"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def apply(self, table: EmbeddingTable) -> EmbeddingTable:
+        for name, config in self.steps:
+            table = STEPS[name].apply(table, config)
+        return table
+
+
+def builtin_recipes() -> dict[str, Path]:
+    folder = resources.files("edgeemb.catalog.recipes")
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def load_recipe(spec: str | Path | None = None) -> Recipe:
+    """A recipe from a YAML path, or by the name of one shipped in recipes/ (default: int4)."""
+    spec = DEFAULT_RECIPE if spec is None else spec
+    path = Path(spec)
+    if not path.exists():
+        known = builtin_recipes()
+        if str(spec) not in known:
+            raise EdgeembError(f"no recipe '{spec}': not a file, nor a built-in recipe ({', '.join(sorted(known))})")
+        path = known[str(spec)]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise EdgeembError(f"recipe {path}: cannot read it as YAML ({' '.join(str(exc).split())})") from None
+    return parse_recipe(data, default_name=path.stem, origin=str(path))
+
+
+def parse_recipe(data: object, default_name: str = "recipe", origin: str = "recipe") -> Recipe:
+    def fail(message: str) -> EdgeembError:
+        return EdgeembError(f"recipe {origin}: {message}")
+
+    if not isinstance(data, dict):
+        raise fail("expected a mapping with a 'steps' list")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise fail(f"unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    raw_steps = data.get("steps")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise fail("'steps' must be a non-empty list, e.g. [{quantize: {format: int4}}]")
+    steps = tuple(_parse_step(item, index, fail) for index, item in enumerate(raw_steps, start=1))
+    evaluate = data.get("evaluate") or {}
+    if not isinstance(evaluate, dict) or set(evaluate) - set(_EVALUATE_KEYS):
+        raise fail(f"'evaluate' takes only {', '.join(_EVALUATE_KEYS)} (paths to the user's data)")
+    return Recipe(
+        name=str(data.get("name") or default_name),
+        description=str(data.get("description") or ""),
+        steps=steps,
+        evaluate={key: str(value) for key, value in evaluate.items()},
+    )
+
+
+def _parse_step(item: object, index: int, fail) -> tuple[str, StepConfig]:
+    if isinstance(item, str):
+        item = {item: {}}
+    if not isinstance(item, dict) or len(item) != 1:
+        raise fail(f"step {index} must be one 'name: {{arguments}}' mapping")
+    (name, arguments), = item.items()
+    if name not in STEPS:
+        raise fail(f"step {index}: unknown step '{name}' (known: {', '.join(sorted(STEPS))})")
+    config_type = STEPS[name].config_type
+    try:
+        return name, config_type.model_validate(arguments or {})
+    except ValidationError as exc:
+        raise fail(f"step {index} '{name}': {_first_error(exc, config_type)}") from None
+
+
+def _first_error(exc: ValidationError, config_type: type[StepConfig]) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (allowed: {', '.join(config_type.model_fields)})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message

@@ -1,0 +1,41 @@
+"""Open a model's embedding table from a short name, a Hugging Face directory or a GGUF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeemb.errors import EdgeembError
+from edgeemb.sources.base import SourceModel
+from edgeemb.sources.catalog import DEFAULT_MODEL, catalog, locate
+
+__all__ = ["SourceModel", "open_model", "resolve_model"]
+
+
+def resolve_model(spec: str | Path | None) -> tuple[str, Path]:
+    """(name, path) for a catalog name or an existing path."""
+    spec = DEFAULT_MODEL if spec is None else str(spec)
+    entries = catalog()
+    if spec in entries:
+        return spec, locate(entries[spec])
+    path = Path(spec)
+    if not path.exists():
+        raise EdgeembError(f"no model '{spec}': not a known name ({', '.join(sorted(entries))}) nor an existing path")
+    return spec, path
+
+
+def open_model(spec: str | Path | None = None) -> SourceModel:
+    """Load the embedding table of `spec` (default: the embedded MiniLM)."""
+    name, path = resolve_model(spec)
+    if path.is_file() and path.suffix == ".safetensors":
+        path = path.parent
+    if path.is_dir():
+        from edgeemb.sources.hf import load_hf
+
+        return load_hf(path, name)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"GGUF" or path.suffix == ".gguf":
+        from edgeemb.sources.gguf import load_gguf
+
+        return load_gguf(path, name)
+    raise EdgeembError(f"{path}: not a model directory or a GGUF file")

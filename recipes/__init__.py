@@ -1,0 +1,1 @@
+"""Recipes shipped with edgeemb (YAML data; this file makes the folder installable as package data)."""

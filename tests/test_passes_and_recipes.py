@@ -1,0 +1,91 @@
+"""Recipe steps (svd, quantize) and recipe validation."""
+
+import numpy as np
+import pytest
+
+from edgeemb.errors import EdgeembError
+from edgeemb.passes.quantize import QuantizeConfig, quantize
+from edgeemb.passes.svd import SVDConfig, svd
+from edgeemb.recipe import builtin_recipes, load_recipe, parse_recipe
+from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
+
+
+@pytest.fixture
+def low_rank_weight():
+    """Rank 8 plus a common offset and a little noise: 1000 x 64."""
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal((1000, 8)) @ rng.standard_normal((8, 64))
+    return (signal + 3.0 + 1e-3 * rng.standard_normal((1000, 64))).astype(np.float32)
+
+
+def test_svd_recovers_a_low_rank_table(low_rank_weight):
+    table = svd(DenseTable(low_rank_weight), SVDConfig(rank=8))
+    assert isinstance(table, LowRankTable) and table.rank == 8
+    error = np.linalg.norm(table.to_dense() - low_rank_weight) / np.linalg.norm(low_rank_weight)
+    assert error < 1e-3
+    assert table.nbytes == 4 * (1000 * 8 + 8 * 64 + 64)
+
+
+def test_svd_rank_by_energy_and_by_bytes(low_rank_weight):
+    by_energy = svd(DenseTable(low_rank_weight), SVDConfig(energy=0.99, round_to=4))
+    assert by_energy.rank == 8  # 8 components hold all but noise; rounded to a multiple of 4
+    by_bytes = svd(DenseTable(low_rank_weight), SVDConfig(max_bytes=4 * (1000 * 16 + 16 * 64 + 64), round_to=8))
+    assert by_bytes.rank == 16 and by_bytes.nbytes <= 4 * (1000 * 16 + 16 * 64 + 64)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"rank": 64}, "must be smaller than the table width 64"),
+    ({"rank": 500}, "must be smaller than the table width 64"),
+    ({"max_bytes": 100}, "too small"),
+    ({"energy": 1.0, "round_to": 64}, "would not compress"),
+])
+def test_impossible_ranks_are_clear_errors(low_rank_weight, config, message):
+    with pytest.raises(EdgeembError, match=message):
+        svd(DenseTable(low_rank_weight), SVDConfig(**config))
+
+
+def test_quantize_after_svd_quantizes_the_tall_factor(low_rank_weight):
+    table = quantize(svd(DenseTable(low_rank_weight), SVDConfig(rank=32)), QuantizeConfig(format="int4", block_size=32))
+    assert isinstance(table.left, QuantizedTable) and table.right.dtype == np.float16
+    assert table.nbytes == 1000 * 32 // 2 + 1000 * 2 + 32 * 64 * 2 + 64 * 2
+    with pytest.raises(EdgeembError, match="already quantised"):
+        quantize(table, QuantizeConfig(format="int8"))
+
+
+def test_every_builtin_recipe_loads_and_validates():
+    recipes = builtin_recipes()
+    assert {"int4", "int8"} <= set(recipes)
+    for name in recipes:
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.steps
+
+
+def test_recipe_digest_is_stable_and_fills_defaults():
+    a = parse_recipe({"steps": [{"quantize": {"format": "int4"}}]})
+    b = parse_recipe({"steps": [{"quantize": {"format": "int4", "factor_dtype": "float16"}}]})
+    c = parse_recipe({"steps": [{"quantize": {"format": "int8"}}]})
+    assert a.digest == b.digest != c.digest
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"steps": [{"prune": {}}]}, "step 1: unknown step 'prune'"),
+    ({"steps": [{"svd": {"rnk": 3}}]}, "step 1 'svd': unknown key 'rnk'"),
+    ({"steps": [{"svd": {"rank": 3, "energy": 0.9}}]}, "exactly one of rank, energy, max_bytes"),
+    ({"steps": [{"quantize": {"format": "int7"}}]}, "unknown quantisation format 'int7'"),
+    ({"steps": [{"quantize": {"format": "int4"}}], "stpes": []}, "unknown key 'stpes'"),
+    ({"steps": []}, "non-empty list"),
+    ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
+    ("just text", "expected a mapping"),
+])
+def test_bad_recipes_name_the_problem(data, message):
+    with pytest.raises(EdgeembError, match=message):
+        parse_recipe(data, origin="r.yaml")
+
+
+def test_recipe_files_unreadable_or_unknown(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [unclosed")
+    with pytest.raises(EdgeembError, match="cannot read it as YAML"):
+        load_recipe(bad)
+    with pytest.raises(EdgeembError, match="no recipe 'nosuch'"):
+        load_recipe("nosuch")

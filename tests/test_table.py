@@ -1,0 +1,112 @@
+"""The core table type: storages, exact bytes, lookup, serialisation; and the integer formats."""
+
+import numpy as np
+import pytest
+
+from edgeemb.errors import EdgeembError
+from edgeemb.formats import get_format
+from edgeemb.table import DenseTable, LowRankTable, QuantizedTable, load_table, save_table
+
+
+@pytest.fixture
+def weight():
+    return np.random.default_rng(0).standard_normal((300, 128)).astype(np.float32)
+
+
+@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int8", 32, 8), ("int4", 32, 4), ("int4", 64, 4)])
+def test_integer_round_trip_within_half_a_step(weight, name, block, bits):
+    fmt = get_format(name, block_size=block)
+    arrays = fmt.quantize(weight)
+    restored = fmt.dequantize(arrays, weight.shape[1])
+    size = block or weight.shape[1]
+    scales = np.abs(arrays["scales"].astype(np.float32))
+    step = np.repeat(scales, size, axis=1)
+    error = np.abs(restored - weight)
+    # Round to nearest: within half a step, except values of the opposite sign to the block's
+    # extreme beyond the top level (2**(bits-1) - 1 steps), which clip by at most one step.
+    beyond_top = np.abs(weight) > ((1 << (bits - 1)) - 1) * step
+    slack = 1e-3 * step + 1e-6
+    assert np.all(error[~beyond_top] <= 0.5 * step[~beyond_top] + slack[~beyond_top])
+    assert np.all(error[beyond_top] <= step[beyond_top] + slack[beyond_top])
+    assert arrays["codes"].nbytes == weight.size * bits // 8
+    assert arrays["scales"].shape == (weight.shape[0], weight.shape[1] // size)
+
+
+def test_int4_packs_low_nibble_first():
+    fmt = get_format("int4", block_size=16)
+    row = np.zeros((1, 16), np.float32)
+    row[0, 0], row[0, 1] = -8.0, 1.0  # extreme -8 gives scale 1, so codes are value + 8
+    codes = fmt.quantize(row)["codes"]
+    assert codes[0, 0] == (0 | (9 << 4))  # low nibble: code 0 (value -8), high nibble: code 9 (value 1)
+    assert codes[0, 1] == (8 | (8 << 4))
+
+
+def test_int4_uses_all_sixteen_levels_and_exact_extreme():
+    fmt = get_format("int4", block_size=16)
+    row = np.linspace(-1, 1, 16, dtype=np.float32)[None]
+    restored = fmt.dequantize(fmt.quantize(row), 16)
+    assert restored[0, 0] == pytest.approx(-1.0, abs=1e-3)  # the extreme sits exactly on a level
+
+
+def test_zero_rows_stay_zero():
+    fmt = get_format("int4", block_size=32)
+    zeros = np.zeros((3, 64), np.float32)
+    assert np.array_equal(fmt.dequantize(fmt.quantize(zeros), 64), zeros)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("int4", {"block_size": 48}, "does not divide"),
+    ("int5", {}, "unknown quantisation format"),
+    ("int4", {"bits": 3}, "unexpected keyword"),
+])
+def test_bad_formats_are_clear(weight, name, options, message):
+    with pytest.raises(EdgeembError, match=message):
+        get_format(name, **options).check_width(weight.shape[1])
+
+
+def test_bytes_are_exact_and_lookup_matches_dense(weight):
+    dense = DenseTable(weight)
+    quantized = QuantizedTable.quantize(weight, get_format("int4", block_size=32))
+    assert dense.nbytes == 300 * 128 * 4
+    assert quantized.nbytes == 300 * 128 // 2 + 300 * (128 // 32) * 2
+    assert quantized.bits_per_param == pytest.approx(4.5)
+    ids = np.array([5, 0, 299, 5])
+    assert np.array_equal(quantized.lookup(ids), quantized.to_dense()[ids])
+
+
+def test_low_rank_lookup_and_bytes(weight):
+    left = DenseTable(weight[:, :16].copy())
+    right = np.random.default_rng(1).standard_normal((16, 128)).astype(np.float16)
+    bias = np.ones(128, np.float16)
+    table = LowRankTable(left, right, bias)
+    ids = np.array([3, 7])
+    expected = weight[ids, :16] @ right.astype(np.float32) + 1.0
+    assert np.allclose(table.lookup(ids), expected, atol=1e-5)
+    assert table.nbytes == left.nbytes + right.nbytes + bias.nbytes
+
+
+@pytest.mark.parametrize("kind", ["dense", "quantized", "lowrank"])
+def test_save_and_load_round_trip_is_exact(tmp_path, weight, kind):
+    tables = {
+        "dense": DenseTable(weight),
+        "quantized": QuantizedTable.quantize(weight, get_format("int8")),
+        "lowrank": LowRankTable(QuantizedTable.quantize(weight[:, :32].copy(), get_format("int4")), weight[:32].astype(np.float16), None),
+    }
+    table = tables[kind]
+    save_table(table, tmp_path / "t.safetensors")
+    loaded = load_table(tmp_path / "t.safetensors")
+    assert type(loaded) is type(table) and loaded.nbytes == table.nbytes
+    assert np.array_equal(loaded.to_dense(), table.to_dense())
+
+
+def test_load_table_rejects_truncated_and_foreign_files(tmp_path, weight):
+    path = tmp_path / "t.safetensors"
+    save_table(DenseTable(weight), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(EdgeembError, match="not a readable safetensors"):
+        load_table(path)
+    from safetensors.numpy import save_file
+
+    save_file({"x": weight}, str(path))
+    with pytest.raises(EdgeembError, match="without an edgeemb table spec"):
+        load_table(path)
