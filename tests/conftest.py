@@ -27,8 +27,9 @@ def data_file(*parts: str) -> Path:
 def tiny_model(tmp_path_factory) -> Path:
     """A random 1-layer BERT sentence-transformers model (vocab 192, dim 64) with a WordPiece vocab."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import BertConfig, BertModel
 
     root = tmp_path_factory.mktemp("tiny")
     base = root / "base"
@@ -40,12 +41,28 @@ def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128, max_position_embeddings=64)
     BertModel(config).save_pretrained(base)
-    BertTokenizerFast(vocab_file=str(base / "vocab.txt")).save_pretrained(base)
+    _wordpiece_tokenizer(vocab).save_pretrained(base)
     transformer = models.Transformer(str(base), max_seq_length=32)
     model = SentenceTransformer(modules=[transformer, models.Pooling(64, "mean")], device="cpu")
     path = root / "tiny-st"
     model.save(str(path))
     return path
+
+
+def _wordpiece_tokenizer(vocab: list[str]):
+    """A BERT-style WordPiece tokenizer over `vocab` (built directly: transformers 5 ignores vocab_file)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+    )
 
 
 @pytest.fixture(scope="session")

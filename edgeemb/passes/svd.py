@@ -1,7 +1,6 @@
 """`svd`: replace the table by a low-rank factorisation, rows = left[ids] @ right + mean.
 
-The right factor is the top principal directions of the (mean-centred) table, found from the
-dim x dim Gram matrix: exact and fast for a tall, skinny table such as 262144 x 640.
+The right factor is the top principal directions of the (mean-centred) table (see spectrum.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pydantic import Field, model_validator
 
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import StepConfig, register
-from edgeemb.progress import track
+from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable
 
 _CHUNK_ROWS = 32768
@@ -37,21 +36,6 @@ class SVDConfig(StepConfig):
         return self
 
 
-def principal_directions(weight: np.ndarray, mean: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values (descending) and right singular vectors (dim x dim) of weight - mean."""
-    dim = weight.shape[1]
-    gram = np.zeros((dim, dim), dtype=np.float64)
-    starts = range(0, weight.shape[0], _CHUNK_ROWS)
-    for start in track(starts, "svd: gram matrix", len(starts)):
-        chunk = weight[start : start + _CHUNK_ROWS].astype(np.float64)
-        if mean is not None:
-            chunk -= mean
-        gram += chunk.T @ chunk
-    eigenvalues, vectors = np.linalg.eigh(gram)
-    order = np.argsort(eigenvalues)[::-1]
-    return np.sqrt(np.clip(eigenvalues[order], 0, None)), vectors[:, order]
-
-
 def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> int:
     dim = len(singular_values)
     if config.rank is not None:
@@ -60,8 +44,7 @@ def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> in
             raise EdgeembError(f"svd: rank {rank} must be smaller than the table width {dim} to compress it")
         return rank
     if config.energy is not None:
-        energy = np.cumsum(singular_values**2) / np.sum(singular_values**2)
-        needed = int(np.searchsorted(energy, config.energy - 1e-12) + 1)
+        needed = energy_rank(singular_values**2, config.energy)
         rank = -(-needed // config.round_to) * config.round_to
         if rank >= dim:
             raise EdgeembError(
@@ -85,7 +68,8 @@ def svd(table: EmbeddingTable, config: SVDConfig) -> LowRankTable:
         raise EdgeembError("svd: the table is already low-rank")
     weight = table.to_dense()
     mean = weight.mean(axis=0, dtype=np.float64) if config.center else None
-    singular_values, vectors = principal_directions(weight, mean)
+    eigenvalues, vectors = descending_eigh(centred_gram(weight, mean, "svd: gram matrix"))
+    singular_values = np.sqrt(eigenvalues)
     rank = choose_rank(config, singular_values, weight.shape[0])
     basis = vectors[:, :rank].astype(np.float32)
     shift = np.zeros(weight.shape[1], np.float32) if mean is None else mean.astype(np.float32)

@@ -1,0 +1,274 @@
+"""The `edgeemb` command: a thin Click layer that parses, calls the library, and prints.
+
+Errors from the library (EdgeembError) become one line on stderr and exit status 1; progress bars
+go to stderr, so `--json` output on stdout stays clean for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from edgeemb import __version__
+from edgeemb.errors import EdgeembError
+from edgeemb.progress import reporting
+from edgeemb.report.markdown import human_bytes
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeembError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def _progress_bars():
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True, disable=not err_console.is_terminal,
+    )
+
+    def tracker(items, description, total):
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
+        progress.remove_task(task)
+
+    with progress, reporting(tracker):
+        yield
+
+
+def _print_json(data: dict) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _refuse_existing(path: Path | None, force: bool) -> None:
+    if path is not None and path.exists() and not force:
+        raise EdgeembError(f"{path} already exists; pass --force to replace it")
+
+
+_model_argument = click.argument("model", required=False, metavar="[MODEL]")
+_MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or sentence-transformers directory, or a GGUF file. Default: minilm."
+
+
+def _data_options(function):
+    function = click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text, one text per line: cosine of original vs compressed sentence embeddings.")(function)
+    function = click.option("--beir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10.")(function)
+    function = click.option("--sts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model.")(function)
+    return function
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeemb")
+def main() -> None:
+    """Compress the token embedding table of small models for edge devices, and measure what it cost.
+
+    \b
+    edgeemb inspect gemma3-270m          what the table is and how compressible it looks
+    edgeemb compress                      default recipe (int4) on the embedded MiniLM
+    edgeemb compress minilm -r int8 --sts stsb_en_dev.tsv -o out/minilm-int8
+    edgeemb evaluate out/minilm-int8 --beir cranfield_beir/
+    """
+
+
+_INSPECT_HELP = """Describe MODEL's embedding table: size and share of the model, dtype, tying, SVD
+spectrum, per-dimension variance, anisotropy, hubness and rows that look untrained.
+
+""" + _MODEL_HELP
+
+
+@main.command(help=_INSPECT_HELP)
+@_model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: spectrum, per-dimension variance, row norms, hubness.")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the row samples.")
+def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, seed: int) -> None:
+    from edgeemb.analysis import analyze_table
+    from edgeemb.pipeline import model_facts
+    from edgeemb.sources import open_model
+
+    _refuse_existing(plot, force)
+    with _progress_bars():
+        source = open_model(model)
+        analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
+    if plot is not None:
+        from edgeemb.report.plots import plot_analysis
+
+        plot_analysis(analysis, plot, title=f"{source.name}: {source.vocab_size} x {source.dim} embedding table")
+    facts = model_facts(source)
+    if as_json:
+        _print_json({"model": facts, "analysis": asdict(analysis)})
+        return
+    _print_inspection(facts, analysis)
+    if plot is not None:
+        out_console.print(f"plot written to {plot}")
+
+
+_COMPRESS_HELP = """Compress MODEL's embedding table with a recipe and write OUT/: the table
+(safetensors), manifest.json, report.json and report.md.
+
+Quality is always measured on the table itself; pass --sts/--beir/--texts (or name them in the
+recipe's `evaluate:`) to measure the whole sentence-embedding model too. """ + _MODEL_HELP
+
+
+@main.command(help=_COMPRESS_HELP)
+@_model_argument
+@click.option("-r", "--recipe", help="Recipe YAML file or built-in name (see `edgeemb recipes`). Default: int4.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None, texts: Path | None, as_json: bool) -> None:
+    from edgeemb.pipeline import EvaluationData, compress as run
+
+    with _progress_bars():
+        result = run(model, recipe, out, force=force, data=EvaluationData(sts, beir, texts))
+    if as_json:
+        _print_json(result.report)
+        return
+    _print_report(result.report)
+    out_console.print(f"written to {result.out}/ (report.md, report.json, manifest.json, table.safetensors)")
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(out: Path, sts: Path | None, beir: Path | None, texts: Path | None, as_json: bool) -> None:
+    """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
+    from edgeemb.pipeline import EvaluationData, evaluate_artifact
+
+    with _progress_bars():
+        report = evaluate_artifact(out, EvaluationData(sts, beir, texts))
+    if as_json:
+        _print_json(report)
+        return
+    _print_report(report)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """List the short model names, what installs them, and whether they are installed."""
+    import importlib.util
+
+    from edgeemb.sources.catalog import catalog
+
+    rows = [
+        {**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
+        for entry in catalog().values()
+    ]
+    if as_json:
+        _print_json({"models": rows})
+        return
+    table = Table("name", "installed", "description", "install")
+    for row in rows:
+        table.add_row(*(Text(v) for v in (row["name"], "yes" if row["installed"] else "no", row["description"], row["install"])))
+    out_console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def recipes(as_json: bool) -> None:
+    """List the built-in recipes and their steps."""
+    from edgeemb.recipe import builtin_recipes, load_recipe
+
+    loaded = [load_recipe(path).to_dict() for _, path in sorted(builtin_recipes().items())]
+    if as_json:
+        _print_json({"recipes": loaded})
+        return
+    table = Table("name", "description", "steps")
+    for recipe in loaded:
+        steps = "; ".join(f"{name} {json.dumps(args)}" for step in recipe["steps"] for name, args in step.items())
+        table.add_row(Text(recipe["name"]), Text(recipe["description"]), Text(steps))
+    out_console.print(table)
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table; values are plain text (token strings like '[unused0]' are not markup)."""
+    table = Table(title=Text(title), show_header=False)
+    for label, value in rows:
+        table.add_row(label, Text(value))
+    out_console.print(table)
+
+
+def _print_inspection(facts: dict, analysis) -> None:
+    head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[facts["tied"]]
+    _print_rows(f"{facts['name']}: embedding table", [
+        ("architecture", f"{facts['architecture']} ({facts['format']})"),
+        ("shape", f"{facts['vocab']} x {facts['dim']}  ({facts['tensor']})"),
+        ("stored as", f"{facts['stored_dtype']}, {human_bytes(facts['table_bytes'])}"),
+        ("share of model", f"{facts['table_share_of_params']:.1%} of {facts['total_params'] / 1e6:.1f} M params, {facts['table_share_of_bytes']:.1%} of weight bytes"),
+        ("output head", head),
+        *_analysis_rows(analysis),
+    ])
+
+
+def _sparkline(values: list[float], width: int = 48) -> str:
+    """Log-scaled bars of a descending spectrum, resampled to `width` columns."""
+    bars = "▁▂▃▄▅▆▇█"
+    logs = np.log10(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
+    columns = logs[np.linspace(0, len(logs) - 1, min(width, len(logs))).astype(int)]
+    span = max(columns.max() - columns.min(), 1e-12)
+    return "".join(bars[int((v - columns.min()) / span * (len(bars) - 1))] for v in columns)
+
+
+def _examples(items, limit: int = 6) -> str:
+    return ", ".join(repr(item.token) if item.token is not None else f"#{item.id}" for item in items[:limit])
+
+
+def _analysis_rows(analysis) -> list[tuple[str, str]]:
+    spectrum, variance, norms = analysis.spectrum, analysis.variance, analysis.norms
+    ranks = ", ".join(f"{float(key):.0%}: {rank}" for key, rank in spectrum.energy_rank.items())
+    ratio = "inf" if variance.max_min_ratio is None else f"{variance.max_min_ratio:.1f}x"
+    duplicates = analysis.near_duplicates
+    return [
+        ("SVD energy ranks", f"{ranks} of {analysis.dim} (mean-centred, {spectrum.method})"),
+        ("singular values", f"{_sparkline(spectrum.singular_values)}  {spectrum.singular_values[0]:.3g} … {spectrum.singular_values[-1]:.3g}"),
+        ("per-dim variance", f"{variance.min:.3g} / {variance.median:.3g} / {variance.max:.3g} (min/median/max, {ratio}); half of it in {variance.dims_for_half} dims"),
+        ("anisotropy", f"mean cosine of random row pairs {analysis.anisotropy.mean_pair_cosine:.3f}; |mean row| / mean |row| {analysis.anisotropy.mean_norm_ratio:.3f}"),
+        ("hubness", f"k-occurrence skew {analysis.hubness.skewness:.2f} (k={analysis.hubness.k}, {analysis.hubness.sample} rows), max {analysis.hubness.max_k_occurrence}, anti-hubs {analysis.hubness.antihub_fraction:.1%}"),
+        ("row norms", f"mean {norms.mean:.3g} ± {norms.std:.3g}; {norms.outlier_count} outliers ({norms.outlier_low_count} low, {norms.outlier_high_count} high): {_examples(norms.outlier_examples)}"),
+        ("near-duplicate rows", f"~{duplicates.estimated_count} ({duplicates.fraction:.1%} of {duplicates.sample} sampled) have a neighbour with cosine > {duplicates.threshold}: {_examples(duplicates.examples)}"),
+    ]
+
+
+def _print_report(report: dict) -> None:
+    model, table, quality = report["model"], report["table"], report["quality"]
+    rows = [
+        ("table bytes", f"{human_bytes(model['table_bytes'])} -> {human_bytes(table['bytes'])}  ({table['ratio_vs_source']:.2f}x smaller)"),
+        ("bits per parameter", f"{table['bits_per_param']:.2f}"),
+        *((key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in quality["table"].items()),
+    ]
+    if "sts" in quality:
+        sts = quality["sts"]
+        rows.append(("STS Spearman x100", f"{sts['original']:.2f} -> {sts['compressed']:.2f}  ({sts['delta']:+.2f}, {sts['pairs']} pairs)"))
+    if "retrieval" in quality:
+        ret = quality["retrieval"]
+        for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
+            rows.append((label, f"{ret['original'][key]:.4f} -> {ret['compressed'][key]:.4f}"))
+    if "drift" in quality:
+        drift = quality["drift"]
+        rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
+    _print_rows(f"{model['name']}: {table['storage']}", rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

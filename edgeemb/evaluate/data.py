@@ -1,0 +1,198 @@
+"""Readers for user evaluation data: STS pairs, BEIR retrieval folders and plain text lists.
+
+Every problem with the user's files surfaces as an `EdgeembError` naming the file and, where it
+helps, the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeemb.errors import EdgeembError
+
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+
+@dataclass(frozen=True)
+class StsData:
+    """Sentence pairs with gold similarity scores (any scale: only their ranks matter)."""
+
+    sentences1: list[str]
+    sentences2: list[str]
+    scores: np.ndarray  # float64, one per pair
+
+
+@dataclass(frozen=True)
+class BeirData:
+    """A retrieval collection, restricted to the queries that have judgements."""
+
+    corpus_ids: list[str]
+    corpus_texts: list[str]  # title + " " + text when the document has a title
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]  # query id -> doc id -> graded relevance
+    ignored_qrels: int  # judgements naming documents absent from the corpus (dropped)
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise EdgeembError(f"{what} not found: {path}")
+
+
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) for each non-blank line of a tab-separated, unquoted file."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for fields in reader:
+                if any(field.strip() for field in fields):
+                    yield reader.line_num, fields
+    except UnicodeDecodeError as exc:
+        raise EdgeembError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+
+
+def read_sts(path: str | Path) -> StsData:
+    """Read an STS TSV whose header names `sentence1`, `sentence2` and `score` columns."""
+    path = Path(path)
+    _require_file(path, "STS file")
+    rows = _tsv_rows(path)
+    header = next(rows, None)
+    if header is None:
+        raise EdgeembError(f"STS file {path} is empty")
+    names = [name.strip() for name in header[1]]
+    missing = [column for column in STS_COLUMNS if column not in names]
+    if missing:
+        raise EdgeembError(
+            f"STS file {path} lacks column(s) {', '.join(missing)} in its header (found: {', '.join(names)})"
+        )
+    i1, i2, iscore = (names.index(column) for column in STS_COLUMNS)
+    width = max(i1, i2, iscore) + 1
+    sentences1: list[str] = []
+    sentences2: list[str] = []
+    scores: list[float] = []
+    for line, fields in rows:
+        if len(fields) < width:
+            raise EdgeembError(
+                f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}"
+            )
+        try:
+            score = float(fields[iscore])
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise EdgeembError(f"{path} line {line}: score {fields[iscore]!r} is not a number")
+        sentences1.append(fields[i1])
+        sentences2.append(fields[i2])
+        scores.append(score)
+    if not scores:
+        raise EdgeembError(f"STS file {path} has a header but no sentence pairs")
+    return StsData(sentences1, sentences2, np.asarray(scores, dtype=np.float64))
+
+
+def _jsonl(path: Path, keys: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSON-lines file; objects hold `keys`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise EdgeembError(f"{path} line {line}: invalid JSON ({exc.msg})") from exc
+                if not isinstance(record, dict) or any(key not in record for key in keys):
+                    raise EdgeembError(f"{path} line {line}: expected a JSON object with {', '.join(keys)}")
+                yield line, record
+    except UnicodeDecodeError as exc:
+        raise EdgeembError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+
+
+def _texts_by_id(path: Path, with_title: bool) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    for line, record in _jsonl(path, ("_id", "text")):
+        doc_id = str(record["_id"])
+        if doc_id in texts:
+            raise EdgeembError(f"{path} line {line}: duplicate _id {doc_id!r}")
+        text = str(record["text"] or "")
+        title = str(record.get("title") or "") if with_title else ""
+        texts[doc_id] = f"{title} {text}".strip() if title else text
+    if not texts:
+        raise EdgeembError(f"{path} holds no records")
+    return texts
+
+
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    rows = _tsv_rows(path)
+    if next(rows, None) is None:  # the header row, whatever it names
+        raise EdgeembError(f"qrels file {path} is empty")
+    qrels: dict[str, dict[str, int]] = {}
+    for line, fields in rows:
+        if len(fields) < 3:
+            raise EdgeembError(f"{path} line {line}: expected query-id, corpus-id, score")
+        try:
+            score = int(fields[2])
+        except ValueError:
+            raise EdgeembError(f"{path} line {line}: score {fields[2]!r} is not an integer") from None
+        qrels.setdefault(fields[0].strip(), {})[fields[1].strip()] = score
+    if not qrels:
+        raise EdgeembError(f"qrels file {path} has a header but no judgements")
+    return qrels
+
+
+def read_beir(folder: str | Path) -> BeirData:
+    """Read a BEIR folder: corpus.jsonl, queries.jsonl and qrels/test.tsv."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeembError(f"BEIR folder not found: {folder}")
+    paths = {name: folder / name for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if missing:
+        raise EdgeembError(f"BEIR folder {folder} lacks {', '.join(missing)}")
+    corpus = _texts_by_id(paths["corpus.jsonl"], with_title=True)
+    queries = _texts_by_id(paths["queries.jsonl"], with_title=False)
+    judged = _read_qrels(paths["qrels/test.tsv"])
+
+    total = sum(len(docs) for docs in judged.values())
+    known = {
+        query_id: kept
+        for query_id, docs in judged.items()
+        if (kept := {doc_id: rel for doc_id, rel in docs.items() if doc_id in corpus})
+    }
+    ignored = total - sum(len(docs) for docs in known.values())
+    if ignored == total:
+        raise EdgeembError(
+            f"none of the {total} judgements in {paths['qrels/test.tsv']} names a document in corpus.jsonl"
+        )
+    # Keep the queries file's order; queries without (usable) judgements cannot be scored.
+    query_ids = [query_id for query_id in queries if query_id in known]
+    if not query_ids:
+        raise EdgeembError(f"no query in {paths['qrels/test.tsv']} appears in queries.jsonl")
+    return BeirData(
+        corpus_ids=list(corpus),
+        corpus_texts=list(corpus.values()),
+        query_ids=query_ids,
+        query_texts=[queries[query_id] for query_id in query_ids],
+        qrels={query_id: known[query_id] for query_id in query_ids},
+        ignored_qrels=ignored,
+    )
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Read a plain-text file as one text per non-empty line (surrounding whitespace dropped)."""
+    path = Path(path)
+    _require_file(path, "text file")
+    try:
+        # split("\n"), not splitlines(): the latter also breaks at form feeds and Unicode separators.
+        texts = [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise EdgeembError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    if not texts:
+        raise EdgeembError(f"text file {path} holds no non-empty lines")
+    return texts

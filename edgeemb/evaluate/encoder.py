@@ -1,0 +1,66 @@
+"""Sentence encoders for model-level evaluation: the source sentence-transformers model, with its
+input embedding table optionally replaced by a compressed table's decoded rows. That decoded table
+is exactly what a runtime's lookup of the compressed storage produces."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgeemb.errors import EdgeembError
+from edgeemb.progress import track
+
+Encode = Callable[[list[str]], np.ndarray]
+_BATCH = 64
+
+
+class SentenceEncoder:
+    """One loaded sentence-transformers model; `encoder(weight)` encodes with that table swapped in."""
+
+    def __init__(self, path: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        torch.manual_seed(0)
+        try:
+            self._model = SentenceTransformer(os.fspath(path), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EdgeembError(f"{path}: cannot load as a sentence-transformers model ({exc})") from None
+        self._embedding = self._model[0].auto_model.get_input_embeddings()
+        self._original = self._embedding.weight.data.clone()
+
+    def encoder(self, weight: np.ndarray | None = None, label: str = "encode") -> Encode:
+        """An encode function using `weight` as the input table (None: the original table)."""
+        import torch
+
+        table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+        if table.shape != self._original.shape:
+            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {tuple(self._original.shape)}")
+
+        def encode(texts: list[str]) -> np.ndarray:
+            self._embedding.weight.data = table
+            starts = range(0, len(texts), _BATCH)
+            batches = [
+                self._model.encode(texts[s : s + _BATCH], batch_size=_BATCH, convert_to_numpy=True, show_progress_bar=False)
+                for s in track(starts, label, len(starts))
+            ]
+            return np.concatenate(batches).astype(np.float32, copy=False)
+
+        return encode
+
+
+def memoize(encode: Encode) -> Encode:
+    """Encode each distinct text once, however many metrics ask for it."""
+    cache: dict[str, np.ndarray] = {}
+
+    def cached(texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            cache.update(zip(missing, encode(missing)))
+        return np.stack([cache[t] for t in texts])
+
+    return cached

@@ -1,0 +1,169 @@
+"""The main path: model -> recipe -> compressed table -> quality report -> OUT/.
+
+    from edgeemb import compress
+    result = compress("minilm", "int4", "out/minilm-int4")
+    result.report["table"]["ratio_vs_source"]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeemb import __version__
+from edgeemb.artifact import check_writable, load_artifact, write_artifact
+from edgeemb.errors import EdgeembError
+from edgeemb.recipe import Recipe, load_recipe
+from edgeemb.report.markdown import render_report
+from edgeemb.sources import SourceModel, open_model
+from edgeemb.sources.catalog import catalog
+from edgeemb.table import EmbeddingTable
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The user's evaluation data, by path: STS TSV, BEIR folder, plain text (one text per line)."""
+
+    sts: Path | None = None
+    beir: Path | None = None
+    texts: Path | None = None
+
+    def any(self) -> bool:
+        return any((self.sts, self.beir, self.texts))
+
+    def merged_over(self, recipe: Recipe) -> "EvaluationData":
+        """These paths, falling back to the ones the recipe names."""
+        return EvaluationData(
+            *(getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None) for key in ("sts", "beir", "texts"))
+        )
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    out: Path
+    manifest: dict
+    report: dict
+
+
+def model_facts(model: SourceModel) -> dict:
+    return {
+        "name": model.name,
+        "path": str(model.path),
+        "format": model.format,
+        "architecture": model.architecture,
+        "tensor": model.tensor_name,
+        "vocab": model.vocab_size,
+        "dim": model.dim,
+        "stored_dtype": model.stored_dtype,
+        "table_bytes": model.stored_nbytes,
+        "table_params": model.table_params,
+        "total_params": model.total_params,
+        "total_bytes": model.total_nbytes,
+        "table_share_of_params": model.table_params / model.total_params,
+        "table_share_of_bytes": model.stored_nbytes / model.total_nbytes,
+        "tied": model.tied,
+    }
+
+
+def table_facts(table: EmbeddingTable, model: SourceModel) -> dict:
+    return {
+        "storage": table.describe(),
+        "bytes": table.nbytes,
+        "bits_per_param": table.bits_per_param,
+        "ratio_vs_source": model.stored_nbytes / table.nbytes,
+        "ratio_vs_fp32": 4 * model.table_params / table.nbytes,
+        "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.name, "bytes": a.nbytes} for name, a in table.arrays().items()},
+    }
+
+
+def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: EvaluationData = EvaluationData()) -> dict:
+    """Table-level figures always; model-level ones (STS, retrieval, drift) for the data given."""
+    from edgeemb.evaluate.table import table_quality
+
+    quality: dict = {"table": asdict(table_quality(model.table.weight, table))}
+    if not data.any():
+        return quality
+    if model.format != "sentence-transformers":
+        raise EdgeembError(
+            f"{model.name} is a {model.format} model: STS, retrieval and text drift need a sentence-embedding model"
+        )
+    from edgeemb.evaluate.data import read_beir, read_sts, read_texts
+    from edgeemb.evaluate.encoder import SentenceEncoder, memoize
+    from edgeemb.evaluate.sentence import embedding_drift, retrieval, sts_spearman
+
+    sts = read_sts(data.sts) if data.sts else None
+    beir = read_beir(data.beir) if data.beir else None
+    texts = read_texts(data.texts) if data.texts else None
+    encoder = SentenceEncoder(model.path)
+    original = memoize(encoder.encoder(None, "encode (original)"))
+    compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)"))
+    if sts is not None:
+        before, after = sts_spearman(original, sts), sts_spearman(compressed, sts)
+        quality["sts"] = {**_data_facts(data.sts), "pairs": len(sts.scores), "original": before, "compressed": after, "delta": after - before}
+    if beir is not None:
+        before, after = retrieval(original, beir), retrieval(compressed, beir)
+        quality["retrieval"] = {**_data_facts(data.beir / "qrels" / "test.tsv"), "original": asdict(before), "compressed": asdict(after)}
+    if texts is None:
+        texts = sorted(set(sts.sentences1) | set(sts.sentences2)) if sts is not None else list(beir.query_texts)
+    quality["drift"] = asdict(embedding_drift(original, compressed, texts))
+    return quality
+
+
+def compress(
+    model: str | Path | SourceModel | None = None,
+    recipe: str | Path | Recipe | None = None,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    data: EvaluationData = EvaluationData(),
+) -> CompressResult:
+    """Run `recipe` on `model`'s embedding table, evaluate it, and write OUT/ atomically."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    source = model if isinstance(model, SourceModel) else open_model(model)
+    out = Path(out) if out is not None else default_out(source, recipe)
+    check_writable(out, force)
+    data = data.merged_over(recipe)
+
+    table = recipe.apply(source.table)
+    report = {
+        "edgeemb_version": __version__,
+        "model": model_facts(source),
+        "recipe": {"name": recipe.name, "digest": recipe.digest},
+        "table": table_facts(table, source),
+        "quality": evaluate_quality(source, table, data),
+    }
+    manifest = {
+        "edgeemb_version": __version__,
+        "source": {"name": source.name, "path": str(source.path.resolve()), "sha256": source.sha256},
+        "recipe": {**recipe.to_dict(), "digest": recipe.digest},
+        "table": {"file": "table.safetensors", "shape": list(table.shape), "storage": table.describe(), "bytes": table.nbytes},
+        "source_table": {"tensor": source.tensor_name, "dtype": source.stored_dtype, "bytes": source.stored_nbytes},
+    }
+    write_artifact(out, table, manifest, report, render_report(report), force)
+    return CompressResult(out, manifest, report)
+
+
+def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) -> dict:
+    """Recompute the quality of OUT/ against its source model, which must be unchanged."""
+    artifact = load_artifact(Path(out))
+    source_info = artifact.manifest["source"]
+    source = open_model(source_info["name"] if source_info["name"] in catalog() else source_info["path"])
+    if source.sha256 != source_info["sha256"]:
+        raise EdgeembError(f"{out}: the source model {source_info['name']} changed since it was compressed (sha256 differs)")
+    return {
+        "model": model_facts(source),
+        "table": table_facts(artifact.table, source),
+        "quality": evaluate_quality(source, artifact.table, data),
+    }
+
+
+def default_out(model: SourceModel, recipe: Recipe) -> Path:
+    stem = model.name if model.name in catalog() else Path(model.name).stem
+    return Path("edgeemb-out") / f"{stem}-{recipe.name}"
+
+
+def _data_facts(path: Path) -> dict:
+    return {"data": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}

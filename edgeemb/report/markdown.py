@@ -1,0 +1,59 @@
+"""report.md: the figures of report.json, short, for people. Renders; computes nothing."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def render_report(report: dict) -> str:
+    model, table, quality = report["model"], report["table"], report["quality"]
+    head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[model["tied"]]
+    lines = [
+        f"# edgeemb: {model['name']} with recipe `{report['recipe']['name']}`",
+        "",
+        f"{model['architecture']} ({model['format']}), vocab {model['vocab']} x dim {model['dim']}; "
+        f"the table is {model['table_share_of_params']:.1%} of {model['total_params'] / 1e6:.1f} M parameters "
+        f"and {model['table_share_of_bytes']:.1%} of the weights' bytes; output head: {head}.",
+        "",
+        "| | source | compressed |",
+        "|---|---|---|",
+        f"| storage | {model['stored_dtype']} | {table['storage']} |",
+        f"| table bytes | {human_bytes(model['table_bytes'])} | {human_bytes(table['bytes'])} "
+        f"({table['ratio_vs_source']:.2f}x smaller; {table['ratio_vs_fp32']:.2f}x vs fp32) |",
+        f"| bits per parameter | {8 * model['table_bytes'] / model['table_params']:.2f} | {table['bits_per_param']:.2f} |",
+        "",
+        "## Quality",
+        "",
+        "Table level (no data):",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {key.replace('_', ' ')} | {_number(value)} |" for key, value in quality["table"].items()),
+    ]
+    if "sts" in quality or "retrieval" in quality:
+        lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |", "|---|---|---|---|---|"]
+    if "sts" in quality:
+        sts = quality["sts"]
+        lines.append(f"| STS Spearman x100 | {sts['data']} ({sts['pairs']} pairs) | {sts['original']:.2f} | {sts['compressed']:.2f} | {sts['delta']:+.2f} |")
+    if "retrieval" in quality:
+        ret = quality["retrieval"]
+        for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
+            before, after = ret["original"][key], ret["compressed"][key]
+            lines.append(f"| {label} | {ret['data']} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+    if "drift" in quality:
+        drift = quality["drift"]
+        lines += ["", f"Sentence-embedding cosine, original vs compressed, over {drift['n']} texts: "
+                  f"mean {drift['mean_cosine']:.4f}, 1st percentile {drift['p01_cosine']:.4f}, min {drift['min_cosine']:.4f}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""Figures for reports, drawn with matplotlib's Agg canvas (no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from edgeemb.analysis import TableAnalysis
+
+_LEVEL_COLOURS = {"0.90": "tab:green", "0.95": "tab:orange", "0.99": "tab:red"}
+
+
+def plot_analysis(analysis: TableAnalysis, path: Path, title: str) -> None:
+    """One PNG, four panels: spectrum, per-dimension variance, row norms, hubness."""
+    figure = Figure(figsize=(12, 8.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(f"{title}  ({analysis.rows:,} x {analysis.dim})", fontsize=13)
+    spectrum_ax, variance_ax, norms_ax, hub_ax = figure.subplots(2, 2).ravel()
+    _spectrum(spectrum_ax, analysis)
+    _variance(variance_ax, analysis)
+    _norms(norms_ax, analysis)
+    _hubness(hub_ax, analysis)
+    _save_atomic(figure, Path(path))
+
+
+def _spectrum(ax, analysis: TableAnalysis) -> None:
+    spectrum = analysis.spectrum
+    values = np.asarray(spectrum.singular_values)
+    ranks = np.arange(1, len(values) + 1)
+    ax.plot(ranks, values, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("singular value (centred)", color="tab:blue")
+    energy = np.cumsum(values**2)
+    twin = ax.twinx()
+    twin.plot(ranks, energy / energy[-1] if energy[-1] > 0 else energy, color="0.4", linestyle=":")
+    twin.set_ylabel("cumulative energy", color="0.4")
+    twin.set_ylim(0, 1.02)
+    for level, rank in spectrum.energy_rank.items():
+        ax.axvline(rank, color=_LEVEL_COLOURS[level], linestyle="--", linewidth=1, label=f"{float(level):.0%}: rank {rank}")
+    ax.legend(loc="lower left", fontsize=8)
+    source = "exact" if spectrum.method == "gram" else f"{spectrum.rows_used:,}-row sample"
+    ax.set_title(f"Singular values ({source})")
+
+
+def _variance(ax, analysis: TableAnalysis) -> None:
+    variance = analysis.variance
+    ax.plot(np.arange(1, analysis.dim + 1), np.sort(variance.variance)[::-1], color="tab:purple")
+    ax.set_yscale("log")
+    ax.set_xlabel("dimension (sorted by variance)")
+    ax.set_ylabel("variance")
+    ax.axvline(variance.dims_for_half, color="0.5", linestyle="--", linewidth=1)
+    ratio = "inf" if variance.max_min_ratio is None else f"{variance.max_min_ratio:.1f}"
+    ax.set_title(f"Per-dimension variance: max/min {ratio}, {variance.dims_for_half} dims hold 50%")
+
+
+def _norms(ax, analysis: TableAnalysis) -> None:
+    norms = analysis.norms
+    edges = np.asarray(norms.histogram_edges)
+    ax.stairs(norms.histogram_counts, edges, fill=True, color="tab:cyan", alpha=0.8)
+    ax.set_yscale("log")  # the outlier tail would be invisible next to the bulk on a linear axis
+    ax.set_xlabel("row L2 norm")
+    ax.set_ylabel("rows")
+    label = f"|robust z| > {norms.outlier_z:g}: < {norms.outlier_low:.3g} or > {norms.outlier_high:.3g}"
+    # Only bounds inside the data range: an unreached bound would stretch the axis for nothing.
+    for bound in (norms.outlier_low, norms.outlier_high):
+        if edges[0] <= bound <= edges[-1]:
+            ax.axvline(bound, color="tab:red", linestyle="--", linewidth=1, label=label)
+            label = None
+    if label is not None:
+        ax.plot([], [], color="tab:red", linestyle="--", label=label)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"Row norms: {norms.outlier_count:,} outliers ({norms.outlier_low_count:,} low, {norms.outlier_high_count:,} high)")
+
+
+def _hubness(ax, analysis: TableAnalysis) -> None:
+    hub = analysis.hubness
+    occurrence = np.asarray(hub.k_occurrence)
+    counts = np.bincount(occurrence)
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color="tab:olive")
+    ax.set_yscale("log")
+    ax.axvline(hub.k, color="0.5", linestyle="--", linewidth=1, label=f"k = {hub.k} (mean)")
+    ax.set_xlabel(f"k-occurrence N_{hub.k} (times a row is among others' {hub.k} nearest)")
+    ax.set_ylabel("rows")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(
+        f"Hubness ({hub.sample:,}-row sample)\nskew {hub.skewness:.2f}, max N_{hub.k} {hub.max_k_occurrence}, "
+        f"anti-hubs (N_{hub.k} = 0) {hub.antihub_fraction:.1%}"
+    )
+
+
+def _save_atomic(figure: Figure, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see a partial PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png", dpi=110)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make the report private
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
