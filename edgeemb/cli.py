@@ -111,7 +111,7 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
     if plot is not None:
         from edgeemb.report.plots import plot_analysis
 
-        plot_analysis(analysis, plot, title=f"{source.name}: {source.vocab_size} x {source.dim} embedding table")
+        plot_analysis(analysis, plot, title=f"{source.name}: embedding table")
     facts = model_facts(source)
     if as_json:
         _print_json({"model": facts, "analysis": asdict(analysis)})

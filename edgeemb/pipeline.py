@@ -91,14 +91,14 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
             f"{model.name} is a {model.format} model: STS, retrieval and text drift need a sentence-embedding model"
         )
     from edgeemb.evaluate.data import read_beir, read_sts, read_texts
-    from edgeemb.evaluate.encoder import SentenceEncoder, memoize
+    from edgeemb.evaluate.encoder import memoize, sentence_encoder
     from edgeemb.evaluate.sentence import embedding_drift, retrieval, sts_spearman
 
     sts = read_sts(data.sts) if data.sts else None
     beir = read_beir(data.beir) if data.beir else None
     texts = read_texts(data.texts) if data.texts else None
-    encoder = SentenceEncoder(model.path)
-    original = memoize(encoder.encoder(None, "encode (original)"))
+    encoder = sentence_encoder(model.path, model.sha256)
+    original = encoder.original
     compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)"))
     if sts is not None:
         before, after = sts_spearman(original, sts), sts_spearman(compressed, sts)

@@ -4,6 +4,7 @@ is exactly what a runtime's lookup of the compressed storage produces."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +19,16 @@ _BATCH = 64
 
 
 class SentenceEncoder:
-    """One loaded sentence-transformers model; `encoder(weight)` encodes with that table swapped in."""
+    """One loaded sentence-transformers model; `encoder(weight)` encodes with that table swapped in,
+    `original` with the model's own table (memoized: evaluating several tables encodes it once)."""
 
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # edgeemb's own progress reporting covers loading
         torch.manual_seed(0)
         try:
             self._model = SentenceTransformer(os.fspath(path), device="cpu", local_files_only=True)
@@ -32,6 +36,7 @@ class SentenceEncoder:
             raise EdgeembError(f"{path}: cannot load as a sentence-transformers model ({exc})") from None
         self._embedding = self._model[0].auto_model.get_input_embeddings()
         self._original = self._embedding.weight.data.clone()
+        self.original = memoize(self.encoder(None, "encode (original)"))
 
     def encoder(self, weight: np.ndarray | None = None, label: str = "encode") -> Encode:
         """An encode function using `weight` as the input table (None: the original table)."""
@@ -51,6 +56,12 @@ class SentenceEncoder:
             return np.concatenate(batches).astype(np.float32, copy=False)
 
         return encode
+
+
+@functools.lru_cache(maxsize=1)
+def sentence_encoder(path: Path, sha256: str) -> SentenceEncoder:
+    """The loaded model for `path`, kept while consecutive evaluations use the same model file."""
+    return SentenceEncoder(path)
 
 
 def memoize(encode: Encode) -> Encode:
