@@ -16,6 +16,7 @@ import numpy as np
 from edgeemb import __version__
 from edgeemb.artifact import check_writable, load_artifact, write_artifact
 from edgeemb.errors import EdgeembError
+from edgeemb.passes import PassContext
 from edgeemb.recipe import Recipe, load_recipe
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
@@ -127,7 +128,7 @@ def compress(
     check_writable(out, force)
     data = data.merged_over(recipe)
 
-    table = recipe.apply(source.table)
+    table = recipe.apply(source.table, PassContext(source.tokens, source.tokenize))
     report = {
         "edgeemb_version": __version__,
         "model": model_facts(source),

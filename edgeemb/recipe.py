@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import STEPS, StepConfig
+from edgeemb.passes import STEPS, PassContext, StepConfig
 from edgeemb.table import EmbeddingTable
 
 DEFAULT_RECIPE = "int4"
@@ -52,9 +52,9 @@ class Recipe:
         content = {k: v for k, v in self.to_dict().items() if k != "evaluate"}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
-    def apply(self, table: EmbeddingTable) -> EmbeddingTable:
+    def apply(self, table: EmbeddingTable, context: PassContext = PassContext()) -> EmbeddingTable:
         for name, config in self.steps:
-            table = STEPS[name].apply(table, config)
+            table = STEPS[name].apply(table, config, context)
         return table
 
 

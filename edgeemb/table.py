@@ -107,21 +107,17 @@ class QuantizedTable(EmbeddingTable):
 
     @classmethod
     def quantize(cls, weight: np.ndarray, fmt: QuantFormat) -> "QuantizedTable":
-        """Quantise a float matrix in chunks of rows (bounded temporary memory)."""
-        from edgeemb.progress import track
-
-        fmt.check_width(weight.shape[1])
-        starts = range(0, weight.shape[0], _CHUNK_ROWS)
-        parts = [fmt.quantize(weight[s : s + _CHUNK_ROWS]) for s in track(starts, f"quantize {fmt.name}", len(starts))]
-        data = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return cls(fmt, data, weight.shape[1])
+        return cls(fmt, fmt.quantize_table(weight), weight.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (next(iter(self.data.values())).shape[0], self.dim)
+        rows = next(array for name, array in self.data.items() if name not in self.format.shared).shape[0]
+        return (rows, self.dim)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
-        picked = {name: np.take(array, ids, axis=0) for name, array in self.data.items()}
+        picked = {
+            name: array if name in self.format.shared else np.take(array, ids, axis=0) for name, array in self.data.items()
+        }
         return self.format.dequantize(picked, self.dim)
 
     def arrays(self) -> Arrays:

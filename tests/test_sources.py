@@ -83,3 +83,9 @@ def test_real_minilm_from_its_package():
     assert (model.vocab_size, model.dim) == (30522, 384)
     assert model.tensor_name == "embeddings.word_embeddings.weight"
     assert 0.51 < model.table_params / model.total_params < 0.53  # the table is ~52% of the model
+
+
+def test_hf_tokenize_matches_the_vocabulary(tiny_model):
+    model = open_model(tiny_model)
+    ids = model.tokenize("people made timex")
+    assert [model.tokens[i] for i in ids] == ["people", "made", "time", "##x"]

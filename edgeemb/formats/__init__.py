@@ -2,8 +2,9 @@
 
 Each format is a small frozen dataclass (the configuration) with vectorised numpy
 `quantize` / `dequantize` over whole rows: no Python loop over rows or blocks. A format turns a
-float32 matrix (n, d) into named arrays whose leading axis is the row, so a lookup is
-`np.take` on every array followed by `dequantize` of just those rows.
+float32 matrix (n, d) into named arrays. Per-row arrays have the row as their leading axis, so a
+lookup is `np.take` on each of them followed by `dequantize` of just those rows; arrays named in
+`shared` (codebooks) belong to the whole table and are passed to `dequantize` as they are.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from edgeemb.errors import EdgeembError
 
 Arrays = dict[str, np.ndarray]
+_CHUNK_ROWS = 16384
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class QuantFormat(ABC):
     """A row-wise quantisation format. Subclasses set `name` and implement the two transforms."""
 
     name: ClassVar[str]
+    shared: ClassVar[frozenset[str]] = frozenset()  # arrays not indexed by row (e.g. codebooks)
 
     @abstractmethod
     def check_width(self, dim: int) -> None:
@@ -36,6 +39,16 @@ class QuantFormat(ABC):
     @abstractmethod
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
         """Named arrays for n rows -> float32 (n, d)."""
+
+    def quantize_table(self, weight: np.ndarray) -> Arrays:
+        """Quantise a whole table. Row-wise formats work in chunks of rows (bounded temporaries);
+        formats that learn from the whole table (codebooks) override this."""
+        from edgeemb.progress import track
+
+        self.check_width(weight.shape[1])
+        starts = range(0, weight.shape[0], _CHUNK_ROWS)
+        parts = [self.quantize(weight[s : s + _CHUNK_ROWS]) for s in track(starts, f"quantize {self.name}", len(starts))]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     @abstractmethod
     def describe(self) -> str:

@@ -1,5 +1,6 @@
 """Recipe steps. Each step is a config (a frozen pydantic model: data) and a function
-`(EmbeddingTable, config) -> EmbeddingTable` (the work). No step knows a file format or the CLI.
+`(EmbeddingTable, config, context) -> EmbeddingTable` (the work). No step knows a file format or
+the CLI: what a step may know of the model beyond its table comes in a `PassContext`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ class StepConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class PassContext:
+    """The model around the table: token texts by id, and a tokenizer (text -> ids), when known."""
+
+    tokens: list[str] | None = None
+    tokenize: Callable[[str], list[int]] | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     config_type: type[StepConfig]
-    apply: Callable[[EmbeddingTable, StepConfig], EmbeddingTable]
+    apply: Callable[[EmbeddingTable, StepConfig, PassContext], EmbeddingTable]
 
 
 STEPS: dict[str, Step] = {}

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from edgeemb import formats
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import StepConfig, register
+from edgeemb.passes import PassContext, StepConfig, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, QuantizedTable
 
 
@@ -33,7 +33,7 @@ class QuantizeConfig(StepConfig):
 
 
 @register("quantize", QuantizeConfig)
-def quantize(table: EmbeddingTable, config: QuantizeConfig) -> EmbeddingTable:
+def quantize(table: EmbeddingTable, config: QuantizeConfig, context: PassContext = PassContext()) -> EmbeddingTable:
     fmt = config.build_format()
     if isinstance(table, DenseTable):
         return QuantizedTable.quantize(table.weight, fmt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +32,7 @@ class SourceModel:
     tied: bool | None  # output head shares the table; None: the model has no output head
     weights_file: Path  # the file holding the table (hashed for the manifest)
     tokens: list[str] | None = field(default=None, repr=False)  # token text by id, if known
+    tokenize: Callable[[str], list[int]] | None = field(default=None, repr=False)  # text -> ids, no special tokens
 
     @property
     def vocab_size(self) -> int:

@@ -4,8 +4,10 @@ are refused) and never loads the rest of the model."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,7 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
         tied=tied,
         weights_file=weights_file,
         tokens=_read_tokens(model_dir, path, vocab),
+        tokenize=_tokenizer(model_dir, path),
     )
 
 
@@ -99,6 +102,21 @@ def _tensor_headers(file: Path) -> dict[str, tuple[list[int], str]]:
             return {key: (handle.get_slice(key).get_shape(), handle.get_slice(key).get_dtype()) for key in handle.keys()}
     except (SafetensorError, OSError) as exc:
         raise EdgeembError(f"{file}: not a valid safetensors file ({exc})") from None
+
+
+def _tokenizer(model_dir: Path, root: Path) -> Callable[[str], list[int]] | None:
+    """text -> token ids (no special tokens) from tokenizer.json, loaded on first use."""
+    file = next((folder / "tokenizer.json" for folder in (model_dir, root) if (folder / "tokenizer.json").exists()), None)
+    if file is None:
+        return None
+
+    @functools.cache
+    def load():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(os.fspath(file))
+
+    return lambda text: load().encode(text, add_special_tokens=False).ids
 
 
 def _read_tokens(model_dir: Path, root: Path, vocab: int) -> list[str] | None:
