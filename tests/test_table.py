@@ -13,7 +13,7 @@ def weight():
     return np.random.default_rng(0).standard_normal((300, 128)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int8", 32, 8), ("int4", 32, 4), ("int4", 64, 4)])
+@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int8", 32, 8), ("int4", 32, 4), ("int4", 64, 4), ("int2", 16, 2), ("int2", 128, 2)])
 def test_integer_round_trip_within_half_a_step(weight, name, block, bits):
     fmt = get_format(name, block_size=block)
     arrays = fmt.quantize(weight)
@@ -30,6 +30,28 @@ def test_integer_round_trip_within_half_a_step(weight, name, block, bits):
     assert np.all(error[beyond_top] <= step[beyond_top] + slack[beyond_top])
     assert arrays["codes"].nbytes == weight.size * bits // 8
     assert arrays["scales"].shape == (weight.shape[0], weight.shape[1] // size)
+
+
+@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int4", 32, 4), ("int4", 128, 4), ("int2", 32, 2)])
+def test_asymmetric_round_trip_within_one_step(weight, name, block, bits):
+    fmt = get_format(name, block_size=block, zero_point=True)
+    shifted = weight + 2.0  # blocks far from centred on zero: where zero points pay off
+    arrays = fmt.quantize(shifted)
+    blocks = shifted.shape[1] // (block or shifted.shape[1])
+    assert arrays["zero_points"].shape == (shifted.shape[0], -(-blocks * bits // 8))  # packed like the codes
+    restored = fmt.dequantize(arrays, shifted.shape[1])
+    step = np.repeat(arrays["scales"].astype(np.float32), block or shifted.shape[1], axis=1)
+    # The rounded zero point shifts the grid by up to half a step: every value within one step.
+    assert np.all(np.abs(restored - shifted) <= step * (1 + 1e-3) + 1e-6)
+    symmetric = get_format(name, block_size=block).quantize(shifted)
+    symmetric_error = np.linalg.norm(get_format(name, block_size=block).dequantize(symmetric, shifted.shape[1]) - shifted)
+    assert np.linalg.norm(restored - shifted) < symmetric_error
+
+
+def test_asymmetric_constant_blocks_are_exact():
+    fmt = get_format("int4", block_size=16, zero_point=True)
+    rows = np.array([[0.7] * 16, [-0.3] * 16, [0.0] * 16], np.float32)
+    assert np.allclose(fmt.dequantize(fmt.quantize(rows), 16), rows, rtol=1e-3)
 
 
 def test_int4_packs_low_nibble_first():

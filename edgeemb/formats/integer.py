@@ -1,12 +1,16 @@
 """Integer block formats: each block of `block_size` values in a row shares one fp16 scale.
 
-Codes are unsigned with an implicit zero point at the middle of the range (8 for 4 bits, 128 for
-8 bits), so a value is `(code - zero) * scale`. The scale is the block's largest-magnitude value
-divided by `-zero` (as GGUF's Q4_0 does), which puts that value exactly on the otherwise unused
-most-negative level and gives every block all 2**bits levels.
+Symmetric (the default): codes are unsigned with an implicit zero point at mid-range (2 for 2
+bits, 8 for 4 bits, 128 for 8 bits), so a value is `(code - zero) * scale`. The scale is the
+block's largest-magnitude value divided by `-zero` (as GGUF's Q4_0 does), which puts that value
+exactly on the otherwise unused most-negative level and gives every block all 2**bits levels.
 
-Sub-byte codes are packed low bits first (two 4-bit codes per byte: low nibble first), the layout
-onnxruntime's GatherBlockQuantized reads with uint8 data and its default zero point.
+With `zero_point=True` (asymmetric), each block maps [min, max] onto the full code range and
+stores its own zero point: better for blocks that are not centred on zero.
+
+Sub-byte codes and zero points are packed low bits first (two 4-bit codes per byte, low nibble
+first), the layout onnxruntime's GatherBlockQuantized reads with uint8 data: its default zero
+point without a zero-point input is the same mid-range value used here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from edgeemb.formats import Arrays, QuantFormat, register
 @dataclass(frozen=True)
 class _IntBlocks(QuantFormat):
     block_size: int | None = None  # None: one block per row
+    zero_point: bool = False
     bits: ClassVar[int]
 
     def _block(self, dim: int) -> int:
@@ -38,30 +43,41 @@ class _IntBlocks(QuantFormat):
     def quantize(self, rows: np.ndarray) -> Arrays:
         n, dim = rows.shape
         self.check_width(dim)
-        zero = 1 << (self.bits - 1)
         blocks = rows.astype(np.float32, copy=False).reshape(n, dim // self._block(dim), -1)
-        extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)
-        exact = extreme[..., 0] / -zero
-        scales = exact.astype(np.float16)
-        # Round the stored fp16 scale away from zero, so the extreme value still maps inside the
-        # code range instead of being clipped by nearly a whole step.
-        shrunk = np.abs(scales.astype(np.float32)) < np.abs(exact)
-        scales = np.where(shrunk, np.nextafter(scales, np.copysign(np.float16(np.inf), scales)), scales)
-        stored = scales.astype(np.float32)[..., None]
-        inverse = np.divide(1.0, stored, out=np.zeros_like(stored), where=stored != 0)
-        codes = np.clip(np.rint(blocks * inverse) + zero, 0, (1 << self.bits) - 1).astype(np.uint8)
-        return {"codes": _pack(codes.reshape(n, dim), self.bits), "scales": scales}
+        top = (1 << self.bits) - 1
+        if self.zero_point:
+            # The range always includes 0, so zero is exact and a constant block keeps its value.
+            low, high = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
+            scales = _fp16_at_least((high - low) / top)
+            inverse = _inverse(scales)
+            zeros = np.clip(np.rint(-low * inverse), 0, top)
+        else:
+            zero = 1 << (self.bits - 1)
+            extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+            scales = _fp16_at_least(extreme / -zero)
+            inverse = _inverse(scales)
+            zeros = np.full(scales.shape, zero, np.float32)
+        codes = np.clip(np.rint(blocks * inverse[..., None]) + zeros[..., None], 0, top).astype(np.uint8)
+        arrays = {"codes": _pack(codes.reshape(n, dim), self.bits), "scales": scales}
+        if self.zero_point:
+            arrays["zero_points"] = _pack(_pad_to_bytes(zeros.astype(np.uint8), self.bits), self.bits)
+        return arrays
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
         codes = _unpack(arrays["codes"], self.bits, dim)
-        n = codes.shape[0]
-        zero = 1 << (self.bits - 1)
-        blocks = (codes.astype(np.float32) - zero).reshape(n, arrays["scales"].shape[1], -1)
-        return (blocks * arrays["scales"].astype(np.float32)[..., None]).reshape(n, dim)
+        scales = arrays["scales"].astype(np.float32)
+        n, count = scales.shape
+        if self.zero_point:
+            zeros = _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[:, :count]
+        else:
+            zeros = np.uint8(1 << (self.bits - 1))
+        centred = codes.reshape(n, count, -1).astype(np.float32) - np.asarray(zeros, np.float32)[..., None]
+        return (centred * scales[..., None]).reshape(n, dim)
 
     def describe(self) -> str:
         blocks = "per row" if self.block_size is None else f"blocks of {self.block_size}"
-        return f"{self.name}, {blocks}, fp16 scales"
+        kind = "asymmetric, fp16 scales and zero points" if self.zero_point else "fp16 scales"
+        return f"{self.name}, {blocks}, {kind}"
 
 
 @register
@@ -79,13 +95,41 @@ class Int4(_IntBlocks):
     block_size: int | None = 32
 
 
+@register
+@dataclass(frozen=True)
+class Int2(_IntBlocks):
+    name: ClassVar[str] = "int2"
+    bits: ClassVar[int] = 2
+    block_size: int | None = 32
+
+
+def _fp16_at_least(exact: np.ndarray) -> np.ndarray:
+    """fp16 scales rounded away from zero, so the block's extreme values stay inside the code
+    range instead of being clipped by nearly a whole step."""
+    scales = exact.astype(np.float16)
+    shrunk = np.abs(scales.astype(np.float32)) < np.abs(exact)
+    return np.where(shrunk, np.nextafter(scales, np.copysign(np.float16(np.inf), scales)), scales)
+
+
+def _inverse(scales: np.ndarray) -> np.ndarray:
+    stored = scales.astype(np.float32)
+    return np.divide(1.0, stored, out=np.zeros_like(stored), where=stored != 0)
+
+
+def _pad_to_bytes(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pad the last axis with zeros to whole bytes (onnxruntime pads packed zero points likewise)."""
+    per_byte = 8 // bits
+    pad = -values.shape[1] % per_byte
+    return np.pad(values, ((0, 0), (0, pad))) if pad else values
+
+
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """(n, d) uint8 codes of `bits` bits -> (n, d * bits / 8) bytes, low bits first."""
     if bits == 8:
         return codes
     per_byte = 8 // bits
     groups = codes.reshape(codes.shape[0], -1, per_byte)
-    shifts = (np.arange(per_byte, dtype=np.uint8) * bits)
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
     return np.bitwise_or.reduce(groups << shifts, axis=-1).astype(np.uint8)
 
 
@@ -93,6 +137,6 @@ def _unpack(packed: np.ndarray, bits: int, dim: int) -> np.ndarray:
     if bits == 8:
         return packed
     per_byte = 8 // bits
-    shifts = (np.arange(per_byte, dtype=np.uint8) * bits)
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
     codes = (packed[..., None] >> shifts) & ((1 << bits) - 1)
-    return codes.reshape(packed.shape[0], dim)
+    return codes.reshape(packed.shape[0], -1)[:, :dim]
