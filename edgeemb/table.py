@@ -8,6 +8,8 @@ Storages:
 - `DenseTable`: a float32 or float16 matrix.
 - `QuantizedTable`: rows quantised by a `QuantFormat` (codes and scales, row-major).
 - `LowRankTable`: `left[ids] @ right + bias`, where `left` is itself a table (dense or quantised).
+- `MixedTable`: rows split into groups, each group its own table (e.g. frequent tokens at int8,
+  the rest at int4), with a per-row group and slot.
 """
 
 from __future__ import annotations
@@ -166,6 +168,53 @@ class LowRankTable(EmbeddingTable):
         return f"low-rank r={self.rank} ({self.left.describe()}) x {self.right.dtype.name}"
 
 
+@dataclass(frozen=True, eq=False)
+class MixedTable(EmbeddingTable):
+    """Row i lives in parts[group[i]] at row slot[i]. The routing arrays are stored (and counted):
+    a runtime needs them to split a gather."""
+
+    parts: tuple[EmbeddingTable, ...]
+    group: np.ndarray  # (rows,) uint8
+    slot: np.ndarray  # (rows,) int32
+
+    @classmethod
+    def split(cls, weight: np.ndarray, group: np.ndarray, build: list) -> "MixedTable":
+        """Store the rows of each group g with `build[g](rows) -> EmbeddingTable`."""
+        group = group.astype(np.uint8)
+        slot = np.zeros(len(group), np.int32)
+        parts = []
+        for index, make in enumerate(build):
+            members = np.flatnonzero(group == index)
+            slot[members] = np.arange(len(members), dtype=np.int32)
+            parts.append(make(weight[members]))
+        return cls(tuple(parts), group, slot)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.group), self.parts[0].shape[1])
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        groups, slots = self.group[ids], self.slot[ids]
+        out = np.empty((len(ids), self.shape[1]), np.float32)
+        for index, part in enumerate(self.parts):
+            chosen = groups == index
+            if chosen.any():
+                out[chosen] = part.lookup(slots[chosen])
+        return out
+
+    def arrays(self) -> Arrays:
+        arrays = {f"part{i}.{name}": a for i, part in enumerate(self.parts) for name, a in part.arrays().items()}
+        return {**arrays, "group": self.group, "slot": self.slot}
+
+    def spec(self) -> dict:
+        return {"kind": "mixed", "parts": [part.spec() for part in self.parts]}
+
+    def describe(self) -> str:
+        counts = np.bincount(self.group, minlength=len(self.parts))
+        return "mixed: " + "; ".join(f"{count} rows {part.describe()}" for count, part in zip(counts, self.parts))
+
+
 def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     """Rebuild a table from `spec()` and `arrays()`."""
     kind = spec.get("kind")
@@ -174,9 +223,15 @@ def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     if kind == "quantized":
         return QuantizedTable(format_from_spec(spec["format"]), dict(arrays), int(spec["dim"]))
     if kind == "lowrank":
-        left = {name[len("left.") :]: a for name, a in arrays.items() if name.startswith("left.")}
-        return LowRankTable(table_from_parts(spec["left"], left), arrays["right"], arrays.get("bias"))
+        return LowRankTable(table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias"))
+    if kind == "mixed":
+        parts = tuple(table_from_parts(part, _prefixed(arrays, f"part{i}.")) for i, part in enumerate(spec["parts"]))
+        return MixedTable(parts, arrays["group"], arrays["slot"])
     raise EdgeembError(f"unknown table kind {kind!r}")
+
+
+def _prefixed(arrays: Arrays, prefix: str) -> Arrays:
+    return {name[len(prefix) :]: a for name, a in arrays.items() if name.startswith(prefix)}
 
 
 _SPEC_KEY = "edgeemb.table"

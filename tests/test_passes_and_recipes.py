@@ -72,6 +72,9 @@ def test_recipe_digest_is_stable_and_fills_defaults():
     ({"steps": [{"svd": {"rnk": 3}}]}, "step 1 'svd': unknown key 'rnk'"),
     ({"steps": [{"svd": {"rank": 3, "energy": 0.9}}]}, "exactly one of rank, energy, max_bytes"),
     ({"steps": [{"quantize": {"format": "int7"}}]}, "unknown quantisation format 'int7'"),
+    ({"steps": [{"quantize": {"format": "int4", "blok_size": 32}}]}, "format 'int4' has no option 'blok_size'"),
+    ({"steps": [{"mixed_precision": {"rare": {"format": "int2", "zero": 1}}}]}, "format 'int2' has no option 'zero'"),
+    ({"steps": [{"mixed_precision": {"frequent_share": 0.1}}]}, "unknown key 'frequent_share'"),
     ({"steps": [{"quantize": {"format": "int4"}}], "stpes": []}, "unknown key 'stpes'"),
     ({"steps": []}, "non-empty list"),
     ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
@@ -89,3 +92,47 @@ def test_recipe_files_unreadable_or_unknown(tmp_path):
         load_recipe(bad)
     with pytest.raises(EdgeembError, match="no recipe 'nosuch'"):
         load_recipe("nosuch")
+
+
+def test_mixed_precision_keeps_frequent_rows_at_higher_precision(tmp_path):
+    from edgeemb.passes import PassContext
+    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+    from edgeemb.table import MixedTable, load_table, save_table
+
+    weight = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("7 7 7 42\n42 99 7\n\n")  # token 7 three... four times, 42 twice, 99 once
+    context = PassContext(tokenize=lambda text: [int(t) for t in text.split()])
+    config = MixedPrecisionConfig(frequent={"format": "int8"}, rare={"format": "int2", "block_size": 32}, frequent_fraction=0.03, corpus=corpus)
+    table = mixed_precision(DenseTable(weight), config, context)
+    assert isinstance(table, MixedTable)
+    assert sorted(np.flatnonzero(table.group == 0)) == [7, 42, 99]
+    error = np.abs(table.to_dense() - weight).mean(axis=1)
+    assert error[[7, 42, 99]].max() < 0.05 < error[np.flatnonzero(table.group == 1)].min()
+    assert table.nbytes == sum(part.nbytes for part in table.parts) + 100 * (1 + 4)  # routing arrays counted
+    save_table(table, tmp_path / "t.safetensors")
+    assert np.array_equal(load_table(tmp_path / "t.safetensors").to_dense(), table.to_dense())
+
+
+def test_mixed_precision_without_corpus_uses_id_order_and_composes_with_svd():
+    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+
+    weight = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
+    low_rank = svd(DenseTable(weight), SVDConfig(rank=32))
+    table = mixed_precision(low_rank, MixedPrecisionConfig(frequent_fraction=0.25))
+    assert isinstance(table, LowRankTable)
+    assert list(np.flatnonzero(table.left.group == 0)) == list(range(50))
+    assert np.allclose(table.lookup(np.arange(200)), table.to_dense())
+
+
+def test_mixed_precision_needs_a_tokenizer_and_text(tmp_path):
+    from edgeemb.passes import PassContext
+    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+
+    table = DenseTable(np.zeros((10, 32), np.float32))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n")
+    with pytest.raises(EdgeembError, match="needs the model's tokenizer"):
+        mixed_precision(table, MixedPrecisionConfig(corpus=corpus))
+    with pytest.raises(EdgeembError, match="has no text"):
+        mixed_precision(table, MixedPrecisionConfig(corpus=corpus), PassContext(tokenize=lambda t: []))

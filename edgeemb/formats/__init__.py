@@ -10,7 +10,7 @@ lookup is `np.take` on each of them followed by `dequantize` of just those rows;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -76,10 +76,11 @@ def get_format(name: str, **options) -> QuantFormat:
         cls = _REGISTRY[name]
     except KeyError:
         raise EdgeembError(f"unknown quantisation format '{name}' (known: {', '.join(names())})") from None
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise EdgeembError(f"format '{name}': {exc}") from None
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise EdgeembError(f"format '{name}' has no option '{unknown[0]}' (options: {', '.join(allowed) or 'none'})")
+    return cls(**options)
 
 
 def format_from_spec(spec: dict) -> QuantFormat:
