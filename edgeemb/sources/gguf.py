@@ -14,9 +14,12 @@ is an element type u32, a count u64 and the elements.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,4 +313,23 @@ def load_gguf(path: Path, name: str | None = None) -> SourceModel:
         tied=header.tensor(OUTPUT) is None,
         weights_file=path,
         tokens=tokens if isinstance(tokens, list) else None,
+        tokenize=_llama_tokenizer(path),
     )
+
+
+def _llama_tokenizer(path: Path) -> Callable[[str], list[int]] | None:
+    """text -> ids with llama.cpp's own tokenizer for this file (vocabulary only, loaded on first
+    use); None when llama-cpp-python is not installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+
+    @functools.cache
+    def load():
+        import llama_cpp
+
+        try:
+            return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
+
+    return lambda text: load().tokenize(text.encode("utf-8"), add_bos=False, special=False)

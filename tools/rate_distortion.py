@@ -1,0 +1,171 @@
+"""Rate–distortion table of every quantisation format, on the real models and data.
+
+    python tools/rate_distortion.py --data ../shared/data -o docs/rate-distortion
+
+For each format (and combinations with svd and mixed precision): bits per parameter (codes,
+scales, zero points, codebooks, factors and routing arrays all counted), relative reconstruction
+error and mean row cosine; for MiniLM the whole model's STS-B dev Spearman with the table
+replaced; for SmolLM2-135M the WikiText-2 perplexity of the first 4096 test tokens with the
+(tied) table replaced, through the transformers model that dequantises the GGUF.
+
+Writes OUT.md (the README's table), OUT.json and OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from edgeemb.errors import EdgeembError
+from edgeemb.evaluate.perplexity import CausalLM
+from edgeemb.passes import PassContext
+from edgeemb.pipeline import EvaluationData, evaluate_quality
+from edgeemb.recipe import parse_recipe
+from edgeemb.sources import open_model
+
+
+def q(fmt: str, **options) -> dict:
+    return {"quantize": {"format": fmt, **options}}
+
+
+def svd(rank: int) -> dict:
+    return {"svd": {"rank": rank}}
+
+
+def mixed(frequent: dict, rare: dict, fraction: float, corpus: Path) -> dict:
+    return {"mixed_precision": {"frequent": frequent, "rare": rare, "frequent_fraction": fraction, "corpus": str(corpus)}}
+
+
+def grid(corpus: Path) -> dict[str, list[dict]]:
+    return {
+        "int8 per row": [q("int8")],
+        "int8 per row, zero points": [q("int8", zero_point=True)],
+        "Q8_0": [q("Q8_0")],
+        "Q5_0": [q("Q5_0")],
+        "int4 b16": [q("int4", block_size=16)],
+        "int4 b32": [q("int4", block_size=32)],
+        "int4 b32, zero points": [q("int4", block_size=32, zero_point=True)],
+        "int4 b64": [q("int4", block_size=64)],
+        "int4 b128": [q("int4", block_size=128)],
+        "Q4_0": [q("Q4_0")],
+        "Q4_1": [q("Q4_1")],
+        "Q4_K": [q("Q4_K")],
+        "Q6_K": [q("Q6_K")],
+        "int2 b16": [q("int2", block_size=16)],
+        "int2 b32": [q("int2", block_size=32)],
+        "pq 2 dims/sub-space": [q("pq", subspaces="half")],
+        "pq 4 dims/sub-space": [q("pq", subspaces="quarter")],
+        "vocab k-means 4096": [q("vocab_kmeans", clusters=4096)],
+        "mixed: 10% int8, rest int4 b32": [mixed({"format": "int8"}, {"format": "int4"}, 0.1, corpus)],
+        "mixed: 10% int4 b32, rest int2 b32": [mixed({"format": "int4"}, {"format": "int2"}, 0.1, corpus)],
+        "svd r256 + int4 b32": [svd(256), q("int4", block_size=32)],
+        "svd r192 + int4 b32": [svd(192), q("int4", block_size=32)],
+        "svd r160 + int4 b32": [svd(160), q("int4", block_size=32)],
+        "svd r128 + int4 b32": [svd(128), q("int4", block_size=32)],
+        "svd r256 + int2 b16": [svd(256), q("int2", block_size=16)],
+        "svd r256 + mixed: 20% int4, rest int2 b16": [svd(256), mixed({"format": "int4"}, {"format": "int2", "block_size": 16}, 0.2, corpus)],
+    }
+
+
+def _resolve(steps: list[dict], dim: int) -> list[dict]:
+    """PQ sub-space counts given as dims per sub-space, so one grid serves every width."""
+    per = {"half": 2, "quarter": 4}
+    return [
+        {name: {**args, "subspaces": dim // per[args["subspaces"]]}} if isinstance(args.get("subspaces"), str) else {name: args}
+        for step in steps
+        for name, args in step.items()
+    ]
+
+
+def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list[dict]:
+    source = open_model(model_name)
+    context = PassContext(source.tokens, source.tokenize)
+    sentence_data = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv") if source.format == "sentence-transformers" else EvaluationData()
+    lm = ids = None
+    rows = []
+    if text is not None:
+        lm = CausalLM(source.path)
+        ids = lm.tokens(text, 4096)
+        rows.append({"model": model_name, "format": "source table (" + source.stored_dtype + ")", "bits_per_param": 8 * source.stored_nbytes / source.table_params,
+                     "perplexity": lm.perplexity(ids).perplexity, "tokens": len(ids)})
+    for label, steps in grid(corpus).items():
+        row = {"model": model_name, "format": label}
+        try:
+            start = time.perf_counter()
+            table = parse_recipe({"name": label, "steps": _resolve(steps, source.dim)}).apply(source.table, context)
+            row["quantize_seconds"] = time.perf_counter() - start
+        except EdgeembError as exc:
+            rows.append({**row, "skipped": str(exc)})
+            continue
+        quality = evaluate_quality(source, table, sentence_data)
+        row.update(storage=table.describe(), bytes=table.nbytes, bits_per_param=table.bits_per_param,
+                   ratio_vs_fp32=4 * source.table_params / table.nbytes, relative_error=quality["table"]["relative_error"],
+                   row_cosine_mean=quality["table"]["row_cosine_mean"])
+        if "sts" in quality:
+            row.update(sts=quality["sts"]["compressed"], sts_original=quality["sts"]["original"])
+        if lm is not None:
+            row["perplexity"] = lm.perplexity(ids, table.to_dense()).perplexity
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        quality = "STS-B dev Spearman" if any("sts" in r for r in mine) else "WikiText-2 ppl (4096 tokens)"
+        lines += [f"### {model}", "", f"| format | bits/param | smaller than fp32 | relative error | mean row cosine | {quality} |", "|---|---|---|---|---|---|"]
+        for r in mine:
+            if "skipped" in r:
+                lines.append(f"| {r['format']} | – | – | – | – | not applicable: {r['skipped']} |")
+                continue
+            score = f"{r['sts']:.2f} ({r['sts'] - r['sts_original']:+.2f})" if "sts" in r else f"{r['perplexity']:.2f}" if "perplexity" in r else "–"
+            if "relative_error" not in r:
+                lines.append(f"| {r['format']} | {r['bits_per_param']:.2f} | – | 0 | 1 | {score} |")
+                continue
+            lines.append(f"| {r['format']} | {r['bits_per_param']:.2f} | {r['ratio_vs_fp32']:.1f}x | {r['relative_error']:.4f} | {r['row_cosine_mean']:.4f} | {score} |")
+        if any("sts_original" in r for r in mine):
+            lines.append(f"\nOriginal model: STS-B dev Spearman {next(r['sts_original'] for r in mine if 'sts_original' in r):.2f}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [("sts", "STS-B dev Spearman x100 (MiniLM)"), ("perplexity", "WikiText-2 perplexity (SmolLM2-135M)"), ("relative_error", "relative reconstruction error")]
+    figure = Figure(figsize=(16, 5), layout="constrained")
+    for axis, (key, title) in zip(figure.subplots(1, 3), panels):
+        for r in rows:
+            if key in r and "bits_per_param" in r and ("relative_error" in r or key == "perplexity"):
+                marker = "o" if r["model"] == "minilm" else "s"
+                axis.scatter(r["bits_per_param"], r[key], marker=marker, s=18)
+                axis.annotate(r["format"], (r["bits_per_param"], r[key]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        axis.set(xlabel="bits per parameter (everything counted)", title=title, xscale="log")
+        axis.grid(alpha=0.3)
+    FigureCanvasAgg(figure).print_png(str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("-o", "--out", type=Path, default=Path("rate-distortion"), help="output path without suffix")
+    parser.add_argument("--models", default="minilm,smollm2-135m")
+    args = parser.parse_args()
+    corpus = args.data / "wikitext2" / "wikitext2_raw_test_joined.txt"
+    text = corpus.read_text(encoding="utf-8")
+    rows = []
+    for name in args.models.split(","):
+        rows += measure(name, args.data, corpus, text if name != "minilm" else None)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(rows))
+    plot(rows, args.out.with_suffix(".png"))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
