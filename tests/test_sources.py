@@ -89,3 +89,11 @@ def test_hf_tokenize_matches_the_vocabulary(tiny_model):
     model = open_model(tiny_model)
     ids = model.tokenize("people made timex")
     assert [model.tokens[i] for i in ids] == ["people", "made", "time", "##x"]
+
+
+@pytest.mark.real
+def test_gguf_tokenize_uses_llama_cpp():
+    model = open_model("smollm2-135m")
+    ids = model.tokenize("Hello world, this is SmolLM2.")
+    assert [model.tokens[i] for i in ids][:3] == ["Hello", "Ġworld", ","]
+    assert ids[:2] == [19556, 905]  # the ids transformers' GGUF tokenizer gives too
