@@ -175,17 +175,18 @@ class MixedTable(EmbeddingTable):
 
     parts: tuple[EmbeddingTable, ...]
     group: np.ndarray  # (rows,) uint8
-    slot: np.ndarray  # (rows,) int32
+    slot: np.ndarray  # (rows,) uint16, or int32 for groups over 65536 rows
 
     @classmethod
     def split(cls, weight: np.ndarray, group: np.ndarray, build: list) -> "MixedTable":
         """Store the rows of each group g with `build[g](rows) -> EmbeddingTable`."""
         group = group.astype(np.uint8)
-        slot = np.zeros(len(group), np.int32)
+        largest = int(np.bincount(group).max())
+        slot = np.zeros(len(group), np.uint16 if largest <= 1 << 16 else np.int32)  # smallest that fits
         parts = []
         for index, make in enumerate(build):
             members = np.flatnonzero(group == index)
-            slot[members] = np.arange(len(members), dtype=np.int32)
+            slot[members] = np.arange(len(members))
             parts.append(make(weight[members]))
         return cls(tuple(parts), group, slot)
 

@@ -38,11 +38,13 @@ def mixed(frequent: dict, rare: dict, fraction: float, corpus: Path) -> dict:
     return {"mixed_precision": {"frequent": frequent, "rare": rare, "frequent_fraction": fraction, "corpus": str(corpus)}}
 
 
-def grid(corpus: Path) -> dict[str, list[dict]]:
+def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
+    pq = lambda dims: {"format": "pq", "subspaces": dim // dims}  # noqa: E731  (sub-spaces of `dims` values: 8/dims bits per value)
     return {
         "int8 per row": [q("int8")],
         "int8 per row, zero points": [q("int8", zero_point=True)],
         "Q8_0": [q("Q8_0")],
+        "Q6_K": [q("Q6_K")],
         "Q5_0": [q("Q5_0")],
         "int4 b16": [q("int4", block_size=16)],
         "int4 b32": [q("int4", block_size=32)],
@@ -52,31 +54,20 @@ def grid(corpus: Path) -> dict[str, list[dict]]:
         "Q4_0": [q("Q4_0")],
         "Q4_1": [q("Q4_1")],
         "Q4_K": [q("Q4_K")],
-        "Q6_K": [q("Q6_K")],
         "int2 b16": [q("int2", block_size=16)],
         "int2 b32": [q("int2", block_size=32)],
-        "pq 2 dims/sub-space": [q("pq", subspaces="half")],
-        "pq 4 dims/sub-space": [q("pq", subspaces="quarter")],
+        "pq, 4 values per sub-space": [{"quantize": pq(4)}],
+        "pq, 6 values per sub-space": [{"quantize": pq(6)}],
         "vocab k-means 4096": [q("vocab_kmeans", clusters=4096)],
-        "mixed: 10% int8, rest int4 b32": [mixed({"format": "int8"}, {"format": "int4"}, 0.1, corpus)],
-        "mixed: 10% int4 b32, rest int2 b32": [mixed({"format": "int4"}, {"format": "int2"}, 0.1, corpus)],
         "svd r256 + int4 b32": [svd(256), q("int4", block_size=32)],
-        "svd r192 + int4 b32": [svd(192), q("int4", block_size=32)],
-        "svd r160 + int4 b32": [svd(160), q("int4", block_size=32)],
         "svd r128 + int4 b32": [svd(128), q("int4", block_size=32)],
         "svd r256 + int2 b16": [svd(256), q("int2", block_size=16)],
-        "svd r256 + mixed: 20% int4, rest int2 b16": [svd(256), mixed({"format": "int4"}, {"format": "int2", "block_size": 16}, 0.2, corpus)],
+        "mixed: 10% int8, rest int4 b32": [mixed({"format": "int8"}, {"format": "int4"}, 0.1, corpus)],
+        "mixed: 10% int4 b32, rest int2 b32": [mixed({"format": "int4"}, {"format": "int2"}, 0.1, corpus)],
+        "mixed: 10% int4 b32, rest pq 4": [mixed({"format": "int4"}, pq(4), 0.1, corpus)],
+        "mixed: 10% int4 b32, rest pq 6": [mixed({"format": "int4"}, pq(6), 0.1, corpus)],
+        "mixed: 20% int4 b32, rest pq 6": [mixed({"format": "int4"}, pq(6), 0.2, corpus)],
     }
-
-
-def _resolve(steps: list[dict], dim: int) -> list[dict]:
-    """PQ sub-space counts given as dims per sub-space, so one grid serves every width."""
-    per = {"half": 2, "quarter": 4}
-    return [
-        {name: {**args, "subspaces": dim // per[args["subspaces"]]}} if isinstance(args.get("subspaces"), str) else {name: args}
-        for step in steps
-        for name, args in step.items()
-    ]
 
 
 def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list[dict]:
@@ -90,11 +81,11 @@ def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list
         ids = lm.tokens(text, 4096)
         rows.append({"model": model_name, "format": "source table (" + source.stored_dtype + ")", "bits_per_param": 8 * source.stored_nbytes / source.table_params,
                      "perplexity": lm.perplexity(ids).perplexity, "tokens": len(ids)})
-    for label, steps in grid(corpus).items():
+    for label, steps in grid(corpus, source.dim).items():
         row = {"model": model_name, "format": label}
         try:
             start = time.perf_counter()
-            table = parse_recipe({"name": label, "steps": _resolve(steps, source.dim)}).apply(source.table, context)
+            table = parse_recipe({"name": label, "steps": steps}).apply(source.table, context)
             row["quantize_seconds"] = time.perf_counter() - start
         except EdgeembError as exc:
             rows.append({**row, "skipped": str(exc)})

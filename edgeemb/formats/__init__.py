@@ -89,3 +89,5 @@ def format_from_spec(spec: dict) -> QuantFormat:
 
 
 from edgeemb.formats import integer as _integer  # noqa: E402,F401  (registers the formats)
+from edgeemb.formats import ggml as _ggml  # noqa: E402,F401  (registers the GGUF formats)
+from edgeemb.formats import codebook as _codebook  # noqa: E402,F401  (registers the codebook formats)

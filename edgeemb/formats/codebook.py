@@ -1,0 +1,234 @@
+"""Codebook formats: rows point into centres learnt from the whole table.
+
+- `pq` (product quantisation): a row of width d is cut into `subspaces` contiguous sub-vectors of
+  d / subspaces values; each sub-space has its own codebook of `centroids` centres and a row stores
+  one uint8 code per sub-space. Per-row `codes` (n, subspaces) uint8; shared `codebooks`
+  (subspaces, centroids, d / subspaces) float16.
+- `vocab_kmeans` (vocabulary quantisation, as model2vec does, plus a per-row scale): spherical
+  k-means on the unit rows; a row stores its cluster index and the fp16 scale that projects it on
+  its centroid. Per-row `codes` (n,) uint8/uint16 and `scales` (n,) float16; shared `centroids`
+  (clusters, d) float16.
+
+Both learn with k-means on a seeded sample of rows: k-means++ seeding from a pool of that sample,
+then a fixed number of Lloyd iterations. Every row is then assigned in chunks, the distances to all
+centres coming from a matmul (||c||^2 - 2 x.c; ||x||^2 does not change the nearest centre). PQ runs
+the k-means of all sub-spaces together as groups; vocab k-means is the one-group case. Rows are
+assigned against the stored (fp16-rounded) centres, so the codes fit what is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse
+
+from edgeemb.errors import EdgeembError
+from edgeemb.formats import Arrays, QuantFormat, register
+from edgeemb.progress import track
+
+_CHUNK_ENTRIES = 1 << 22  # distances per wide matmul (16 MB): bounded temporaries
+_ASSIGN_ROWS = 16384  # rows converted and split per assignment step
+_POOL_PER_CENTRE = 8  # k-means++ seeds from the first 8 * k sampled rows (bounded cost)
+_SEED_ROUNDS = 64  # k-means++ picks k / 64 centres per distance update (1 per update for k <= 64)
+
+
+@dataclass(frozen=True)
+class _Codebook(QuantFormat):
+    """Formats whose centres are learnt from the rows: `quantize` takes the whole table."""
+
+    def quantize_table(self, weight: np.ndarray) -> Arrays:
+        return self.quantize(weight)
+
+
+@register
+@dataclass(frozen=True)
+class PQ(_Codebook):
+    name: ClassVar[str] = "pq"
+    shared: ClassVar[frozenset[str]] = frozenset({"codebooks"})
+    subspaces: int = 48
+    centroids: int = 256
+    seed: int = 0
+    # Measured on MiniLM: 8192 rows x 8 iterations is ~5x faster than 32768 x 12 for 1-2% more error.
+    train_rows: int = 8192
+    iterations: int = 8
+
+    def check_width(self, dim: int) -> None:
+        if self.subspaces < 1 or dim % self.subspaces:
+            raise EdgeembError(f"pq: {self.subspaces} sub-spaces do not divide the row width {dim}")
+        if not 2 <= self.centroids <= 256:
+            raise EdgeembError(f"pq: centroids must be between 2 and 256 (uint8 codes), got {self.centroids}")
+        _check_training(self.name, self.train_rows, self.iterations)
+
+    def quantize(self, rows: np.ndarray) -> Arrays:
+        """Learn the codebooks from `rows` (the whole table) and encode every row."""
+        n, dim = rows.shape
+        self.check_width(dim)
+        rng = np.random.default_rng(self.seed)
+        sample = _sample(rows, self.train_rows, self.centroids, rng)
+        groups = _split(sample, self.subspaces)
+        codebooks = _kmeans(groups, self.centroids, self.iterations, rng, spherical=False, label=self.name).astype(np.float16)
+        codes = np.empty((n, self.subspaces), dtype=np.uint8)
+        centres = codebooks.astype(np.float32)
+        starts = range(0, n, _ASSIGN_ROWS)
+        for start in track(starts, "pq assign", len(starts)):
+            chunk = _split(rows[start : start + _ASSIGN_ROWS].astype(np.float32, copy=False), self.subspaces)
+            codes[start : start + _ASSIGN_ROWS] = _nearest(chunk, centres).T
+        return {"codes": codes, "codebooks": codebooks}
+
+    def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
+        codes = arrays["codes"]
+        codebooks = arrays["codebooks"].astype(np.float32)
+        return codebooks[np.arange(codes.shape[1]), codes].reshape(codes.shape[0], dim)
+
+    def describe(self) -> str:
+        return f"pq, {self.subspaces} sub-spaces x {self.centroids} centroids, fp16 codebooks"
+
+
+@register
+@dataclass(frozen=True)
+class VocabKMeans(_Codebook):
+    name: ClassVar[str] = "vocab_kmeans"
+    shared: ClassVar[frozenset[str]] = frozenset({"centroids"})
+    clusters: int = 4096
+    seed: int = 0
+    train_rows: int = 65536
+    iterations: int = 10
+
+    def check_width(self, dim: int) -> None:
+        if not 2 <= self.clusters <= 65536:
+            raise EdgeembError(f"vocab_kmeans: clusters must be between 2 and 65536 (uint16 codes), got {self.clusters}")
+        _check_training(self.name, self.train_rows, self.iterations)
+
+    def quantize(self, rows: np.ndarray) -> Arrays:
+        """Learn the centroids from `rows` (the whole table) and encode every row."""
+        n, dim = rows.shape
+        self.check_width(dim)
+        if self.clusters > n:
+            raise EdgeembError(f"vocab_kmeans: {self.clusters} clusters for a table of only {n} rows")
+        rng = np.random.default_rng(self.seed)
+        sample = _unit(_sample(rows, self.train_rows, self.clusters, rng))
+        centroids = _kmeans(sample[None], self.clusters, self.iterations, rng, spherical=True, label=self.name)[0].astype(np.float16)
+        centres = centroids.astype(np.float32)
+        squared = np.einsum("ij,ij->i", centres, centres)
+        codes = np.empty(n, dtype=np.uint8 if self.clusters <= 256 else np.uint16)
+        scales = np.empty(n, dtype=np.float16)
+        starts = range(0, n, _ASSIGN_ROWS)
+        for start in track(starts, "vocab_kmeans assign", len(starts)):
+            chunk = rows[start : start + _ASSIGN_ROWS].astype(np.float32, copy=False)
+            nearest = _nearest(_unit(chunk)[None], centres[None])[0]
+            # The scale that minimises ||row - scale * centroid||: the row's projection on it.
+            dots = np.einsum("ij,ij->i", chunk, centres[nearest])
+            codes[start : start + _ASSIGN_ROWS] = nearest
+            scales[start : start + _ASSIGN_ROWS] = np.divide(dots, squared[nearest], out=np.zeros_like(dots), where=squared[nearest] > 0)
+        return {"codes": codes, "scales": scales, "centroids": centroids}
+
+    def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
+        centroids = arrays["centroids"].astype(np.float32)
+        return centroids[arrays["codes"]] * arrays["scales"].astype(np.float32)[:, None]
+
+    def describe(self) -> str:
+        return f"vocab k-means, {self.clusters} clusters, fp16 centroids and per-row scales"
+
+
+def _check_training(name: str, train_rows: int, iterations: int) -> None:
+    if train_rows < 1:
+        raise EdgeembError(f"{name}: train_rows must be at least 1, got {train_rows}")
+    if iterations < 0:
+        raise EdgeembError(f"{name}: iterations must be 0 or more, got {iterations}")
+
+
+def _sample(rows: np.ndarray, train_rows: int, centres: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded float32 sample of rows in random order, at least `centres` rows when there are."""
+    size = min(rows.shape[0], max(train_rows, centres))
+    return rows[rng.choice(rows.shape[0], size=size, replace=False)].astype(np.float32)
+
+
+def _split(rows: np.ndarray, groups: int) -> np.ndarray:
+    """(n, d) -> contiguous (groups, n, d / groups): one block of sub-vectors per sub-space."""
+    return np.ascontiguousarray(rows.reshape(rows.shape[0], groups, -1).transpose(1, 0, 2))
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm; zero rows stay zero."""
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+
+
+def _chunk_rows(k: int, m: int) -> int:
+    """Points per distance matmul. OpenBLAS keeps a product of under 2**18 multiply-adds on one
+    thread; the thin products of PQ (inner size m of 4-16) are several times slower when it splits
+    them across threads, so they stay under that. Wide products (vocab k-means) are big chunks."""
+    thin = (1 << 18) // (m * k)
+    return thin if thin >= 64 else max(1, _CHUNK_ENTRIES // k)
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Nearest centre per group and point: (G, n, m) points, (G, k, m) centres -> (G, n) codes.
+    The distance ||c||^2 - 2 x.c (||x||^2 does not change which centre is nearest) is one matmul
+    of [x, 1] by [-2c, ||c||^2]: no separate pass to add the centre norms."""
+    groups, n, m = points.shape
+    augmented = np.concatenate([points, np.ones((groups, n, 1), np.float32)], axis=-1)
+    weights = np.concatenate([-2 * centres, np.einsum("gkm,gkm->gk", centres, centres)[..., None]], axis=-1)
+    weights = np.ascontiguousarray(weights.transpose(0, 2, 1))
+    codes = np.empty((groups, n), dtype=np.intp)
+    step = _chunk_rows(centres.shape[1], m + 1)
+    for start in range(0, n, step):
+        for group in range(groups):
+            codes[group, start : start + step] = (augmented[group, start : start + step] @ weights[group]).argmin(axis=1)
+    return codes
+
+
+def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generator, *, spherical: bool, label: str) -> np.ndarray:
+    """Batched k-means: (G, n, m) float32 points -> (G, k, m) centres, one independent k-means per
+    group. `spherical`: points are unit rows and centres are renormalised means (cosine k-means)."""
+    groups, n, m = points.shape
+    centres = _seed(points[:, : min(n, _POOL_PER_CENTRE * k)], k, rng)
+    flat = points.reshape(groups * n, m)
+    offsets = (np.arange(groups) * k)[:, None]
+    for _ in track(range(iterations), f"{label} k-means", iterations):
+        codes = _nearest(points, centres)
+        # Per-centre sums in one sparse product: column j of the one-hot matrix marks point j's centre.
+        one_hot = scipy.sparse.csc_array(
+            (np.ones(groups * n, np.float32), (codes + offsets).ravel(), np.arange(groups * n + 1)), shape=(groups * k, groups * n)
+        )
+        sums = (one_hot @ flat).reshape(groups, k, m)
+        counts = np.bincount((codes + offsets).ravel(), minlength=groups * k).reshape(groups, k)
+        filled = counts > 0
+        old = centres
+        means = sums / np.maximum(counts, 1)[..., None]
+        centres = np.where(filled[..., None], _unit(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres)
+        # An empty centre is reseeded on the points its group represents worst (largest error).
+        for group in np.flatnonzero(~filled.all(axis=1)):
+            empty = np.flatnonzero(~filled[group])
+            errors = np.square(points[group] - old[group, codes[group]]).sum(axis=1)
+            worst = np.argsort(errors)[::-1][: len(empty)]
+            centres[group, empty[: len(worst)]] = points[group, worst]
+    return centres.astype(np.float32)
+
+
+def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding per group from (G, p, m) pool points: each new centre is drawn with
+    probability proportional to its squared distance to the nearest chosen centre. Large k picks
+    k / _SEED_ROUNDS centres per distance update (weighted sampling without replacement)."""
+    groups, size, m = pool.shape
+    centres = np.empty((groups, k, m), dtype=np.float32)
+    pool_sq = np.einsum("gpm,gpm->gp", pool, pool)
+    closest = np.full((groups, size), np.inf, dtype=np.float32)
+    per_round = max(1, -(-k // _SEED_ROUNDS))
+    for start in range(0, k, per_round):
+        count = min(per_round, k - start)
+        # Efraimidis-Spirakis keys: the `count` smallest of Exp(1) / weight are a weighted sample
+        # without replacement. A point already chosen (weight 0) only comes up once all others have.
+        if start == 0:
+            keys = rng.random((groups, size))  # the first centre is uniform
+        else:
+            keys = np.divide(rng.exponential(size=(groups, size)), closest, out=np.full((groups, size), np.inf), where=closest > 0)
+        # A pool smaller than k: once every point is chosen, the rest repeat (they stay empty).
+        picked = np.argpartition(keys, count - 1, axis=1)[:, :count] if count < size else np.argsort(keys, axis=1)[:, np.arange(count) % size]
+        chosen = np.take_along_axis(pool, picked[..., None], axis=1)
+        centres[:, start : start + count] = chosen
+        distances = pool_sq[..., None] - 2 * np.matmul(pool, chosen.transpose(0, 2, 1)) + np.einsum("gcm,gcm->gc", chosen, chosen)[:, None, :]
+        np.minimum(closest, np.maximum(distances.min(axis=-1), 0), out=closest)
+    return centres
