@@ -1,0 +1,108 @@
+"""Quantise and lookup throughput of every format, against baselines measured in the same run.
+
+    python tools/bench_formats.py                       # Gemma 3 270M's table (262144 x 640)
+    python tools/bench_formats.py --model minilm --json bench.json
+
+- quantise: seconds and MB/s (fp32 input) for the whole table; where the `gguf` package has a
+  quantiser for the same type, `gguf.quants.quantize` is timed on the same table beside it.
+- lookup: rows/s for batches of 4096 random token ids (`EmbeddingTable.lookup`, decoded to
+  float32), as a share of an fp32 `np.take` of the same ids from the dense table.
+
+Targets (from issue #3): quantising 262144 x 640 in <= 10 s, lookup >= 50% of the fp32 gather.
+The machine is shared and noisy: read the ratios, which are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeemb.errors import EdgeembError
+from edgeemb.formats import get_format
+from edgeemb.sources import open_model
+from edgeemb.table import QuantizedTable
+
+FORMATS = [
+    ("int8", {}), ("int8", {"zero_point": True}), ("int4", {"block_size": 32}), ("int4", {"block_size": 32, "zero_point": True}),
+    ("int4", {"block_size": 128}), ("int2", {"block_size": 32}), ("Q8_0", {}), ("Q5_0", {}), ("Q4_0", {}), ("Q4_1", {}),
+    ("Q6_K", {}), ("Q4_K", {}), ("pq", {"subspaces_per_value": 4}), ("vocab_kmeans", {"clusters": 1024}),
+]
+BATCH = 4096
+
+
+def best_of(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def lookup_rate(lookup, rows: int, seconds: float = 1.0) -> float:
+    """Rows per second over random batches, for about `seconds`."""
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, rows, BATCH) for _ in range(16)]
+    lookup(batches[0])  # warm up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        lookup(batches[done % len(batches)])
+        done += 1
+    return done * BATCH / (time.perf_counter() - start)
+
+
+def gguf_quantize_seconds(weight: np.ndarray, name: str) -> float | None:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    qtype = getattr(GGMLQuantizationType, name, None)
+    try:
+        return best_of(lambda: quantize(weight, qtype), 1) if qtype is not None else None
+    except NotImplementedError:  # gguf has no quantiser for this type (the K-quants)
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args()
+    weight = open_model(args.model).table.weight
+    rows, dim = weight.shape
+    megabytes = weight.nbytes / 1e6
+    dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
+    results = []
+    print(f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s")
+    print("| format | quantise s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
+    print("|---|---|---|---|---|---|")
+    for name, options in FORMATS:
+        if "subspaces_per_value" in options:
+            options = {"subspaces": dim // options["subspaces_per_value"]}
+        fmt = get_format(name, **options)
+        label = fmt.describe()
+        try:
+            fmt.check_width(dim)
+        except EdgeembError as exc:
+            print(f"| {label} | not applicable: {exc} | | | | |")
+            results.append({"format": label, "skipped": str(exc)})
+            continue
+        start = time.perf_counter()
+        table = QuantizedTable.quantize(weight, fmt)
+        seconds = time.perf_counter() - start
+        reference = gguf_quantize_seconds(weight, name) if not options else None
+        rate = lookup_rate(table.lookup, rows)
+        row = {"format": label, "quantize_seconds": seconds, "quantize_mb_per_s": megabytes / seconds, "gguf_quantize_seconds": reference,
+               "lookup_rows_per_s": rate, "lookup_vs_fp32": rate / dense_rate, "bits_per_param": table.bits_per_param}
+        results.append(row)
+        gguf_cell = f"{reference:.2f}" if reference is not None else "–"
+        print(f"| {label} | {seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "shape": [rows, dim], "fp32_lookup_rows_per_s": dense_rate, "formats": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
