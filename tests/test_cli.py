@@ -147,3 +147,22 @@ def test_inspect_minilm_plot(tmp_path):
     result = run("inspect", "minilm", "--plot", plot)
     assert result.exit_code == 0 and plot.stat().st_size > 10_000
     assert "SVD energy ranks" in result.stdout and "[unused" in result.stdout
+
+
+def test_mixed_precision_recipe_with_codebooks_through_the_cli(tiny_model, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the water is long\npeople made time\nthe the the water\n")
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(
+        "steps:\n"
+        "  - mixed_precision:\n"
+        "      frequent: {format: int8}\n"
+        "      rare: {format: pq, subspaces: 16, centroids: 16}\n"
+        "      frequent_fraction: 0.05\n"
+        f"      corpus: {corpus}\n"
+    )
+    result = run("compress", tiny_model, "-r", recipe, "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.stderr
+    table = json.loads(result.stdout)["table"]
+    assert table["storage"].startswith("mixed: 10 rows int8") and "pq" in table["storage"]
+    assert table["bytes"] == sum(array["bytes"] for array in table["arrays"].values())
