@@ -166,3 +166,13 @@ def test_mixed_precision_recipe_with_codebooks_through_the_cli(tiny_model, tmp_p
     table = json.loads(result.stdout)["table"]
     assert table["storage"].startswith("mixed: 10 rows int8") and "pq" in table["storage"]
     assert table["bytes"] == sum(array["bytes"] for array in table["arrays"].values())
+
+
+@pytest.mark.real
+def test_minilm_pq_recipe_is_16x_smaller_within_half_a_point(tmp_path):
+    """Issue #3's target: >= 16x smaller than fp32 (<= 2.93 MB, codebooks counted), STS-B dev within 0.5."""
+    result = run("compress", "minilm", "-r", "minilm-pq", "-o", tmp_path / "out", "--sts", data_file("stsb", "stsb_en_dev.tsv"), "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["table"]["ratio_vs_fp32"] >= 16 and report["table"]["bytes"] <= 2.93e6
+    assert abs(report["quality"]["sts"]["delta"]) <= 0.5
