@@ -123,20 +123,42 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def frontier(points: list[tuple[float, float]], higher_is_better: bool) -> set[int]:
+    """Indices of the points no other point beats on both size and quality."""
+    sign = 1 if higher_is_better else -1
+    return {
+        i for i, (bits, quality) in enumerate(points)
+        if not any(b <= bits and sign * q >= sign * quality and (b, q) != (bits, quality) for b, q in points)
+    }
+
+
 def plot(rows: list[dict], path: Path) -> None:
+    """Quality against bits per parameter; the Pareto frontier is labelled and joined."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("sts", "STS-B dev Spearman x100 (MiniLM)"), ("perplexity", "WikiText-2 perplexity (SmolLM2-135M)"), ("relative_error", "relative reconstruction error")]
-    figure = Figure(figsize=(16, 5), layout="constrained")
-    for axis, (key, title) in zip(figure.subplots(1, 3), panels):
-        for r in rows:
-            if key in r and "bits_per_param" in r and ("relative_error" in r or key == "perplexity"):
-                marker = "o" if r["model"] == "minilm" else "s"
-                axis.scatter(r["bits_per_param"], r[key], marker=marker, s=18)
-                axis.annotate(r["format"], (r["bits_per_param"], r[key]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        axis.set(xlabel="bits per parameter (everything counted)", title=title, xscale="log")
+    panels = [("minilm", "sts", "MiniLM: STS-B dev Spearman x100", True), ("smollm2-135m", "perplexity", "SmolLM2-135M: WikiText-2 perplexity (log)", False)]
+    figure = Figure(figsize=(15, 6), layout="constrained")
+    for axis, (model, key, title, higher) in zip(figure.subplots(1, 2), panels):
+        mine = [r for r in rows if r["model"] == model and key in r and "relative_error" in r]
+        if not mine:
+            continue
+        points = [(r["bits_per_param"], r[key]) for r in mine]
+        best = frontier(points, higher)
+        axis.scatter(*zip(*points), s=14, color="tab:gray", label="measured")
+        line = sorted(points[i] for i in best)
+        axis.plot(*zip(*line), "-o", color="tab:blue", markersize=4, label="Pareto frontier")
+        for i in best:
+            axis.annotate(mine[i]["format"], points[i], fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if higher:
+            original = mine[0]["sts_original"]
+            axis.axhline(original, color="tab:green", linestyle="--", linewidth=1, label=f"original {original:.2f}")
+            axis.set_ylim(original - 2.0, original + 0.4)  # lower points are off the chart: see the table
+        else:
+            axis.set_yscale("log")
+        axis.set(xlabel="bits per parameter (everything counted)", title=title)
         axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     FigureCanvasAgg(figure).print_png(str(path))
 
 
@@ -145,7 +167,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("-o", "--out", type=Path, default=Path("rate-distortion"), help="output path without suffix")
     parser.add_argument("--models", default="minilm,smollm2-135m")
+    parser.add_argument("--from-json", action="store_true", help="re-render OUT.md and OUT.png from OUT.json without measuring")
     args = parser.parse_args()
+    if args.from_json:
+        rows = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.with_suffix(".md").write_text(markdown(rows))
+        plot(rows, args.out.with_suffix(".png"))
+        return
     corpus = args.data / "wikitext2" / "wikitext2_raw_test_joined.txt"
     text = corpus.read_text(encoding="utf-8")
     rows = []
