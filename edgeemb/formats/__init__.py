@@ -58,6 +58,12 @@ class QuantFormat(ABC):
         return {"name": self.name, **asdict(self)}
 
 
+def reciprocal_or_zero(values: np.ndarray) -> np.ndarray:
+    """1 / values as float32, and 0 where a value is 0 (an all-zero block quantises to zeros)."""
+    values = values.astype(np.float32, copy=False)
+    return np.divide(np.float32(1), values, out=np.zeros_like(values), where=values != 0)
+
+
 _REGISTRY: dict[str, type[QuantFormat]] = {}
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 
 _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
@@ -89,7 +89,7 @@ class Q8_0(_GGMLFormat):
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         d = np.abs(blocks).max(axis=1, keepdims=True) / 127
-        q = _round_half_away(blocks * _inverse(d))
+        q = _round_half_away(blocks * reciprocal_or_zero(d))
         return np.concatenate([_fp16_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ class _Symmetric(_GGMLFormat):
         zero = 1 << (self.bits - 1)
         extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)
         d = extreme / -zero
-        q = np.trunc(blocks * _inverse(d) + _F32(zero + 0.5))
+        q = np.trunc(blocks * reciprocal_or_zero(d) + _F32(zero + 0.5))
         return d, np.minimum(q, 2 * zero - 1).astype(np.uint8)
 
 
@@ -152,7 +152,7 @@ class Q4_1(_GGMLFormat):
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         low = blocks.min(axis=1, keepdims=True)
         d = (blocks.max(axis=1, keepdims=True) - low) / 15
-        q = np.minimum(np.trunc((blocks - low) * _inverse(d) + _F32(0.5)), 15).astype(np.uint8)
+        q = np.minimum(np.trunc((blocks - low) * reciprocal_or_zero(d) + _F32(0.5)), 15).astype(np.uint8)
         return np.concatenate([_fp16_bytes(d), _fp16_bytes(low), _pack_nibbles(q)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
@@ -396,11 +396,6 @@ def _select(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bits = np.negative(mask.astype(np.uint32))  # all ones where True
     a_bits, b_bits = a.view(np.uint32), b.view(np.uint32)
     return (b_bits ^ ((a_bits ^ b_bits) & bits)).view(_F32)
-
-
-def _inverse(d: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(d == 0, _F32(0), 1 / d)
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:

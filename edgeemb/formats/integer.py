@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,13 @@ class _IntBlocks(QuantFormat):
             # The range always includes 0, so zero is exact and a constant block keeps its value.
             low, high = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
             scales = _fp16_at_least((high - low) / top)
-            inverse = _inverse(scales)
+            inverse = reciprocal_or_zero(scales)
             zeros = np.clip(np.rint(-low * inverse), 0, top)
         else:
             zero = 1 << (self.bits - 1)
             extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
             scales = _fp16_at_least(extreme / -zero)
-            inverse = _inverse(scales)
+            inverse = reciprocal_or_zero(scales)
             zeros = np.full(scales.shape, zero, np.float32)
         codes = np.clip(np.rint(blocks * inverse[..., None]) + zeros[..., None], 0, top).astype(np.uint8)
         arrays = {"codes": _pack(codes.reshape(n, dim), self.bits), "scales": scales}
@@ -140,11 +140,6 @@ def _fp16_at_least(exact: np.ndarray) -> np.ndarray:
     scales = exact.astype(np.float16)
     shrunk = np.abs(scales.astype(np.float32)) < np.abs(exact)
     return np.where(shrunk, np.nextafter(scales, np.copysign(np.float16(np.inf), scales)), scales)
-
-
-def _inverse(scales: np.ndarray) -> np.ndarray:
-    stored = scales.astype(np.float32)
-    return np.divide(1.0, stored, out=np.zeros_like(stored), where=stored != 0)
 
 
 def _pad_to_bytes(values: np.ndarray, bits: int) -> np.ndarray:
