@@ -35,10 +35,15 @@ class Artifact:
     table: EmbeddingTable
 
 
+def refuse_existing(path: Path, force: bool) -> None:
+    """No output replaces an existing file or folder without `force`; checked before any work."""
+    if path.exists() and not force:
+        raise EdgeembError(f"{path} already exists; pass --force to replace it")
+
+
 def check_writable(out: Path, force: bool) -> None:
     """Fail early, before any work, if OUT exists and may not be replaced."""
-    if out.exists() and not force:
-        raise EdgeembError(f"{out} already exists; pass --force to replace it")
+    refuse_existing(out, force)
     if out.exists() and not out.is_dir():
         raise EdgeembError(f"{out} exists and is not a folder")
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeemb import __version__
+from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import reporting
 from edgeemb.report.markdown import human_bytes
@@ -56,11 +57,6 @@ def _progress_bars():
 
 def _print_json(data: dict) -> None:
     click.echo(json.dumps(data, indent=2))
-
-
-def _refuse_existing(path: Path | None, force: bool) -> None:
-    if path is not None and path.exists() and not force:
-        raise EdgeembError(f"{path} already exists; pass --force to replace it")
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
@@ -104,7 +100,8 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
     from edgeemb.pipeline import model_facts
     from edgeemb.sources import open_model
 
-    _refuse_existing(plot, force)
+    if plot is not None:
+        refuse_existing(plot, force)
     with _progress_bars():
         source = open_model(model)
         analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
