@@ -1,6 +1,6 @@
 """The main path: model -> recipe -> compressed table -> quality report -> OUT/.
 
-    from edgeemb import compress
+    from edgeemb.pipeline import compress
     result = compress("minilm", "int4", "out/minilm-int4")
     result.report["table"]["ratio_vs_source"]
 """
@@ -11,7 +11,6 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edgeemb import __version__
 from edgeemb.artifact import check_writable, load_artifact, write_artifact

@@ -3,7 +3,6 @@ the real models from their PyPI packages, and the real evaluation data beside th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -32,9 +32,8 @@ class FormatConfig(StepConfig):
         return self
 
     def build_format(self) -> formats.QuantFormat:
-        options = {k: v for k, v in (self.model_extra or {}).items() if k not in type(self).model_fields}
         try:
-            return formats.get_format(self.format, **options)
+            return formats.get_format(self.format, **(self.model_extra or {}))
         except EdgeembError as exc:
             raise ValueError(str(exc)) from None
 

@@ -99,7 +99,8 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def _tensor_headers(file: Path) -> dict[str, tuple[list[int], str]]:
     try:
         with safe_open(os.fspath(file), framework="pt") as handle:
-            return {key: (handle.get_slice(key).get_shape(), handle.get_slice(key).get_dtype()) for key in handle.keys()}
+            slices = {key: handle.get_slice(key) for key in handle.keys()}
+            return {key: (piece.get_shape(), piece.get_dtype()) for key, piece in slices.items()}
     except (SafetensorError, OSError) as exc:
         raise EdgeembError(f"{file}: not a valid safetensors file ({exc})") from None
 
