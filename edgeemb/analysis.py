@@ -19,6 +19,7 @@ from scipy.stats import skew
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
 from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
+from edgeemb.rows import unit_rows
 
 ENERGY_LEVELS = ("0.90", "0.95", "0.99")
 # Modified z-score (log norm - median) / (1.4826 * MAD). At 5, a Gaussian table would flag
@@ -202,12 +203,6 @@ def _norms_and_mean(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return norms, mean
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm; zero rows stay zero (cosine 0 with everything)."""
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
-
-
 def _sample_ids(rows: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted distinct row ids (all rows if size >= rows); sorted for cache-friendly gathers."""
     if size >= rows:
@@ -250,8 +245,8 @@ def _anisotropy(
     # Draw the partner from the other rows-1 ids, so no pair is a row with itself.
     second = rng.integers(0, rows - 1, pairs)
     second += second >= first
-    a = _unit(weight[first].astype(np.float32))
-    b = _unit(weight[second].astype(np.float32))
+    a = unit_rows(weight[first].astype(np.float32))
+    b = unit_rows(weight[second].astype(np.float32))
     mean_norm = float(norms.mean())
     return Anisotropy(
         mean_pair_cosine=float(np.einsum("ij,ij->i", a, b, dtype=np.float64).mean()),
@@ -264,7 +259,7 @@ def _hubness(weight: np.ndarray, sample: int, k: int, rng: np.random.Generator) 
     ids = _sample_ids(weight.shape[0], sample, rng)
     n = len(ids)
     k = min(k, n - 1)
-    unit = _unit(weight[ids].astype(np.float32))
+    unit = unit_rows(weight[ids].astype(np.float32))
     sims = unit @ unit.T
     np.fill_diagonal(sims, -np.inf)
     neighbours = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -312,7 +307,7 @@ def _near_duplicates(
 ) -> NearDuplicates:
     rows = weight.shape[0]
     ids = _sample_ids(rows, sample, rng)
-    queries = _unit(weight[ids].astype(np.float32))
+    queries = unit_rows(weight[ids].astype(np.float32))
     best = np.full(len(ids), -np.inf, dtype=np.float32)
     best_id = np.zeros(len(ids), dtype=np.int64)
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)

@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import BeirData, StsData
 from edgeemb.progress import track
+from edgeemb.rows import unit_rows
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -50,8 +51,7 @@ def _embed(encode: Encode, texts: list[str], description: str) -> np.ndarray:
     vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise ValueError(f"encoder returned shape {vectors.shape} for {len(texts)} texts")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
+    return unit_rows(vectors)
 
 
 def sts_spearman(encode: Encode, data: StsData) -> float:

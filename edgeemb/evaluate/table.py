@@ -17,6 +17,7 @@ import numpy as np
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
 from edgeemb.table import EmbeddingTable
+from edgeemb.rows import unit_rows
 
 _CHUNK_ROWS = 16384
 
@@ -51,8 +52,8 @@ def table_quality(
         raise EdgeembError("table quality needs at least 2 rows")
     k = min(k, rows - 1)
     queries = np.sort(np.random.default_rng(seed).choice(rows, size=min(nn_queries, rows), replace=False))
-    original_queries = _unit(original[queries].astype(np.float32))
-    compressed_queries = _unit(compressed.lookup(queries))
+    original_queries = unit_rows(original[queries].astype(np.float32))
+    compressed_queries = unit_rows(compressed.lookup(queries))
     original_top = _TopK(len(queries), k)
     compressed_top = _TopK(len(queries), k)
 
@@ -66,8 +67,8 @@ def table_quality(
         error_sq += float(np.sum(np.square(before - after), dtype=np.float64))
         reference_sq += float(np.einsum("ij,ij->", before, before, dtype=np.float64))
         cosines[start : start + len(ids)] = _row_cosines(before, after)
-        original_top.update(original_queries, queries, _unit(before), start)
-        compressed_top.update(compressed_queries, queries, _unit(after), start)
+        original_top.update(original_queries, queries, unit_rows(before), start)
+        compressed_top.update(compressed_queries, queries, unit_rows(after), start)
 
     overlap = original_top.overlap(compressed_top)
     worst = int(np.argmin(cosines))
@@ -87,12 +88,6 @@ def table_quality(
     )
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
-
-
 def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     dots = np.einsum("ij,ij->i", a, b, dtype=np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64) * np.einsum("ij,ij->i", b, b, dtype=np.float64))
@@ -109,9 +104,9 @@ class _TopK:
         self.sims = np.full((queries, k), -np.inf, dtype=np.float32)
         self.ids = np.full((queries, k), -1, dtype=np.int64)
 
-    def update(self, unit_queries: np.ndarray, query_ids: np.ndarray, unit_rows: np.ndarray, start: int) -> None:
-        sims = unit_queries @ unit_rows.T
-        inside = np.flatnonzero((query_ids >= start) & (query_ids < start + len(unit_rows)))
+    def update(self, unit_queries: np.ndarray, query_ids: np.ndarray, unit_chunk: np.ndarray, start: int) -> None:
+        sims = unit_queries @ unit_chunk.T
+        inside = np.flatnonzero((query_ids >= start) & (query_ids < start + len(unit_chunk)))
         sims[inside, query_ids[inside] - start] = -np.inf  # not the row itself
         # This chunk's best k, then the best k of those and the running top k.
         take = min(self.k, sims.shape[1])

@@ -27,6 +27,7 @@ import scipy.sparse
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import Arrays, QuantFormat, register
 from edgeemb.progress import track
+from edgeemb.rows import unit_rows
 
 _CHUNK_ENTRIES = 1 << 22  # distances per wide matmul (16 MB): bounded temporaries
 _ASSIGN_ROWS = 16384  # rows converted and split per assignment step
@@ -108,7 +109,7 @@ class VocabKMeans(_Codebook):
         if self.clusters > n:
             raise EdgeembError(f"vocab_kmeans: {self.clusters} clusters for a table of only {n} rows")
         rng = np.random.default_rng(self.seed)
-        sample = _unit(_sample(rows, self.train_rows, self.clusters, rng))
+        sample = unit_rows(_sample(rows, self.train_rows, self.clusters, rng))
         centroids = _kmeans(sample[None], self.clusters, self.iterations, rng, spherical=True, label=self.name)[0].astype(np.float16)
         centres = centroids.astype(np.float32)
         squared = np.einsum("ij,ij->i", centres, centres)
@@ -117,7 +118,7 @@ class VocabKMeans(_Codebook):
         starts = range(0, n, _ASSIGN_ROWS)
         for start in track(starts, "vocab_kmeans assign", len(starts)):
             chunk = rows[start : start + _ASSIGN_ROWS].astype(np.float32, copy=False)
-            nearest = _nearest(_unit(chunk)[None], centres[None])[0]
+            nearest = _nearest(unit_rows(chunk)[None], centres[None])[0]
             # The scale that minimises ||row - scale * centroid||: the row's projection on it.
             dots = np.einsum("ij,ij->i", chunk, centres[nearest])
             codes[start : start + _ASSIGN_ROWS] = nearest
@@ -148,12 +149,6 @@ def _sample(rows: np.ndarray, train_rows: int, centres: int, rng: np.random.Gene
 def _split(rows: np.ndarray, groups: int) -> np.ndarray:
     """(n, d) -> contiguous (groups, n, d / groups): one block of sub-vectors per sub-space."""
     return np.ascontiguousarray(rows.reshape(rows.shape[0], groups, -1).transpose(1, 0, 2))
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))[:, None]
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
 
 
 def _chunk_rows(k: int, m: int) -> int:
@@ -198,7 +193,7 @@ def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generato
         filled = counts > 0
         old = centres
         means = sums / np.maximum(counts, 1)[..., None]
-        centres = np.where(filled[..., None], _unit(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres)
+        centres = np.where(filled[..., None], unit_rows(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres)
         # An empty centre is reseeded on the points its group represents worst (largest error).
         for group in np.flatnonzero(~filled.all(axis=1)):
             empty = np.flatnonzero(~filled[group])
