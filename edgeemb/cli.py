@@ -23,7 +23,7 @@ from edgeemb import __version__
 from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import reporting
-from edgeemb.report.markdown import human_bytes
+from edgeemb.report.markdown import comparison_rows, format_number, human_bytes
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -252,15 +252,9 @@ def _print_report(report: dict) -> None:
     rows = [
         ("table bytes", f"{human_bytes(model['table_bytes'])} -> {human_bytes(table['bytes'])}  ({table['ratio_vs_source']:.2f}x smaller)"),
         ("bits per parameter", f"{table['bits_per_param']:.2f}"),
-        *((key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value)) for key, value in quality["table"].items()),
+        *((key.replace("_", " "), format_number(value)) for key, value in quality["table"].items()),
+        *((label, f"{before} -> {after}  ({change}; {data})") for label, data, before, after, change in comparison_rows(quality)),
     ]
-    if "sts" in quality:
-        sts = quality["sts"]
-        rows.append(("STS Spearman x100", f"{sts['original']:.2f} -> {sts['compressed']:.2f}  ({sts['delta']:+.2f}, {sts['pairs']} pairs)"))
-    if "retrieval" in quality:
-        ret = quality["retrieval"]
-        for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
-            rows.append((label, f"{ret['original'][key]:.4f} -> {ret['compressed'][key]:.4f}"))
     if "drift" in quality:
         drift = quality["drift"]
         rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))

@@ -11,10 +11,24 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _number(value: object) -> str:
+def format_number(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def comparison_rows(quality: dict) -> list[tuple[str, str, str, str, str]]:
+    """(metric, data, original, compressed, change) for each model-level figure, formatted."""
+    rows = []
+    if "sts" in quality:
+        sts = quality["sts"]
+        rows.append(("STS Spearman x100", f"{sts['data']} ({sts['pairs']} pairs)", f"{sts['original']:.2f}", f"{sts['compressed']:.2f}", f"{sts['delta']:+.2f}"))
+    if "retrieval" in quality:
+        ret = quality["retrieval"]
+        for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
+            before, after = ret["original"][key], ret["compressed"][key]
+            rows.append((label, ret["data"], f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+    return rows
 
 
 def render_report(report: dict) -> str:
@@ -40,18 +54,12 @@ def render_report(report: dict) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        *(f"| {key.replace('_', ' ')} | {_number(value)} |" for key, value in quality["table"].items()),
+        *(f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality["table"].items()),
     ]
-    if "sts" in quality or "retrieval" in quality:
+    comparisons = comparison_rows(quality)
+    if comparisons:
         lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |", "|---|---|---|---|---|"]
-    if "sts" in quality:
-        sts = quality["sts"]
-        lines.append(f"| STS Spearman x100 | {sts['data']} ({sts['pairs']} pairs) | {sts['original']:.2f} | {sts['compressed']:.2f} | {sts['delta']:+.2f} |")
-    if "retrieval" in quality:
-        ret = quality["retrieval"]
-        for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
-            before, after = ret["original"][key], ret["compressed"][key]
-            lines.append(f"| {label} | {ret['data']} | {before:.4f} | {after:.4f} | {after - before:+.4f} |")
+        lines += [f"| {' | '.join(row)} |" for row in comparisons]
     if "drift" in quality:
         drift = quality["drift"]
         lines += ["", f"Sentence-embedding cosine, original vs compressed, over {drift['n']} texts: "
