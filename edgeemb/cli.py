@@ -15,7 +15,13 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -133,7 +139,8 @@ recipe's `evaluate:`) to measure the whole sentence-embedding model too. """ + _
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None, texts: Path | None, as_json: bool) -> None:
-    from edgeemb.pipeline import EvaluationData, compress as run
+    from edgeemb.pipeline import EvaluationData
+    from edgeemb.pipeline import compress as run
 
     with _progress_bars():
         result = run(model, recipe, out, force=force, data=EvaluationData(sts, beir, texts))
@@ -158,6 +165,51 @@ def evaluate(out: Path, sts: Path | None, beir: Path | None, texts: Path | None,
         _print_json(report)
         return
     _print_report(report)
+
+
+_EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there.
+
+\b
+gguf: the source GGUF with token_embd.weight replaced (every other tensor and all metadata
+      copied byte for byte), run in llama.cpp next to the source: greedy output on a fixed
+      prompt, decode tokens/s, peak RSS, and with --text the perplexity of both on the same
+      tokens. A table stored in a GGUF type (recipes gguf-q4_0-ls, gguf-q5_0-ls, or a
+      `quantize: {format: Q5_0}` step) is copied as is; any other table is rebuilt at full
+      width and quantised to --type, since llama.cpp has no factorised or codebook embedding.
+"""
+
+
+@main.command(help=_EXPORT_HELP)
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True, help="Target runtime format.")
+@click.option("-o", "--output", "file", type=click.Path(dir_okay=False, path_type=Path), help="Output file. Default: OUT/model.gguf.")
+@click.option("--type", "tensor_type", help="GGUF type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32.")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of the export and of the source on its first --max-tokens tokens.")
+@click.option("--max-tokens", default=8192, show_default=True, help="Tokens of --text to score (windows of 1024).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
+def export(out: Path, fmt: str, file: Path | None, tensor_type: str | None, text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
+    from edgeemb.pipeline import export_artifact
+
+    with _progress_bars():
+        report = export_artifact(out, file, tensor_type=tensor_type, force=force, text=text, max_tokens=max_tokens)
+    if as_json:
+        _print_json(report)
+        return
+    exported, verify = report["export"], report["verify"]
+    source_run, export_run = verify["source"], verify["export"]
+    rows = [
+        ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}; source {human_bytes(exported['source_bytes'])}, {exported['file_bytes'] / exported['source_bytes'] - 1:+.1%})"),
+        ("token_embd", f"{exported['tensor_type']}, {human_bytes(exported['table_bytes'])} (source {human_bytes(exported['source_table_bytes'])})"),
+        *(("note", note) for note in exported["notes"]),
+        ("greedy output", f"{verify['greedy_tokens_equal_to_source']}/{len(export_run['greedy_ids'])} tokens as the source: {export_run['greedy_text'][:80]!r}"),
+        ("decode", f"{export_run['decode_tokens_per_s']:.1f} tokens/s (source {source_run['decode_tokens_per_s']:.1f}, same run)"),
+        ("peak RSS", f"{human_bytes(export_run['peak_rss_bytes'])} (source {human_bytes(source_run['peak_rss_bytes'])})"),
+    ]
+    if export_run["perplexity"] is not None:
+        before, after = source_run["perplexity"], export_run["perplexity"]
+        rows.append(("perplexity", f"{before['perplexity']:.3f} -> {after['perplexity']:.3f} ({after['perplexity'] / before['perplexity'] - 1:+.2%}; {after['tokens_scored']} tokens of {text})"))
+    _print_rows(f"{out}: GGUF export, verified in llama.cpp", rows)
 
 
 @main.command()

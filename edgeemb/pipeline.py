@@ -11,9 +11,8 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from edgeemb import __version__
-from edgeemb.artifact import check_writable, load_artifact, write_artifact
+from edgeemb.artifact import Artifact, check_writable, load_artifact, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
 from edgeemb.recipe import Recipe, load_recipe
@@ -34,7 +33,7 @@ class EvaluationData:
     def any(self) -> bool:
         return any((self.sts, self.beir, self.texts))
 
-    def merged_over(self, recipe: Recipe) -> "EvaluationData":
+    def merged_over(self, recipe: Recipe) -> EvaluationData:
         """These paths, falling back to the ones the recipe names."""
         return EvaluationData(
             *(getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None) for key in ("sts", "beir", "texts"))
@@ -146,13 +145,19 @@ def compress(
     return CompressResult(out, manifest, report)
 
 
-def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) -> dict:
-    """Recompute the quality of OUT/ against its source model, which must be unchanged."""
-    artifact = load_artifact(Path(out))
+def open_source(artifact: Artifact) -> SourceModel:
+    """The source model OUT/ was compressed from, checked unchanged by its sha256."""
     source_info = artifact.manifest["source"]
     source = open_model(source_info["name"] if source_info["name"] in catalog() else source_info["path"])
     if source.sha256 != source_info["sha256"]:
-        raise EdgeembError(f"{out}: the source model {source_info['name']} changed since it was compressed (sha256 differs)")
+        raise EdgeembError(f"{artifact.path}: the source model {source_info['name']} changed since it was compressed (sha256 differs)")
+    return source
+
+
+def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) -> dict:
+    """Recompute the quality of OUT/ against its source model, which must be unchanged."""
+    artifact = load_artifact(Path(out))
+    source = open_source(artifact)
     return {
         "model": model_facts(source),
         "table": table_facts(artifact.table, source),
@@ -167,3 +172,42 @@ def default_out(model: SourceModel, recipe: Recipe) -> Path:
 
 def _data_facts(path: Path) -> dict:
     return {"data": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
+def export_artifact(
+    out: str | Path, file: str | Path | None = None, *, tensor_type: str | None = None, force: bool = False,
+    text: Path | None = None, max_tokens: int = 8192,
+) -> dict:
+    """Export OUT/ as a GGUF for llama.cpp (its source must be a GGUF) and verify it there.
+
+    Verification loads the export and the source in llama.cpp, each in its own process: greedy
+    output on a fixed prompt, decode tokens/s and peak RSS, and with `text` the perplexity of
+    both on the same tokens. A file llama.cpp cannot run is removed and the export fails."""
+    from edgeemb.evaluate.llamacpp import measure_ggufs
+    from edgeemb.export.gguf import export_gguf
+
+    artifact = load_artifact(Path(out))
+    source = open_source(artifact)
+    if source.format != "gguf":
+        raise EdgeembError(
+            f"{source.name} is a {source.format} model: GGUF export rewrites a source GGUF "
+            "(make one with llama.cpp's convert_hf_to_gguf.py, then compress that file)"
+        )
+    file = Path(file) if file is not None else artifact.path / "model.gguf"
+    exported = export_gguf(source.path, artifact.table, file, tensor_type, force)
+    try:
+        source_run, export_run = measure_ggufs([source.path, file], text.read_text(encoding="utf-8") if text else None, max_tokens)
+    except BaseException:
+        file.unlink(missing_ok=True)
+        raise
+    agree = next((i for i, (a, b) in enumerate(zip(source_run.greedy_ids, export_run.greedy_ids)) if a != b), len(export_run.greedy_ids))
+    return {
+        "export": asdict(exported),
+        "verify": {
+            "runtime": "llama.cpp (llama-cpp-python)",
+            "greedy_tokens_equal_to_source": agree,
+            "source": asdict(source_run),
+            "export": asdict(export_run),
+            **({"text": _data_facts(text)} if text else {}),
+        },
+    }

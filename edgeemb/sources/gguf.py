@@ -102,8 +102,13 @@ class GGUFHeader:
     version: int
     metadata: dict[str, Any]  # str, int, float, bool; numeric arrays as numpy; string arrays as list[str]
     tensors: list[GGUFTensorInfo]  # in file order
+    infos_offset: int  # end of the metadata, start of the tensor infos
     data_offset: int  # start of the (aligned) data section
     file_size: int
+
+    @property
+    def alignment(self) -> int:
+        return self.metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
 
     def tensor(self, name: str) -> GGUFTensorInfo | None:
         return next((t for t in self.tensors if t.name == name), None)
@@ -234,6 +239,7 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
         for _ in range(kv_count):
             key = parser.string()
             metadata[key] = parser.value(parser.u32())
+        infos_offset = parser.pos
         raw_infos = [parser.tensor_info() for _ in range(tensor_count)]
     except _Truncated:
         raise EdgeembError(f"{path}: truncated GGUF file (the header runs past the end, {file_size} bytes)") from None
@@ -265,7 +271,7 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
                 f"the file has {file_size})"
             )
         tensors.append(info)
-    return GGUFHeader(version, metadata, tensors, data_offset, file_size)
+    return GGUFHeader(version, metadata, tensors, infos_offset, data_offset, file_size)
 
 
 def tensor_bytes(path: Path, info: GGUFTensorInfo) -> np.ndarray:

@@ -1,0 +1,203 @@
+"""Run GGUF files in llama.cpp (llama-cpp-python): perplexity, greedy output, speed and memory.
+
+Perplexity is computed from the logits here, not from llama-cpp-python's echo log-probs (those
+shift by one position on models without a BOS token, such as SmolLM2): each window of `window`
+tokens is decoded from an empty KV cache in batches that ask for every position's logits, and
+every token but the window's first is scored. As in llama.cpp's own perplexity tool, a model that
+expects a BOS token (Gemma) gets it as the first token of every window, not only of the first.
+
+Every file is measured in a fresh process, so peak RSS (VmHWM, taken after load and generation,
+before the perplexity pass allocates its logits) is that model's alone and one model's pages do
+not warm the next. The text is tokenised once, by the first file, and every file is scored on the
+same ids: compare files that share a vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeemb.errors import EdgeembError
+from edgeemb.evaluate.perplexity import Perplexity
+from edgeemb.progress import track
+
+DEFAULT_PROMPT = "The capital of France is"
+_BATCH = 256  # tokens per llama_decode in the perplexity pass: logits of 256 x vocab floats
+
+
+@dataclass(frozen=True)
+class LlamaRun:
+    path: str
+    file_bytes: int
+    load_seconds: float
+    greedy_ids: list[int]
+    greedy_text: str
+    decode_tokens_per_s: float  # greedy generation, one token per llama_decode
+    prefill_tokens_per_s: float | None  # the perplexity pass: batches of 256 tokens
+    peak_rss_bytes: int
+    perplexity: Perplexity | None
+
+
+def _load(path: Path, n_ctx: int, n_batch: int):
+    import llama_cpp
+
+    threads = os.cpu_count() or 1
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+            n_threads=threads, n_threads_batch=threads, verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Tokens:
+    ids: np.ndarray  # int32, starting with BOS when the model adds one
+    bos: int | None  # the BOS id if the model adds one, else None
+
+
+def tokenize_text(path: Path, text: str, max_tokens: int | None = None) -> Tokens:
+    """`text` as llama.cpp tokenises it for this model, with BOS if the model asks for one."""
+    import llama_cpp
+
+    try:
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
+    with_bos = vocab.tokenize(b"a", add_bos=True, special=False)
+    bos = with_bos[0] if len(with_bos) > len(vocab.tokenize(b"a", add_bos=False, special=False)) else None
+    ids = vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    return Tokens(np.asarray(ids[:max_tokens], dtype=np.int32), bos)
+
+
+class _Decoder:
+    """One llama.cpp context driven through the C API: decode ids, read logits."""
+
+    def __init__(self, llm, capacity: int) -> None:
+        import llama_cpp
+
+        self._api = llama_cpp
+        self.llm = llm
+        self.n_vocab = llm.n_vocab()
+        self.capacity = capacity
+        self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
+
+    def close(self) -> None:
+        self._api.llama_batch_free(self.batch)
+
+    def clear(self) -> None:
+        self._api.llama_memory_clear(self._api.llama_get_memory(self.llm.ctx), True)
+
+    def decode(self, ids: np.ndarray, start: int, all_logits: bool) -> np.ndarray:
+        """Decode `ids` at positions start.. and return their logits (all, or the last row)."""
+        batch = self.batch
+        batch.n_tokens = len(ids)
+        for i, token in enumerate(ids.tolist()):
+            batch.token[i] = token
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = all_logits or i == len(ids) - 1
+        if self._api.llama_decode(self.llm.ctx, batch) != 0:
+            raise EdgeembError(f"llama_decode failed at position {start}")
+        rows = len(ids) if all_logits else 1
+        return np.ctypeslib.as_array(self._api.llama_get_logits(self.llm.ctx), shape=(rows, self.n_vocab))
+
+
+def _window_nll(decoder: _Decoder, ids: np.ndarray) -> float:
+    """Summed -log p of ids[1:] given the ids before them, from an empty cache."""
+    import torch
+
+    decoder.clear()
+    total = 0.0
+    for start in range(0, len(ids) - 1, decoder.capacity):
+        chunk = ids[start : start + decoder.capacity]
+        targets = torch.from_numpy(ids[start + 1 : start + 1 + len(chunk)].astype(np.int64))
+        logits = torch.from_numpy(decoder.decode(chunk, start, all_logits=True)[: len(targets)])
+        picked = logits.gather(1, targets[:, None])[:, 0]
+        total += float((torch.logsumexp(logits, dim=1) - picked).double().sum())
+    return total
+
+
+def gguf_perplexity(decoder: _Decoder, tokens: Tokens, window: int) -> Perplexity:
+    ids = tokens.ids
+    if len(ids) < 2:
+        raise EdgeembError("perplexity needs at least 2 tokens of text")
+    total, scored = 0.0, 0
+    starts = range(0, len(ids) - 1, window)
+    for start in track(starts, "perplexity (llama.cpp)", len(starts)):
+        chunk = ids[start : start + window].copy()
+        if len(chunk) < 2:
+            continue
+        if tokens.bos is not None:
+            chunk[0] = tokens.bos
+        total += _window_nll(decoder, chunk)
+        scored += len(chunk) - 1
+    return Perplexity(math.exp(total / scored), total / scored, scored, window)
+
+
+def _greedy(decoder: _Decoder, prompt: np.ndarray, count: int) -> tuple[list[int], float]:
+    """Greedy continuation: (ids, decode tokens/s). The prompt is decoded twice, so the first
+    touch of the mapped weights is not counted as decode speed."""
+    decoder.decode(prompt, 0, all_logits=False)
+    decoder.clear()
+    logits = decoder.decode(prompt, 0, all_logits=False)
+    out: list[int] = []
+    begin = time.perf_counter()
+    for position in range(len(prompt), len(prompt) + count):
+        token = int(logits[-1].argmax())
+        out.append(token)
+        logits = decoder.decode(np.asarray([token], np.int32), position, all_logits=False)
+    return out, count / (time.perf_counter() - begin)
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_gguf(path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024) -> LlamaRun:
+    """Load `path` in llama.cpp, continue `prompt` greedily and score `text` (if given).
+    Run it in a fresh process (`measure_ggufs`) for a peak RSS that is this model's alone."""
+    path = Path(path)
+    begin = time.perf_counter()
+    llm = _load(path, n_ctx=max(window, len(prompt.ids) + generate), n_batch=_BATCH)
+    load_seconds = time.perf_counter() - begin
+    decoder = _Decoder(llm, _BATCH)
+    try:
+        greedy_ids, decode_rate = _greedy(decoder, prompt.ids, generate)
+        peak = _peak_rss()
+        begin = time.perf_counter()
+        ppl = gguf_perplexity(decoder, text, window) if text is not None else None
+        prefill_rate = len(text.ids) / (time.perf_counter() - begin) if text is not None else None
+    finally:
+        decoder.close()
+    greedy_text = llm.detokenize(greedy_ids).decode("utf-8", "replace")
+    return LlamaRun(str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, decode_rate, prefill_rate, peak, ppl)
+
+
+def measure_ggufs(
+    paths: list[Path], text: str | None, max_tokens: int = 8192, prompt: str = DEFAULT_PROMPT,
+    generate: int = 32, window: int = 1024,
+) -> list[LlamaRun]:
+    """Measure each file in its own process, one after the other, on the same token ids."""
+    if not paths:
+        return []
+    tokens = tokenize_text(paths[0], text, max_tokens) if text is not None else None
+    prompt_tokens = tokenize_text(paths[0], prompt)
+    runs = []
+    context = multiprocessing.get_context("spawn")
+    for path in track(paths, "llama.cpp runs", len(paths)):
+        with context.Pool(1) as pool:
+            runs.append(pool.apply(measure_gguf, (Path(path), tokens, prompt_tokens, generate, window)))
+    return runs

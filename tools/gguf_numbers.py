@@ -1,0 +1,108 @@
+"""edgeemb's GGUF exports against llama.cpp's own token-embedding choices, in one run.
+
+    python tools/gguf_numbers.py --model gemma3-270m --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt -o docs
+    python tools/gguf_numbers.py --model smollm2-135m --text ... -o docs
+
+For one source GGUF: llama.cpp's quantiser (`llama_model_quantize` with `token_embedding_type`,
+every other tensor kept) makes one file per `--llama` type; edgeemb applies each `--recipes`
+recipe to the table and exports it with `export_gguf`. Every file, the source included, then
+runs in llama.cpp in its own process on the same token ids: perplexity over the first
+`--max-tokens` tokens (windows of 1024), greedy output on a fixed prompt, decode tokens/s and
+peak RSS. Writes docs/gguf-MODEL.md and .json. Speeds are noisy on a shared machine: read them
+as ratios to the source measured in the same run.
+
+An edgeemb file beats a llama.cpp point when it is smaller at no worse perplexity, or has a
+lower perplexity at no larger file size; the table says which points each one beats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from edgeemb.evaluate.llamacpp import measure_ggufs
+from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
+from edgeemb.passes import PassContext
+from edgeemb.recipe import load_recipe
+from edgeemb.sources import open_model
+
+
+def beats(row: dict, peer: dict) -> bool:
+    smaller_no_worse = row["file_bytes"] < peer["file_bytes"] and row["perplexity"] <= peer["perplexity"]
+    better_no_larger = row["perplexity"] < peer["perplexity"] and row["file_bytes"] <= peer["file_bytes"]
+    return smaller_no_worse or better_no_larger
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--text", type=Path, required=True, help="plain text for perplexity (e.g. WikiText-2 raw test)")
+    parser.add_argument("--max-tokens", type=int, default=8192)
+    parser.add_argument("--llama", default="Q5_0,Q4_0", help="llama.cpp token_embd types to compare with")
+    parser.add_argument("--recipes", default="gguf-q5_0-ls,gguf-q4_0-ls", help="edgeemb recipes to export")
+    parser.add_argument("-o", "--out", type=Path, default=Path("docs"))
+    args = parser.parse_args()
+
+    model = open_model(args.model)
+    with tempfile.TemporaryDirectory(prefix="edgeemb-gguf-") as work:
+        work = Path(work)
+        files = [("source", model.stored_dtype, model.path, None)]
+        for qtype in args.llama.split(","):
+            path = work / f"llama-{qtype}.gguf"
+            llama_quantize_token_embd(model.path, path, qtype)
+            files.append((f"llama.cpp token_embd {qtype}", qtype, path, None))
+        context = PassContext(model.tokens, model.tokenize)
+        for name in args.recipes.split(","):
+            recipe = load_recipe(name)
+            export = export_gguf(model.path, recipe.apply(model.table, context), work / f"{name}.gguf")
+            files.append((f"edgeemb {name}", export.tensor_type, Path(export.path), export.notes))
+        runs = measure_ggufs([path for _, _, path, _ in files], args.text.read_text(encoding="utf-8"), args.max_tokens)
+
+    source_run = runs[0]
+    rows = []
+    for (label, qtype, _, notes), run in zip(files, runs):
+        rows.append({
+            "file": label, "token_embd": qtype, "file_bytes": run.file_bytes, "perplexity": run.perplexity.perplexity,
+            "tokens_scored": run.perplexity.tokens_scored, "decode_tokens_per_s": run.decode_tokens_per_s,
+            "prefill_tokens_per_s": run.prefill_tokens_per_s, "peak_rss_bytes": run.peak_rss_bytes,
+            "greedy_text": run.greedy_text,
+            "greedy_agrees_with_source": sum(1 for _ in _common_prefix(run.greedy_ids, source_run.greedy_ids)),
+            "notes": notes or [],
+        })
+    peers = [row for row in rows if row["file"].startswith("llama.cpp")]
+    for row in rows:
+        row["beats"] = [peer["file"] for peer in peers if row["file"].startswith("edgeemb") and beats(row, peer)]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"gguf-{args.model}"
+    stem.with_suffix(".json").write_text(json.dumps({"model": args.model, "source": str(model.path), "text": str(args.text), "rows": rows, "runs": [asdict(r) for r in runs]}, indent=2) + "\n")
+    source = rows[0]
+    lines = [
+        f"{args.model}: {model.path.name}; perplexity of {source['tokens_scored']} tokens scored in the first {args.max_tokens} of {args.text.name} (windows of 1024)",
+        "",
+        "| file | token_embd | file MB | vs source | perplexity | vs source | decode tok/s | vs source | peak RSS MB | greedy tokens = source | beats |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['file']} | {row['token_embd']} | {row['file_bytes'] / 1e6:.1f} | {row['file_bytes'] / source['file_bytes'] - 1:+.1%} "
+            f"| {row['perplexity']:.3f} | {row['perplexity'] / source['perplexity'] - 1:+.2%} "
+            f"| {row['decode_tokens_per_s']:.1f} | {row['decode_tokens_per_s'] / source['decode_tokens_per_s']:.2f}x "
+            f"| {row['peak_rss_bytes'] / 1e6:.0f} | {row['greedy_agrees_with_source']}/32 | {', '.join(row['beats']) or '–'} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _common_prefix(a: list[int], b: list[int]):
+    for x, y in zip(a, b):
+        if x != y:
+            return
+        yield x
+
+
+if __name__ == "__main__":
+    main()
