@@ -70,6 +70,8 @@ _MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `ed
 
 
 def _data_options(function):
+    function = click.option("--max-tokens", default=4096, show_default=True, help="Tokens of --perplexity text to score.")(function)
+    function = click.option("--perplexity", "perplexity_text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table (transformers).")(function)
     function = click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text, one text per line: cosine of original vs compressed sentence embeddings.")(function)
     function = click.option("--beir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10.")(function)
     function = click.option("--sts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model.")(function)
@@ -128,7 +130,8 @@ _COMPRESS_HELP = """Compress MODEL's embedding table with a recipe and write OUT
 (safetensors), manifest.json, report.json and report.md.
 
 Quality is always measured on the table itself; pass --sts/--beir/--texts (or name them in the
-recipe's `evaluate:`) to measure the whole sentence-embedding model too. """ + _MODEL_HELP
+recipe's `evaluate:`) to measure the whole sentence-embedding model too, or --perplexity for a
+causal LM. """ + _MODEL_HELP
 
 
 @main.command(help=_COMPRESS_HELP)
@@ -138,29 +141,36 @@ recipe's `evaluate:`) to measure the whole sentence-embedding model too. """ + _
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None, texts: Path | None, as_json: bool) -> None:
+def compress(
+    model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
+    texts: Path | None, perplexity_text: Path | None, max_tokens: int, as_json: bool,
+) -> None:
     from edgeemb.pipeline import EvaluationData
     from edgeemb.pipeline import compress as run
 
     with _progress_bars():
-        result = run(model, recipe, out, force=force, data=EvaluationData(sts, beir, texts))
+        result = run(model, recipe, out, force=force, data=EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
     if as_json:
-        _print_json(result.report)
+        _print_json({**result.report, **({"export": result.export} if result.export else {})})
         return
     _print_report(result.report)
     out_console.print(f"written to {result.out}/ (report.md, report.json, manifest.json, table.safetensors)")
+    if result.export:
+        _print_export(result.out, result.export)
 
 
 @main.command()
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(out: Path, sts: Path | None, beir: Path | None, texts: Path | None, as_json: bool) -> None:
+def evaluate(
+    out: Path, sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, as_json: bool,
+) -> None:
     """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
     from edgeemb.pipeline import EvaluationData, evaluate_artifact
 
     with _progress_bars():
-        report = evaluate_artifact(out, EvaluationData(sts, beir, texts))
+        report = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
     if as_json:
         _print_json(report)
         return
@@ -196,20 +206,7 @@ def export(out: Path, fmt: str, file: Path | None, tensor_type: str | None, text
     if as_json:
         _print_json(report)
         return
-    exported, verify = report["export"], report["verify"]
-    source_run, export_run = verify["source"], verify["export"]
-    rows = [
-        ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}; source {human_bytes(exported['source_bytes'])}, {exported['file_bytes'] / exported['source_bytes'] - 1:+.1%})"),
-        ("token_embd", f"{exported['tensor_type']}, {human_bytes(exported['table_bytes'])} (source {human_bytes(exported['source_table_bytes'])})"),
-        *(("note", note) for note in exported["notes"]),
-        ("greedy output", f"{verify['greedy_tokens_equal_to_source']}/{len(export_run['greedy_ids'])} tokens as the source: {export_run['greedy_text'][:80]!r}"),
-        ("decode", f"{export_run['decode_tokens_per_s']:.1f} tokens/s (source {source_run['decode_tokens_per_s']:.1f}, same run)"),
-        ("peak RSS", f"{human_bytes(export_run['peak_rss_bytes'])} (source {human_bytes(source_run['peak_rss_bytes'])})"),
-    ]
-    if export_run["perplexity"] is not None:
-        before, after = source_run["perplexity"], export_run["perplexity"]
-        rows.append(("perplexity", f"{before['perplexity']:.3f} -> {after['perplexity']:.3f} ({after['perplexity'] / before['perplexity'] - 1:+.2%}; {after['tokens_scored']} tokens of {text})"))
-    _print_rows(f"{out}: GGUF export, verified in llama.cpp", rows)
+    _print_export(out, report)
 
 
 @main.command()
@@ -311,6 +308,23 @@ def _print_report(report: dict) -> None:
         drift = quality["drift"]
         rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
     _print_rows(f"{model['name']}: {table['storage']}", rows)
+
+
+def _print_export(out: Path, report: dict) -> None:
+    exported, verify = report["export"], report["verify"]
+    source_run, export_run = verify["source"], verify["export"]
+    rows = [
+        ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}; source {human_bytes(exported['source_bytes'])}, {exported['file_bytes'] / exported['source_bytes'] - 1:+.1%})"),
+        ("token_embd", f"{exported['tensor_type']}, {human_bytes(exported['table_bytes'])} (source {human_bytes(exported['source_table_bytes'])})"),
+        *(("note", note) for note in exported["notes"]),
+        ("greedy output", f"{verify['greedy_tokens_equal_to_source']}/{len(export_run['greedy_ids'])} tokens as the source: {export_run['greedy_text'][:80]!r}"),
+        ("decode", f"{export_run['decode_tokens_per_s']:.1f} tokens/s (source {source_run['decode_tokens_per_s']:.1f}, same run)"),
+        ("peak RSS", f"{human_bytes(export_run['peak_rss_bytes'])} (source {human_bytes(source_run['peak_rss_bytes'])})"),
+    ]
+    if export_run["perplexity"] is not None:
+        before, after = source_run["perplexity"], export_run["perplexity"]
+        rows.append(("perplexity", f"{before['perplexity']:.3f} -> {after['perplexity']:.3f} ({after['perplexity'] / before['perplexity'] - 1:+.2%}; {after['tokens_scored']} tokens of {verify['text']['data']})"))
+    _print_rows(f"{out}: GGUF export, verified in llama.cpp", rows)
 
 
 if __name__ == "__main__":

@@ -24,20 +24,25 @@ from edgeemb.table import EmbeddingTable
 
 @dataclass(frozen=True)
 class EvaluationData:
-    """The user's evaluation data, by path: STS TSV, BEIR folder, plain text (one text per line)."""
+    """The user's evaluation data, by path: STS TSV, BEIR folder, plain text (one text per line)
+    for sentence-embedding models; plain text for the perplexity of causal LMs."""
 
     sts: Path | None = None
     beir: Path | None = None
     texts: Path | None = None
+    perplexity: Path | None = None
+    max_tokens: int = 4096
 
-    def any(self) -> bool:
+    def sentence_data(self) -> bool:
         return any((self.sts, self.beir, self.texts))
 
     def merged_over(self, recipe: Recipe) -> EvaluationData:
         """These paths, falling back to the ones the recipe names."""
-        return EvaluationData(
-            *(getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None) for key in ("sts", "beir", "texts"))
-        )
+        paths = {key: getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None) for key in _DATA_KEYS}
+        return EvaluationData(**paths, max_tokens=self.max_tokens)
+
+
+_DATA_KEYS = ("sts", "beir", "texts", "perplexity")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class CompressResult:
     out: Path
     manifest: dict
     report: dict
+    export: dict | None = None  # export_artifact's report, when the recipe asks for an export
 
 
 def model_facts(model: SourceModel) -> dict:
@@ -83,7 +89,9 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     from edgeemb.evaluate.table import table_quality
 
     quality: dict = {"table": asdict(table_quality(model.table.weight, table))}
-    if not data.any():
+    if data.perplexity is not None:
+        quality["perplexity"] = _perplexity(model, table, data.perplexity, data.max_tokens)
+    if not data.sentence_data():
         return quality
     if model.format != "sentence-transformers":
         raise EdgeembError(
@@ -109,6 +117,22 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
         texts = sorted(set(sts.sentences1) | set(sts.sentences2)) if sts is not None else list(beir.query_texts)
     quality["drift"] = asdict(embedding_drift(original, compressed, texts))
     return quality
+
+
+def _perplexity(model: SourceModel, table: EmbeddingTable, text: Path, max_tokens: int) -> dict:
+    """Perplexity of the causal LM with its original and its compressed table (transformers)."""
+    if model.tied is None:
+        raise EdgeembError(f"{model.name} is a sentence-embedding model: perplexity needs a causal LM (GGUF or Hugging Face)")
+    from edgeemb.evaluate.data import read_text
+    from edgeemb.evaluate.perplexity import CausalLM
+
+    lm = CausalLM(model.path)
+    ids = lm.tokens(read_text(text), max_tokens)
+    before, after = lm.perplexity(ids), lm.perplexity(ids, table.to_dense())
+    return {
+        **_data_facts(text), "runtime": "transformers", "tokens_scored": after.tokens_scored, "window": after.window,
+        "original": before.perplexity, "compressed": after.perplexity, "delta": after.perplexity - before.perplexity,
+    }
 
 
 def compress(
@@ -142,7 +166,10 @@ def compress(
         "source_table": {"tensor": source.tensor_name, "dtype": source.stored_dtype, "bytes": source.stored_nbytes},
     }
     write_artifact(out, table, manifest, report, render_report(report), force)
-    return CompressResult(out, manifest, report)
+    exported = None
+    if recipe.export is not None:
+        exported = export_artifact(out, tensor_type=recipe.export.type, text=data.perplexity, max_tokens=data.max_tokens)
+    return CompressResult(out, manifest, report, exported)
 
 
 def open_source(artifact: Artifact) -> SourceModel:
@@ -183,6 +210,7 @@ def export_artifact(
     Verification loads the export and the source in llama.cpp, each in its own process: greedy
     output on a fixed prompt, decode tokens/s and peak RSS, and with `text` the perplexity of
     both on the same tokens. A file llama.cpp cannot run is removed and the export fails."""
+    from edgeemb.evaluate.data import read_text
     from edgeemb.evaluate.llamacpp import measure_ggufs
     from edgeemb.export.gguf import export_gguf
 
@@ -196,7 +224,7 @@ def export_artifact(
     file = Path(file) if file is not None else artifact.path / "model.gguf"
     exported = export_gguf(source.path, artifact.table, file, tensor_type, force)
     try:
-        source_run, export_run = measure_ggufs([source.path, file], text.read_text(encoding="utf-8") if text else None, max_tokens)
+        source_run, export_run = measure_ggufs([source.path, file], read_text(text) if text else None, max_tokens)
     except BaseException:
         file.unlink(missing_ok=True)
         raise

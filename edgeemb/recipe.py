@@ -7,6 +7,7 @@
       - quantize: {format: int4, block_size: 32}
     evaluate:            # optional; paths are the user's data, relative to the working directory
       sts: data/stsb_en_dev.tsv
+    export: {format: gguf, type: Q4_0}   # optional; `compress` then exports OUT/ and verifies it
 
 Unknown steps and keys are errors that name the offending key. A recipe's `digest` hashes its
 validated content (defaults filled in), so two runs of the same recipe are recognisably the same.
@@ -19,17 +20,26 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import STEPS, PassContext, StepConfig
 from edgeemb.table import EmbeddingTable
 
 DEFAULT_RECIPE = "int4"
-_TOP_KEYS = {"name", "description", "steps", "evaluate"}
-_EVALUATE_KEYS = ("sts", "beir", "texts")
+_TOP_KEYS = {"name", "description", "steps", "evaluate", "export"}
+_EVALUATE_KEYS = ("sts", "beir", "texts", "perplexity")
+
+
+class ExportConfig(BaseModel):
+    """What `compress` exports OUT/ to once it is written (see `edgeemb export`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["gguf"]
+    type: str | None = None  # GGUF type for a table not already stored in one
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Recipe:
     steps: tuple[tuple[str, StepConfig], ...]
     description: str = ""
     evaluate: dict[str, str] = field(default_factory=dict)
+    export: ExportConfig | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +56,7 @@ class Recipe:
             "description": self.description,
             "steps": [{name: config.model_dump(mode="json")} for name, config in self.steps],
             "evaluate": dict(self.evaluate),
+            **({"export": self.export.model_dump(mode="json")} if self.export else {}),
         }
 
     @property
@@ -95,11 +107,19 @@ def parse_recipe(data: object, default_name: str = "recipe", origin: str = "reci
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict) or set(evaluate) - set(_EVALUATE_KEYS):
         raise fail(f"'evaluate' takes only {', '.join(_EVALUATE_KEYS)} (paths to the user's data)")
+    export = None
+    if data.get("export") is not None:
+        try:
+            export = ExportConfig.model_validate(data["export"])
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise fail(f"export: {'.'.join(map(str, error['loc'])) or 'value'}: {error['msg']}") from None
     return Recipe(
         name=str(data.get("name") or default_name),
         description=str(data.get("description") or ""),
         steps=steps,
         evaluate={key: str(value) for key, value in evaluate.items()},
+        export=export,
     )
 
 

@@ -275,7 +275,7 @@ def test_read_texts_errors(tmp_path: Path) -> None:
         read_texts(tmp_path / "absent.txt")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n", encoding="utf-8")
-    with pytest.raises(EdgeembError, match="no non-empty lines"):
+    with pytest.raises(EdgeembError, match="is empty"):
         read_texts(empty)
 
 

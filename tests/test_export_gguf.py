@@ -144,3 +144,54 @@ def test_smollm2_least_squares_q4_0_beats_llama_cpp_q4_0_and_runs(tmp_path):
     assert export_ppl["tokens_scored"] == source_ppl["tokens_scored"] == 511
     assert source_ppl["perplexity"] < export_ppl["perplexity"] < 1.5 * source_ppl["perplexity"]
     assert len(verify["export"]["greedy_ids"]) == 32 and verify["export"]["greedy_text"].strip()
+
+
+def test_an_export_llama_cpp_cannot_load_fails_and_is_removed(tmp_path):
+    """A GGUF whose architecture llama.cpp cannot build (here: a llama without its vocabulary
+    type and layers) exports, fails verification with one readable error, and leaves no file."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    from edgeemb.pipeline import compress, export_artifact
+
+    write_gguf(tmp_path / "tiny.gguf", Q.F32)
+    compress(tmp_path / "tiny.gguf", "int8", tmp_path / "out")
+    with pytest.raises(EdgeembError, match="llama.cpp cannot"):
+        export_artifact(tmp_path / "out", tensor_type="Q8_0")
+    assert not (tmp_path / "out" / "model.gguf").exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_perplexity_needs_a_causal_lm(tiny_model, tmp_path):
+    (tmp_path / "text.txt").write_text("some text to score\n")
+    result = CliRunner().invoke(main, ["compress", str(tiny_model), "-o", str(tmp_path / "out"), "--perplexity", str(tmp_path / "text.txt")])
+    assert result.exit_code == 1 and "perplexity needs a causal LM" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real
+def test_smollm2_perplexity_with_the_table_replaced(tmp_path):
+    """`compress --perplexity` on a GGUF causal LM: transformers scores the original and the
+    compressed table on the same tokens of real text; int4 costs some perplexity, not much."""
+    result = CliRunner().invoke(main, [
+        "compress", "smollm2-135m", "-r", "int4", "-o", str(tmp_path / "out"), "--json",
+        "--perplexity", str(data_file("wikitext2", "wikitext2_raw_test_joined.txt")), "--max-tokens", "512",
+    ])
+    assert result.exit_code == 0, result.output
+    import json
+
+    ppl = json.loads(result.output[result.output.index("{"):])["quality"]["perplexity"]
+    assert ppl["tokens_scored"] == 511 and ppl["runtime"] == "transformers"
+    assert ppl["original"] < ppl["compressed"] < 1.3 * ppl["original"]
+
+
+@pytest.mark.real
+def test_a_recipe_with_an_export_step_writes_and_verifies_the_gguf(tmp_path):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    recipe = tmp_path / "svd-q8.yaml"
+    recipe.write_text("steps:\n  - svd: {rank: 448}\nexport: {format: gguf, type: Q8_0}\n")
+    result = CliRunner().invoke(main, ["compress", "smollm2-135m", "-r", str(recipe), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "verified in llama.cpp" in result.output and "rebuilt at full width" in result.output
+    header = read_gguf_header(tmp_path / "out" / "model.gguf")
+    assert header.tensor(TOKEN_EMBD).type_name == "Q8_0"

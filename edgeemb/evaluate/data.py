@@ -184,15 +184,20 @@ def read_beir(folder: str | Path) -> BeirData:
     )
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Read a plain-text file as one text per non-empty line (surrounding whitespace dropped)."""
+def read_text(path: str | Path) -> str:
+    """A plain-text file, whole (for perplexity: the text as it is, blank lines included)."""
     path = Path(path)
     _require_file(path, "text file")
     try:
-        # split("\n"), not splitlines(): the latter also breaks at form feeds and Unicode separators.
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise EdgeembError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-    if not texts:
-        raise EdgeembError(f"text file {path} holds no non-empty lines")
-    return texts
+    if not text.strip():
+        raise EdgeembError(f"text file {path} is empty")
+    return text
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Read a plain-text file as one text per non-empty line (surrounding whitespace dropped)."""
+    # split("\n"), not splitlines(): the latter also breaks at form feeds and Unicode separators.
+    return [line.strip() for line in read_text(path).split("\n") if line.strip()]

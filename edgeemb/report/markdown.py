@@ -28,6 +28,10 @@ def comparison_rows(quality: dict) -> list[tuple[str, str, str, str, str]]:
         for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
             before, after = ret["original"][key], ret["compressed"][key]
             rows.append((label, ret["data"], f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+    if "perplexity" in quality:
+        ppl = quality["perplexity"]
+        change = f"{ppl['compressed'] / ppl['original'] - 1:+.2%}"
+        rows.append(("perplexity", f"{ppl['data']} ({ppl['tokens_scored']} tokens)", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
     return rows
 
 
