@@ -1,0 +1,72 @@
+"""A sentence-transformers directory with the compressed table decoded into its word embeddings.
+
+    from edgeemb.export.st import export_sentence_transformers
+    export_sentence_transformers("minilm", table, "minilm-int4-st")
+    SentenceTransformer("minilm-int4-st")  # loads offline, encodes as the compressed model does
+
+This is for tools that only read sentence-transformers models: the directory holds the decoded
+table in fp32, so it is as large as the original. The size win lives in the ONNX and GGUF exports,
+which keep the compressed storage itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeemb.artifact import refuse_existing
+from edgeemb.errors import EdgeembError
+from edgeemb.sources import SourceModel, open_model
+from edgeemb.table import EmbeddingTable
+
+
+@dataclass(frozen=True)
+class StExport:
+    path: Path
+    bytes: int  # every file in the directory
+    table: str  # the storage the decoded rows came from
+
+
+def export_sentence_transformers(
+    model: str | Path | SourceModel, table: EmbeddingTable, out: str | Path, *, force: bool = False
+) -> StExport:
+    """Save `model` with its word embeddings replaced by `table`'s decoded rows, atomically: the
+    directory is written beside OUT and renamed into place."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    out = Path(out)
+    refuse_existing(out, force)
+    source = model if isinstance(model, SourceModel) else open_model(model)
+    if source.format != "sentence-transformers":
+        raise EdgeembError(f"{source.name} is a {source.format} model, not a sentence-transformers one")
+    if table.shape != source.table.shape:
+        raise EdgeembError(f"table shape {table.shape} does not match {source.name}'s {source.table.shape}")
+    transformers_logging.disable_progress_bar()
+    st = SentenceTransformer(os.fspath(source.path), device="cpu", local_files_only=True)
+    st[0].auto_model.get_input_embeddings().weight.data = torch.from_numpy(table.to_dense())
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    retired = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        st.save(os.fspath(staging))
+        if out.exists():
+            out.rename(retired)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired.exists() and not out.exists():
+            retired.rename(out)
+        raise
+    if retired.is_dir():
+        shutil.rmtree(retired)
+    else:
+        retired.unlink(missing_ok=True)
+    size = sum(file.stat().st_size for file in out.rglob("*") if file.is_file())
+    return StExport(out, size, table.describe())
