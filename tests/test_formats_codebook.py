@@ -7,7 +7,7 @@ import pytest
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import format_from_spec, get_format
 from edgeemb.evaluate.table import table_quality
-from edgeemb.formats.codebook import PQ, VocabKMeans
+from edgeemb.formats.codebook import PQ, VocabKMeans, _nearest
 from edgeemb.table import QuantizedTable, load_table, save_table
 
 
@@ -93,6 +93,40 @@ def test_lookup_equals_rows_of_the_full_dequantisation(gaussian, fmt):
     ids = np.random.default_rng(5).integers(len(gaussian), size=300)
     np.testing.assert_array_equal(table.lookup(ids), full[ids])
     assert table.shape == gaussian.shape
+
+
+def test_decoders_give_the_codebook_entries_exactly(gaussian):
+    """The decoders gather from flattened codebooks; the plain indexing they replace is the reference."""
+    pq = QuantizedTable.quantize(gaussian, PQ(subspaces=8, centroids=64)).data
+    codebooks = pq["codebooks"].astype(np.float32)
+    expected = codebooks[np.arange(8), pq["codes"]].reshape(len(gaussian), 32)
+    np.testing.assert_array_equal(PQ(subspaces=8, centroids=64).dequantize(pq, 32), expected)
+    vk = QuantizedTable.quantize(gaussian, VocabKMeans(clusters=300)).data
+    expected = vk["centroids"].astype(np.float32)[vk["codes"]] * vk["scales"].astype(np.float32)[:, None]
+    np.testing.assert_array_equal(VocabKMeans(clusters=300).dequantize(vk, 32), expected)
+
+
+@pytest.mark.parametrize(("groups", "k", "m"), [(40, 64, 4), (1, 300, 32)])
+def test_threaded_assignment_picks_the_nearest_centre(groups, k, m):
+    """_nearest shares the groups (PQ) or one wide product (vocab k-means) out to threads; every
+    point must still get its nearest centre, as an exhaustive float64 search finds it."""
+    rng = np.random.default_rng(3)
+    points = rng.standard_normal((groups, 1000, m)).astype(np.float32)
+    centres = rng.standard_normal((groups, k, m)).astype(np.float32)
+    distances = ((points[:, :, None].astype(np.float64) - centres[:, None]) ** 2).sum(axis=-1)
+    codes = _nearest(points, centres)
+    chosen = np.take_along_axis(distances, codes[..., None], axis=-1)[..., 0]
+    # Equal to the best up to float32 rounding of ||c||^2 - 2 x.c; nearly always the same index.
+    np.testing.assert_allclose(chosen, distances.min(axis=-1), rtol=1e-4, atol=1e-4)
+    assert (codes == distances.argmin(axis=-1)).mean() > 0.999
+
+
+def test_vocab_kmeans_trains_on_16_rows_per_cluster_by_default(gaussian):
+    default = VocabKMeans(clusters=50)
+    assert default.train_rows is None and format_from_spec(default.spec()) == default
+    explicit = VocabKMeans(clusters=50, train_rows=800)
+    for name, array in default.quantize_table(gaussian).items():
+        np.testing.assert_array_equal(array, explicit.quantize_table(gaussian)[name])
 
 
 @pytest.mark.parametrize("name", ["pq", "vocab_kmeans"])

@@ -48,6 +48,32 @@ def test_asymmetric_round_trip_within_one_step(weight, name, block, bits):
     assert np.linalg.norm(restored - shifted) < symmetric_error
 
 
+def unpacked(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Codes packed low bits first -> one code per column, as uint8."""
+    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+    return ((packed[..., None] >> shifts) & ((1 << bits) - 1)).reshape(len(packed), -1)
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "zero_point"),
+    [("int8", None, False), ("int8", 32, True), ("int4", 32, False), ("int4", 32, True), ("int2", 16, False), ("int2", 16, True)],
+)
+def test_decode_equals_the_reference_formula(weight, name, block, zero_point):
+    """The decoders take shortcuts (int8 codes read as int8 with the top bit flipped, sub-byte codes
+    through a lookup table); the values must be exactly those of the plain formula."""
+    fmt = get_format(name, block_size=block, zero_point=zero_point)
+    arrays = fmt.quantize(weight * 3 + 1)
+    size, blocks = block or weight.shape[1], weight.shape[1] // (block or weight.shape[1])
+    codes = unpacked(arrays["codes"], fmt.bits).astype(np.float32)
+    scales = np.repeat(arrays["scales"].astype(np.float32), size, axis=1)
+    if zero_point:
+        zeros = np.repeat(unpacked(arrays["zero_points"], fmt.bits)[:, :blocks].astype(np.float32), size, axis=1)
+        expected = codes * scales - zeros * scales
+    else:
+        expected = (codes - (1 << (fmt.bits - 1))) * scales
+    np.testing.assert_array_equal(fmt.dequantize(arrays, weight.shape[1]), expected)
+
+
 def test_asymmetric_constant_blocks_are_exact():
     fmt = get_format("int4", block_size=16, zero_point=True)
     rows = np.array([[0.7] * 16, [-0.3] * 16, [0.0] * 16], np.float32)

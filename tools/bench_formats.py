@@ -4,20 +4,32 @@
     python tools/bench_formats.py --model minilm --json bench.json
     python tools/bench_formats.py --model random:163840x1024 --formats Q6_K,Q4_K   # K-quant widths
 
-- quantise: seconds and MB/s (fp32 input) for the whole table; where the `gguf` package has a
-  quantiser for the same type, `gguf.quants.quantize` is timed on the same table beside it.
+The table goes to stdout; docs/ holds two runs:
+
+    python tools/bench_formats.py --model gemma3-270m --json docs/bench-formats-gemma.json > docs/bench-formats-gemma.md
+    python tools/bench_formats.py --model random:163840x1024 --formats Q8_0,Q4_0,Q6_K,Q4_K \
+        --json docs/bench-formats-kquants.json > docs/bench-formats-kquants.md
+
+- quantise: wall seconds and MB/s (fp32 input) for the whole table, and the CPU seconds of all
+  threads (the K-quant encoders and the codebook assignment run on one thread per CPU, so CPU
+  seconds above wall seconds is that parallelism; wall seconds near CPU seconds on a machine
+  others are using means the second core was busy). Where the `gguf` package has a quantiser for
+  the same type, `gguf.quants.quantize` is timed on the same table beside it.
 - lookup: rows/s for batches of 4096 random token ids (`EmbeddingTable.lookup`, decoded to
-  float32), as a share of an fp32 `np.take` of the same ids from the dense table, measured again
-  right before each format so that both see the same load.
+  float32 on one thread: every decoder is single-threaded numpy), as a share of an fp32 `np.take`
+  of the same ids from the dense table (also one thread), measured again right before each format
+  so that both see the same load.
 
 Targets (from issue #3): quantising 262144 x 640 in <= 10 s, lookup >= 50% of the fp32 gather.
-The machine is shared and noisy: read the ratios, which are measured side by side.
+The machine is shared and noisy: read the ratios, which are measured side by side; the load
+average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -83,9 +95,10 @@ def main() -> None:
     megabytes = weight.nbytes / 1e6
     dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
     results = []
-    print(f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start")
-    print("| format | quantise s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n")
+    print("| format | quantise s | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
+    print("|---|---|---|---|---|---|---|")
     chosen = set(args.formats.split(",")) if args.formats else None
     for name, options in FORMATS:
         if chosen is not None and name not in chosen:
@@ -97,22 +110,26 @@ def main() -> None:
         try:
             fmt.check_width(dim)
         except EdgeembError as exc:
-            print(f"| {label} | not applicable: {exc} | | | | |")
+            print(f"| {label} | not applicable: {exc} | | | | | |")
             results.append({"format": label, "skipped": str(exc)})
             continue
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         table = QuantizedTable.quantize(weight, fmt)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         reference = gguf_quantize_seconds(weight, name) if not options else None
         dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
         rate = lookup_rate(table.lookup, rows)
-        row = {"format": label, "quantize_seconds": seconds, "quantize_mb_per_s": megabytes / seconds, "gguf_quantize_seconds": reference,
-               "lookup_rows_per_s": rate, "lookup_vs_fp32": rate / dense_rate, "bits_per_param": table.bits_per_param}
+        row = {"format": label, "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds, "quantize_mb_per_s": megabytes / seconds,
+               "gguf_quantize_seconds": reference, "lookup_rows_per_s": rate, "lookup_vs_fp32": rate / dense_rate,
+               "bits_per_param": table.bits_per_param}
         results.append(row)
         gguf_cell = f"{reference:.2f}" if reference is not None else "–"
-        print(f"| {label} | {seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |", flush=True)
+        print(f"| {label} | {seconds:.2f} | {cpu_seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |",
+              flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "shape": [rows, dim], "fp32_lookup_rows_per_s": dense_rate, "formats": results}, indent=2) + "\n")
+        summary = {"model": args.model, "shape": [rows, dim], "cpus": os.cpu_count(), "fp32_lookup_rows_per_s": dense_rate, "formats": results}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@
 
 Both learn with k-means on a seeded sample of rows: k-means++ seeding from a pool of that sample,
 then a fixed number of Lloyd iterations. Every row is then assigned in chunks, the distances to all
-centres coming from a matmul (||c||^2 - 2 x.c; ||x||^2 does not change the nearest centre). PQ runs
-the k-means of all sub-spaces together as groups; vocab k-means is the one-group case. Rows are
+centres coming from a matmul (||c||^2 - 2 x.c; ||x||^2 does not change the nearest centre), all in
+float32. PQ runs the k-means of all sub-spaces together as groups, shared out to one thread per CPU;
+vocab k-means is the one-group case, one wide matmul that BLAS spreads over the CPUs. Rows are
 assigned against the stored (fp16-rounded) centres, so the codes fit what is decoded.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 import scipy.sparse
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, register
+from edgeemb.formats import Arrays, QuantFormat, register, thread_map
 from edgeemb.progress import track
 from edgeemb.rows import unit_rows
 
@@ -74,14 +75,17 @@ class PQ(_Codebook):
         centres = codebooks.astype(np.float32)
         starts = range(0, n, _ASSIGN_ROWS)
         for start in track(starts, "pq assign", len(starts)):
-            chunk = _split(rows[start : start + _ASSIGN_ROWS].astype(np.float32, copy=False), self.subspaces)
-            codes[start : start + _ASSIGN_ROWS] = _nearest(chunk, centres).T
+            chunk = rows[start : start + _ASSIGN_ROWS]
+            codes[start : start + _ASSIGN_ROWS] = _nearest(chunk.reshape(len(chunk), self.subspaces, -1).transpose(1, 0, 2), centres).T
         return {"codes": codes, "codebooks": codebooks}
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
         codes = arrays["codes"]
         codebooks = arrays["codebooks"].astype(np.float32)
-        return codebooks[np.arange(codes.shape[1]), codes].reshape(codes.shape[0], dim)
+        subspaces, centroids, width = codebooks.shape
+        # One take of whole sub-vectors from the flattened codebooks: several times faster than indexing two axes.
+        flat = codes + np.arange(0, subspaces * centroids, centroids)
+        return np.take(codebooks.reshape(-1, width), flat, axis=0).reshape(len(codes), dim)
 
     def describe(self) -> str:
         return f"pq, {self.subspaces} sub-spaces x {self.centroids} centroids, fp16 codebooks"
@@ -94,7 +98,10 @@ class VocabKMeans(_Codebook):
     shared: ClassVar[frozenset[str]] = frozenset({"centroids"})
     clusters: int = 4096
     seed: int = 0
-    train_rows: int = 65536
+    # None: 16 rows per cluster (65536 for the default 4096 clusters, as before). Measured on Gemma
+    # with 1024 clusters: 16 per cluster instead of 65536 rows (64) takes half the CPU time for
+    # 1.9% more error (relative error 0.788 -> 0.803).
+    train_rows: int | None = None
     iterations: int = 10
 
     def check_width(self, dim: int) -> None:
@@ -109,7 +116,7 @@ class VocabKMeans(_Codebook):
         if self.clusters > n:
             raise EdgeembError(f"vocab_kmeans: {self.clusters} clusters for a table of only {n} rows")
         rng = np.random.default_rng(self.seed)
-        sample = unit_rows(_sample(rows, self.train_rows, self.clusters, rng))
+        sample = unit_rows(_sample(rows, self.train_rows or 16 * self.clusters, self.clusters, rng))
         centroids = _kmeans(sample[None], self.clusters, self.iterations, rng, spherical=True, label=self.name)[0].astype(np.float16)
         centres = centroids.astype(np.float32)
         squared = np.einsum("ij,ij->i", centres, centres)
@@ -126,15 +133,16 @@ class VocabKMeans(_Codebook):
         return {"codes": codes, "scales": scales, "centroids": centroids}
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
-        centroids = arrays["centroids"].astype(np.float32)
-        return centroids[arrays["codes"]] * arrays["scales"].astype(np.float32)[:, None]
+        rows = np.take(arrays["centroids"].astype(np.float32), arrays["codes"], axis=0)
+        rows *= arrays["scales"].astype(np.float32)[:, None]
+        return rows
 
     def describe(self) -> str:
         return f"vocab k-means, {self.clusters} clusters, fp16 centroids and per-row scales"
 
 
-def _check_training(name: str, train_rows: int, iterations: int) -> None:
-    if train_rows < 1:
+def _check_training(name: str, train_rows: int | None, iterations: int) -> None:
+    if train_rows is not None and train_rows < 1:
         raise EdgeembError(f"{name}: train_rows must be at least 1, got {train_rows}")
     if iterations < 0:
         raise EdgeembError(f"{name}: iterations must be 0 or more, got {iterations}")
@@ -154,7 +162,8 @@ def _split(rows: np.ndarray, groups: int) -> np.ndarray:
 def _chunk_rows(k: int, m: int) -> int:
     """Points per distance matmul. OpenBLAS keeps a product of under 2**18 multiply-adds on one
     thread; the thin products of PQ (inner size m of 4-16) are several times slower when it splits
-    them across threads, so they stay under that. Wide products (vocab k-means) are big chunks."""
+    them across threads (tens of times on a loaded machine), so they stay under that, and the groups
+    are shared out to our own threads instead. Wide products (vocab k-means) are big chunks."""
     thin = (1 << 18) // (m * k)
     return thin if thin >= 64 else max(1, _CHUNK_ENTRIES // k)
 
@@ -164,14 +173,19 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     The distance ||c||^2 - 2 x.c (||x||^2 does not change which centre is nearest) is one matmul
     of [x, 1] by [-2c, ||c||^2]: no separate pass to add the centre norms."""
     groups, n, m = points.shape
-    augmented = np.concatenate([points, np.ones((groups, n, 1), np.float32)], axis=-1)
+    augmented = np.empty((groups, n, m + 1), np.float32)
+    augmented[..., :m] = points
+    augmented[..., m] = 1
     weights = np.concatenate([-2 * centres, np.einsum("gkm,gkm->gk", centres, centres)[..., None]], axis=-1)
     weights = np.ascontiguousarray(weights.transpose(0, 2, 1))
     codes = np.empty((groups, n), dtype=np.intp)
     step = _chunk_rows(centres.shape[1], m + 1)
-    for start in range(0, n, step):
-        for group in range(groups):
+
+    def assign(group: int) -> None:
+        for start in range(0, n, step):
             codes[group, start : start + step] = (augmented[group, start : start + step] @ weights[group]).argmin(axis=1)
+
+    thread_map(assign, range(groups))
     return codes
 
 
@@ -192,7 +206,8 @@ def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generato
         counts = np.bincount((codes + offsets).ravel(), minlength=groups * k).reshape(groups, k)
         filled = counts > 0
         old = centres
-        means = sums / np.maximum(counts, 1)[..., None]
+        # float32 counts: int64 ones would make the means, and so every later matmul, float64.
+        means = sums / np.maximum(counts, 1).astype(np.float32)[..., None]
         centres = np.where(filled[..., None], unit_rows(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres)
         # An empty centre is reseeded on the points its group represents worst (largest error).
         for group in np.flatnonzero(~filled.all(axis=1)):
@@ -210,6 +225,7 @@ def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     groups, size, m = pool.shape
     centres = np.empty((groups, k, m), dtype=np.float32)
     pool_sq = np.einsum("gpm,gpm->gp", pool, pool)
+    pool_t = np.ascontiguousarray(pool.transpose(0, 2, 1))  # distances come out (G, count, p): min over count is elementwise
     closest = np.full((groups, size), np.inf, dtype=np.float32)
     per_round = max(1, -(-k // _SEED_ROUNDS))
     for start in range(0, k, per_round):
@@ -219,11 +235,14 @@ def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         if start == 0:
             keys = rng.random((groups, size))  # the first centre is uniform
         else:
-            keys = np.divide(rng.exponential(size=(groups, size)), closest, out=np.full((groups, size), np.inf), where=closest > 0)
+            exponential = rng.standard_exponential((groups, size), dtype=np.float32)
+            keys = np.divide(exponential, closest, out=np.full((groups, size), np.inf, np.float32), where=closest > 0)
         # A pool smaller than k: once every point is chosen, the rest repeat (they stay empty).
         picked = np.argpartition(keys, count - 1, axis=1)[:, :count] if count < size else np.argsort(keys, axis=1)[:, np.arange(count) % size]
         chosen = np.take_along_axis(pool, picked[..., None], axis=1)
         centres[:, start : start + count] = chosen
-        distances = pool_sq[..., None] - 2 * np.matmul(pool, chosen.transpose(0, 2, 1)) + np.einsum("gcm,gcm->gc", chosen, chosen)[:, None, :]
-        np.minimum(closest, np.maximum(distances.min(axis=-1), 0), out=closest)
+        distances = np.matmul(chosen, pool_t)
+        distances *= -2
+        distances += np.einsum("gcm,gcm->gc", chosen, chosen)[..., None]
+        np.minimum(closest, np.maximum(distances.min(axis=1) + pool_sq, 0), out=closest)
     return centres

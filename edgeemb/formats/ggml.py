@@ -26,13 +26,15 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register, thread_map
 
 _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
 # Values encoded at a time. Encoders make many passes over their input (K-quants ~7 per candidate
 # scale); at this size their temporaries stay in cache (Q8_0: 3x faster than 16384-row chunks).
 _TILE_VALUES = 1 << 17
+# Q5_0's fifth bits: byte value -> its 8 bits, low first, each as 0x10 (the bit's place in a code).
+_FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class _GGMLFormat(QuantFormat):
         blocks = rows.astype(_F32, copy=False).reshape(-1, self._block)
         # Tiles of whole blocks, each encoded at once: their temporaries stay in cache.
         step = _TILE_VALUES // self._block
-        tiles = [self._encode(blocks[start : start + step]) for start in range(0, len(blocks), step)]
+        tiles = thread_map(self._encode, [blocks[start : start + step] for start in range(0, len(blocks), step)])
         encoded = np.concatenate(tiles) if tiles else np.empty((0, self._block_bytes), np.uint8)
         return {"blocks": encoded.reshape(n, dim // self._block * self._block_bytes)}
 
@@ -93,7 +95,9 @@ class Q8_0(_GGMLFormat):
         return np.concatenate([_fp16_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return raw[:, 2:].view(np.int8).astype(_F32) * _fp16(raw[:, :2])
+        values = raw[:, 2:].view(np.int8).astype(_F32)
+        values *= _fp16(raw[:, :2])
+        return values
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ class Q4_0(_Symmetric):
         return np.concatenate([_fp16_bytes(d), _pack_nibbles(q)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return _fp16(raw[:, :2]) * (_unpack_nibbles(raw[:, 2:]).astype(np.int8) - np.int8(8)).astype(_F32)
+        return _scaled(_unpack_nibbles(raw[:, 2:]), 8, raw[:, :2])
 
 
 @register
@@ -152,9 +156,9 @@ class Q5_0(_Symmetric):
         return np.concatenate([_fp16_bytes(d), high, _pack_nibbles(q & 0x0F)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        high = np.unpackbits(raw[:, 2:6], axis=1, bitorder="little")
-        q = _unpack_nibbles(raw[:, 6:]) | (high << 4)
-        return _fp16(raw[:, :2]) * (q.astype(np.int8) - np.int8(16)).astype(_F32)
+        q = _unpack_nibbles(raw[:, 6:])
+        q |= np.take(_FIFTH_BITS, raw[:, 2:6], axis=0).reshape(q.shape)
+        return _scaled(q, 16, raw[:, :2])
 
 
 @register
@@ -170,7 +174,10 @@ class Q4_1(_GGMLFormat):
         return np.concatenate([_fp16_bytes(d), _fp16_bytes(low), _pack_nibbles(q)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
-        return _fp16(raw[:, :2]) * _unpack_nibbles(raw[:, 4:]).astype(_F32) + _fp16(raw[:, 2:4])
+        values = _unpack_nibbles(raw[:, 4:]).astype(_F32)
+        values *= _fp16(raw[:, :2])
+        values += _fp16(raw[:, 2:4])
+        return values
 
 
 # --- K-quants: super-blocks of 256 -------------------------------------------------------------
@@ -237,9 +244,9 @@ class Q6_K(_KQuant):
         n = len(raw)
         ql = raw[:, :128].reshape(n, 2, 1, 64) >> np.array([0, 4], np.uint8)[:, None]
         qh = raw[:, 128:192].reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]
-        q = ((ql & 0x0F).reshape(n, 2, 128) | ((qh & 0x03).reshape(n, 2, 128) << 4)).astype(np.int8) - np.int8(32)
+        q = (ql & 0x0F).reshape(n, 2, 128) | ((qh & 0x03).reshape(n, 2, 128) << 4)
         step = _fp16(raw[:, 208:210]) * raw[:, 192:208].view(np.int8).astype(_F32)
-        return (step.reshape(n, 16, 1) * q.reshape(n, 16, 16).astype(_F32)).reshape(n, 256)
+        return _scaled(q.reshape(n * 16, 16), 32, step.reshape(n * 16, 1)).reshape(n, 256)
 
 
 @register
@@ -294,7 +301,10 @@ class Q4_K(_KQuant):
         step = (_fp16(raw[:, 0:2]) * sc).reshape(n, 8, 1)
         offset = (_fp16(raw[:, 2:4]) * mn).reshape(n, 8, 1)
         q = (raw[:, 16:].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]) & 0x0F
-        return (step * q.reshape(n, 8, 32).astype(_F32) - offset).reshape(n, 256)
+        values = q.reshape(n, 8, 32).astype(_F32)
+        values *= step
+        values -= offset
+        return values.reshape(n, 256)
 
 
 def _make_qx_quants(x: np.ndarray, nmax: int, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -417,6 +427,16 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
     """C's roundf, exactly: the fraction doubled reaches +-1 from a half on (no sign flips needed)."""
     whole = np.trunc(v)
     return whole + np.trunc(2 * (v - whole))
+
+
+def _scaled(q: np.ndarray, zero: int, scale: np.ndarray) -> np.ndarray:
+    """(q - zero) * scale as float32, for uint8 codes q < 2 * zero (q is overwritten): the
+    subtraction wraps in uint8 to the int8 value, so the only float passes are the conversion and
+    the in-place multiply. `scale` is one float32 per row of q, or its fp16 bytes."""
+    q -= np.uint8(zero)
+    values = q.view(np.int8).astype(_F32)
+    values *= _fp16(scale) if scale.dtype == np.uint8 else scale
+    return values
 
 
 def _fp16_bytes(v: np.ndarray) -> np.ndarray:

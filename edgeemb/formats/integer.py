@@ -111,7 +111,8 @@ def _decode(packed: np.ndarray, bits: int, zero: int) -> np.ndarray:
     1-2 MB, cache-resident): one `np.take` instead of shifting, masking and converting, which
     keeps a lookup of int4 rows within reach of a plain fp32 gather."""
     if bits == 8:
-        return packed.astype(np.float32) - zero
+        # code - 128 is the code read as int8 with its top bit flipped: one conversion, no subtraction pass.
+        return (packed ^ np.uint8(zero)).view(np.int8).astype(np.float32) if zero else packed.astype(np.float32)
     packed = np.ascontiguousarray(packed)
     n = packed.shape[0]
     if packed.shape[1] % 2 == 0:
