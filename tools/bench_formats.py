@@ -11,10 +11,10 @@ The table goes to stdout; docs/ holds two runs:
         --json docs/bench-formats-kquants.json > docs/bench-formats-kquants.md
 
 - quantise: wall seconds and MB/s (fp32 input) for the whole table, and the CPU seconds of all
-  threads (the K-quant encoders and the codebook assignment run on one thread per CPU, so CPU
-  seconds above wall seconds is that parallelism; wall seconds near CPU seconds on a machine
-  others are using means the second core was busy). Where the `gguf` package has a quantiser for
-  the same type, `gguf.quants.quantize` is timed on the same table beside it.
+  threads. PQ's assignment runs on one thread per CPU and vocab k-means' matmuls on BLAS threads:
+  CPU seconds above wall seconds is that parallelism, and wall seconds above CPU seconds means
+  other processes had the CPUs. Where the `gguf` package has a quantiser for the same type,
+  `gguf.quants.quantize` is timed on the same table beside it.
 - lookup: rows/s for batches of 4096 random token ids (`EmbeddingTable.lookup`, decoded to
   float32 on one thread: every decoder is single-threaded numpy), as a share of an fp32 `np.take`
   of the same ids from the dense table (also one thread), measured again right before each format

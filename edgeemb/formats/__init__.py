@@ -9,9 +9,7 @@ lookup is `np.take` on each of them followed by `dequantize` of just those rows;
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
@@ -64,13 +62,6 @@ def reciprocal_or_zero(values: np.ndarray) -> np.ndarray:
     """1 / values as float32, and 0 where a value is 0 (an all-zero block quantises to zeros)."""
     values = values.astype(np.float32, copy=False)
     return np.divide(np.float32(1), values, out=np.zeros_like(values), where=values != 0)
-
-
-def thread_map(function, items) -> list:
-    """[function(item) for item in items], on one thread per CPU. For numpy work on blocks of some
-    100k values, which runs with the GIL released: the K-quant encoders and the codebook assignment."""
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-        return list(pool.map(function, items))
 
 
 _REGISTRY: dict[str, type[QuantFormat]] = {}

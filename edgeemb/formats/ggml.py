@@ -26,7 +26,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register, thread_map
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 
 _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
@@ -59,7 +59,7 @@ class _GGMLFormat(QuantFormat):
         blocks = rows.astype(_F32, copy=False).reshape(-1, self._block)
         # Tiles of whole blocks, each encoded at once: their temporaries stay in cache.
         step = _TILE_VALUES // self._block
-        tiles = thread_map(self._encode, [blocks[start : start + step] for start in range(0, len(blocks), step)])
+        tiles = [self._encode(blocks[start : start + step]) for start in range(0, len(blocks), step)]
         encoded = np.concatenate(tiles) if tiles else np.empty((0, self._block_bytes), np.uint8)
         return {"blocks": encoded.reshape(n, dim // self._block * self._block_bytes)}
 
