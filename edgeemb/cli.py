@@ -140,16 +140,21 @@ causal LM. """ + _MODEL_HELP
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text for steps that measure activations (quantize importance: head); keep it apart from evaluation text.")
+@click.option("--calibration-tokens", default=2048, show_default=True, help="Tokens of --calibration text to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compress(
     model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
-    texts: Path | None, perplexity_text: Path | None, max_tokens: int, as_json: bool,
+    texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None, calibration_tokens: int, as_json: bool,
 ) -> None:
     from edgeemb.pipeline import EvaluationData
     from edgeemb.pipeline import compress as run
 
     with _progress_bars():
-        result = run(model, recipe, out, force=force, data=EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
+        result = run(
+            model, recipe, out, force=force, data=EvaluationData(sts, beir, texts, perplexity_text, max_tokens),
+            calibration=calibration, calibration_tokens=calibration_tokens,
+        )
     if as_json:
         _print_json({**result.report, **({"export": result.export} if result.export else {})})
         return
@@ -178,31 +183,46 @@ def evaluate(
 
 
 _EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there.
+A file that fails verification is removed and the command fails.
 
 \b
-gguf: the source GGUF with token_embd.weight replaced (every other tensor and all metadata
-      copied byte for byte), run in llama.cpp next to the source: greedy output on a fixed
-      prompt, decode tokens/s, peak RSS, and with --text the perplexity of both on the same
-      tokens. A table stored in a GGUF type (recipes gguf-q4_0-ls, gguf-q5_0-ls, or a
-      `quantize: {format: Q5_0}` step) is copied as is; any other table is rebuilt at full
-      width and quantised to --type, since llama.cpp has no factorised or codebook embedding.
+gguf  (GGUF source models) the source GGUF with token_embd.weight replaced, every other
+      tensor and all metadata copied byte for byte, run in llama.cpp beside the source:
+      greedy output on a fixed prompt, decode tokens/s, peak RSS, and with --text the
+      perplexity of both on the same tokens. A table stored in a GGUF type is copied as is;
+      any other is rebuilt at full width and quantised to --type (llama.cpp has no
+      factorised or codebook embedding).
+onnx  (sentence-transformers models) the whole model, tokens in, normalised sentence
+      embedding out, with the compressed table inside the graph (GatherBlockQuantized for
+      int8/int4/int2), or with --from an ONNX file exported elsewhere whose embedding Gather
+      is rewritten. Verified in onnxruntime: max abs difference to the compressed model in
+      PyTorch, cosine to the original model on --text's lines, onnx.checker, p50 latency.
+st    (sentence-transformers models) a directory SentenceTransformer(path) loads offline,
+      the table decoded into it (as large as the original: the size win is in onnx/gguf).
 """
 
 
 @main.command(help=_EXPORT_HELP)
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True, help="Target runtime format.")
-@click.option("-o", "--output", "file", type=click.Path(dir_okay=False, path_type=Path), help="Output file. Default: OUT/model.gguf.")
-@click.option("--type", "tensor_type", help="GGUF type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32.")
-@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of the export and of the source on its first --max-tokens tokens.")
-@click.option("--max-tokens", default=8192, show_default=True, help="Tokens of --text to score (windows of 1024).")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True, help="Target runtime format.")
+@click.option("-o", "--output", "file", type=click.Path(path_type=Path), help="Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers.")
+@click.option("--type", "tensor_type", help="gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32.")
+@click.option("--quantize-rest", is_flag=True, help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).")
+@click.option("--from", "onnx_source", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks.")
+@click.option("--max-tokens", default=8192, show_default=True, help="gguf: tokens of --text to score (windows of 1024).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
-def export(out: Path, fmt: str, file: Path | None, tensor_type: str | None, text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
+def export(
+    out: Path, fmt: str, file: Path | None, tensor_type: str | None, quantize_rest: bool, onnx_source: Path | None,
+    text: Path | None, max_tokens: int, force: bool, as_json: bool,
+) -> None:
     from edgeemb.pipeline import export_artifact
+    from edgeemb.recipe import ExportConfig
 
+    config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
     with _progress_bars():
-        report = export_artifact(out, file, tensor_type=tensor_type, force=force, text=text, max_tokens=max_tokens)
+        report = export_artifact(out, config, file, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source)
     if as_json:
         _print_json(report)
         return
@@ -312,6 +332,23 @@ def _print_report(report: dict) -> None:
 
 def _print_export(out: Path, report: dict) -> None:
     exported, verify = report["export"], report["verify"]
+    if exported["format"] == "st":
+        _print_rows(f"{out}: sentence-transformers export", [
+            ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}, the table decoded to fp32)"),
+            ("vs compressed model", f"max abs difference {verify['max_abs_diff']:.2e} over {verify['texts']} texts (SentenceTransformer(path), offline)"),
+        ])
+        return
+    if exported["format"] == "onnx":
+        _print_rows(f"{out}: ONNX export, verified in onnxruntime", [
+            ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])})"),
+            ("embedding", f"{exported['table']}, {human_bytes(exported['table_bytes'])}; other MatMuls {'int8' if exported['quantized_rest'] else 'as exported'}"),
+            ("onnx.checker", verify["checker"]),
+            ("vs PyTorch", f"max abs difference {verify['max_abs_diff']:.2e} (compressed model, same table)"),
+            ("vs original", f"cosine mean {verify['mean_cosine']:.4f}, p1 {verify['p01_cosine']:.4f}, min {verify['min_cosine']:.4f} over {verify['texts']} texts"),
+            ("latency", f"p50 {verify['p50_latency_ms']:.2f} ms per sentence ({verify['threads']} thread)"),
+            ("session memory", f"{verify['session_rss_mb']:.0f} MB peak RSS above a bare process"),
+        ])
+        return
     source_run, export_run = verify["source"], verify["export"]
     rows = [
         ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}; source {human_bytes(exported['source_bytes'])}, {exported['file_bytes'] / exported['source_bytes'] - 1:+.1%})"),

@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edgeemb import __version__
 from edgeemb.artifact import Artifact, check_writable, load_artifact, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
-from edgeemb.recipe import Recipe, load_recipe
+from edgeemb.recipe import ExportConfig, Recipe, load_recipe
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
@@ -142,15 +145,20 @@ def compress(
     *,
     force: bool = False,
     data: EvaluationData = EvaluationData(),
+    calibration: Path | None = None,
+    calibration_tokens: int = 2048,
 ) -> CompressResult:
-    """Run `recipe` on `model`'s embedding table, evaluate it, and write OUT/ atomically."""
+    """Run `recipe` on `model`'s embedding table, evaluate it, and write OUT/ atomically.
+
+    `calibration`: plain text on which steps that ask for it (`quantize: {importance: head}`)
+    measure the model's activations; keep it apart from the text you evaluate on."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     source = model if isinstance(model, SourceModel) else open_model(model)
     out = Path(out) if out is not None else default_out(source, recipe)
     check_writable(out, force)
     data = data.merged_over(recipe)
 
-    table = recipe.apply(source.table, PassContext(source.tokens, source.tokenize))
+    table = recipe.apply(source.table, pass_context(source, calibration, calibration_tokens))
     report = {
         "edgeemb_version": __version__,
         "model": model_facts(source),
@@ -164,12 +172,25 @@ def compress(
         "recipe": {**recipe.to_dict(), "digest": recipe.digest},
         "table": {"file": "table.safetensors", "shape": list(table.shape), "storage": table.describe(), "bytes": table.nbytes},
         "source_table": {"tensor": source.tensor_name, "dtype": source.stored_dtype, "bytes": source.stored_nbytes},
+        **({"calibration": {**_data_facts(calibration), "max_tokens": calibration_tokens}} if calibration else {}),
     }
     write_artifact(out, table, manifest, report, render_report(report), force)
     exported = None
     if recipe.export is not None:
-        exported = export_artifact(out, tensor_type=recipe.export.type, text=data.perplexity, max_tokens=data.max_tokens)
+        text = data.perplexity if recipe.export.format == "gguf" else data.texts
+        exported = export_artifact(out, recipe.export, text=text, max_tokens=data.max_tokens)
     return CompressResult(out, manifest, report, exported)
+
+
+def pass_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> PassContext:
+    """What the steps may know of `source` beyond its table, with calibration text if given."""
+    head_importance = None
+    if calibration is not None and source.head_input_power is not None:
+        from edgeemb.evaluate.data import read_text
+
+        text = read_text(calibration)
+        head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
+    return PassContext(source.tokens, source.tokenize, head_importance)
 
 
 def open_source(artifact: Artifact) -> SourceModel:
@@ -202,27 +223,39 @@ def _data_facts(path: Path) -> dict:
 
 
 def export_artifact(
-    out: str | Path, file: str | Path | None = None, *, tensor_type: str | None = None, force: bool = False,
-    text: Path | None = None, max_tokens: int = 8192,
+    out: str | Path, config: ExportConfig = ExportConfig(format="gguf"), file: str | Path | None = None, *,
+    force: bool = False, text: Path | None = None, max_tokens: int = 8192, onnx_source: Path | None = None,
 ) -> dict:
-    """Export OUT/ as a GGUF for llama.cpp (its source must be a GGUF) and verify it there.
+    """Export OUT/ to a file a device runtime loads, then verify it there; a file that fails
+    verification is removed. Returns the export's and the verification's figures.
 
-    Verification loads the export and the source in llama.cpp, each in its own process: greedy
-    output on a fixed prompt, decode tokens/s and peak RSS, and with `text` the perplexity of
-    both on the same tokens. A file llama.cpp cannot run is removed and the export fails."""
+    - gguf: the source GGUF with token_embd rewritten, run in llama.cpp beside the source (greedy
+      output, decode tokens/s, peak RSS; with `text`, perplexity on its first `max_tokens` tokens).
+    - onnx: the whole sentence-embedding model with the table in the graph (or, with
+      `onnx_source`, that ONNX file with its embedding Gather rewritten), run in onnxruntime against
+      PyTorch and the original model on `text`'s lines (built-in sentences without it).
+    - st: a sentence-transformers directory with the table decoded into it, loaded back with
+      `SentenceTransformer(path)` offline and compared with the compressed model on those lines."""
+    artifact = load_artifact(Path(out))
+    source = open_source(artifact)
+    default = {"gguf": "model.gguf", "onnx": "model.onnx", "st": "sentence-transformers"}[config.format]
+    file = Path(file) if file is not None else artifact.path / default
+    export = {"gguf": _export_gguf, "onnx": _export_onnx, "st": _export_st}[config.format]
+    return export(source, artifact.table, file, config, force, text, max_tokens, onnx_source)
+
+
+def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
+                 text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
     from edgeemb.evaluate.data import read_text
     from edgeemb.evaluate.llamacpp import measure_ggufs
     from edgeemb.export.gguf import export_gguf
 
-    artifact = load_artifact(Path(out))
-    source = open_source(artifact)
     if source.format != "gguf":
         raise EdgeembError(
             f"{source.name} is a {source.format} model: GGUF export rewrites a source GGUF "
             "(make one with llama.cpp's convert_hf_to_gguf.py, then compress that file)"
         )
-    file = Path(file) if file is not None else artifact.path / "model.gguf"
-    exported = export_gguf(source.path, artifact.table, file, tensor_type, force)
+    exported = export_gguf(source.path, table, file, config.type, force)
     try:
         source_run, export_run = measure_ggufs([source.path, file], read_text(text) if text else None, max_tokens)
     except BaseException:
@@ -230,7 +263,7 @@ def export_artifact(
         raise
     agree = next((i for i, (a, b) in enumerate(zip(source_run.greedy_ids, export_run.greedy_ids)) if a != b), len(export_run.greedy_ids))
     return {
-        "export": asdict(exported),
+        "export": {"format": "gguf", **asdict(exported)},
         "verify": {
             "runtime": "llama.cpp (llama-cpp-python)",
             "greedy_tokens_equal_to_source": agree,
@@ -238,4 +271,54 @@ def export_artifact(
             "export": asdict(export_run),
             **({"text": _data_facts(text)} if text else {}),
         },
+    }
+
+
+def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
+                 text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
+    from edgeemb.evaluate.data import read_texts
+    from edgeemb.export.onnx import SAMPLE_TEXTS, compress_onnx, export_onnx, verify_onnx
+
+    if source.format != "sentence-transformers":
+        raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding models (GGUF models export to GGUF)")
+    if onnx_source is not None:
+        exported = compress_onnx(onnx_source, table, file, quantize_rest=config.quantize_rest, force=force)
+    else:
+        exported = export_onnx(source, table, file, quantize_rest=config.quantize_rest, force=force)
+    try:
+        verified = verify_onnx(file, source, table, read_texts(text) if text else SAMPLE_TEXTS)
+        if verified.checker != "ok":
+            raise EdgeembError(f"{file}: onnx.checker rejects the export: {verified.checker}")
+    except BaseException:
+        file.unlink(missing_ok=True)
+        raise
+    return {
+        "export": {"format": "onnx", **asdict(exported), "path": str(exported.path), **({"from": str(onnx_source)} if onnx_source else {})},
+        "verify": {"runtime": "onnxruntime", **asdict(verified), "path": str(verified.path), **({"text": _data_facts(text)} if text else {})},
+    }
+
+
+def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
+               text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from edgeemb.evaluate.data import read_texts
+    from edgeemb.evaluate.encoder import sentence_encoder
+    from edgeemb.export.onnx import SAMPLE_TEXTS
+    from edgeemb.export.st import export_sentence_transformers
+
+    exported = export_sentence_transformers(source, table, file, force=force)
+    try:
+        texts = read_texts(text) if text else list(SAMPLE_TEXTS)
+        loaded = SentenceTransformer(str(file), device="cpu", local_files_only=True)
+        got = loaded.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+        want = sentence_encoder(source.path, source.sha256).encoder(table.to_dense(), "encode (compressed)")(texts)
+    except BaseException:
+        shutil.rmtree(file, ignore_errors=True)
+        raise
+    return {
+        "export": {"format": "st", "path": str(exported.path), "file_bytes": exported.bytes, "table": exported.table},
+        "verify": {"runtime": "sentence-transformers", "texts": len(texts), "max_abs_diff": float(np.abs(got - want).max())},
     }

@@ -38,8 +38,9 @@ class ExportConfig(BaseModel):
     """What `compress` exports OUT/ to once it is written (see `edgeemb export`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    format: Literal["gguf"]
-    type: str | None = None  # GGUF type for a table not already stored in one
+    format: Literal["gguf", "onnx", "st"]
+    type: str | None = None  # gguf: the GGUF type for a table not already stored in one
+    quantize_rest: bool = False  # onnx: the other MatMul weights to int8 (onnxruntime dynamic quantisation)
 
 
 @dataclass(frozen=True)

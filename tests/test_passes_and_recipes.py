@@ -63,7 +63,7 @@ def test_every_builtin_recipe_loads_and_validates():
 def test_a_recipe_can_ask_for_an_export():
     recipe = parse_recipe({"steps": [{"svd": {"rank": 8}}], "export": {"format": "gguf", "type": "Q5_0"}})
     assert recipe.export.format == "gguf" and recipe.export.type == "Q5_0"
-    assert recipe.to_dict()["export"] == {"format": "gguf", "type": "Q5_0"}
+    assert recipe.to_dict()["export"] == {"format": "gguf", "type": "Q5_0", "quantize_rest": False}
     assert recipe.digest != parse_recipe({"steps": [{"svd": {"rank": 8}}]}).digest
 
 
@@ -86,7 +86,7 @@ def test_recipe_digest_is_stable_and_fills_defaults():
     ({"steps": []}, "non-empty list"),
     ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
     ("just text", "expected a mapping"),
-    ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "zip"}}, "export: format: Input should be 'gguf'"),
+    ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "zip"}}, "export: format: Input should be 'gguf', 'onnx' or 'st'"),
     ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not permitted"),
 ])
 def test_bad_recipes_name_the_problem(data, message):

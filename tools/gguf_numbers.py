@@ -5,7 +5,9 @@
 
 For one source GGUF: llama.cpp's quantiser (`llama_model_quantize` with `token_embedding_type`,
 every other tensor kept) makes one file per `--llama` type; edgeemb applies each `--recipes`
-recipe to the table and exports it with `export_gguf`. Every file, the source included, then
+recipe to the table and exports it with `export_gguf`. Recipes that weigh columns by the tied
+head's input power calibrate on the second half of `--text` (by characters), which the
+perplexity (the first `--max-tokens` tokens) never sees. Every file, the source included, then
 runs in llama.cpp in its own process on the same token ids: perplexity over the first
 `--max-tokens` tokens (windows of 1024), greedy output on a fixed prompt, decode tokens/s and
 peak RSS. Writes docs/gguf-MODEL.md and .json. Speeds are noisy on a shared machine: read them
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from edgeemb.evaluate.llamacpp import measure_ggufs
 from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
-from edgeemb.passes import PassContext
+from edgeemb.pipeline import pass_context
 from edgeemb.recipe import load_recipe
 from edgeemb.sources import open_model
 
@@ -42,24 +44,28 @@ def main() -> None:
     parser.add_argument("--text", type=Path, required=True, help="plain text for perplexity (e.g. WikiText-2 raw test)")
     parser.add_argument("--max-tokens", type=int, default=8192)
     parser.add_argument("--llama", default="Q5_0,Q4_0", help="llama.cpp token_embd types to compare with")
-    parser.add_argument("--recipes", default="gguf-q5_0-ls,gguf-q4_0-ls", help="edgeemb recipes to export")
+    parser.add_argument("--recipes", default="gguf-q5_0-act,gguf-q4_0-act", help="edgeemb recipes to export")
+    parser.add_argument("--calibration-tokens", type=int, default=2048)
     parser.add_argument("-o", "--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
 
     model = open_model(args.model)
+    text = args.text.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="edgeemb-gguf-") as work:
         work = Path(work)
+        calibration = work / "calibration.txt"
+        calibration.write_text(text[len(text) // 2 :], encoding="utf-8")
         files = [("source", model.stored_dtype, model.path, None)]
         for qtype in args.llama.split(","):
             path = work / f"llama-{qtype}.gguf"
             llama_quantize_token_embd(model.path, path, qtype)
             files.append((f"llama.cpp token_embd {qtype}", qtype, path, None))
-        context = PassContext(model.tokens, model.tokenize)
+        context = pass_context(model, calibration, args.calibration_tokens)  # one calibration for all recipes
         for name in args.recipes.split(","):
             recipe = load_recipe(name)
             export = export_gguf(model.path, recipe.apply(model.table, context), work / f"{name}.gguf")
             files.append((f"edgeemb {name}", export.tensor_type, Path(export.path), export.notes))
-        runs = measure_ggufs([path for _, _, path, _ in files], args.text.read_text(encoding="utf-8"), args.max_tokens)
+        runs = measure_ggufs([path for _, _, path, _ in files], text, args.max_tokens)
 
     source_run = runs[0]
     rows = []

@@ -201,3 +201,37 @@ def measure_ggufs(
         with context.Pool(1) as pool:
             runs.append(pool.apply(measure_gguf, (Path(path), tokens, prompt_tokens, generate, window)))
     return runs
+
+
+def head_input_power(path: Path, text: str, max_tokens: int = 2048, window: int = 1024) -> np.ndarray:
+    """Mean square of each input of the output head over `text`: the final normalised hidden
+    state, which llama.cpp returns as the per-token embedding of a causal model. For a tied
+    head these are the importance weights of the table's columns (as llama.cpp's imatrix)."""
+    import llama_cpp
+
+    tokens = tokenize_text(path, text, max_tokens)
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=window, n_batch=_BATCH, n_ubatch=_BATCH, embedding=True,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, n_threads=os.cpu_count() or 1,
+            n_threads_batch=os.cpu_count() or 1, verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
+    decoder = _Decoder(llm, _BATCH)
+    width = llm.n_embd()
+    total, count = np.zeros(width), 0
+    try:
+        starts = range(0, len(tokens.ids), window)
+        for start in track(starts, "calibrate (llama.cpp)", len(starts)):
+            decoder.clear()
+            chunk = tokens.ids[start : start + window]
+            for offset in range(0, len(chunk), _BATCH):
+                part = chunk[offset : offset + _BATCH]
+                decoder.decode(part, offset, all_logits=True)
+                hidden = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings(llm.ctx), shape=(len(part), width))
+                total += np.square(hidden, dtype=np.float64).sum(axis=0)
+                count += len(part)
+    finally:
+        decoder.close()
+    return (total / count).astype(np.float32)

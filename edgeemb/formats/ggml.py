@@ -27,6 +27,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.progress import track
 
 _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
@@ -113,11 +114,29 @@ class _Symmetric(_GGMLFormat):
     bits: ClassVar[int]
     search: bool = False
 
-    def _codes(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def quantize_weighted(self, rows: np.ndarray, importance: np.ndarray) -> Arrays:
+        """As `quantize` with `search`, each block's least-squares fit weighted as llama.cpp's
+        imatrix quantiser weighs it: importance[j] * sqrt(mean(row**2) + x[j]**2), where
+        importance[j] is the mean square of input j of the matmul that reads the table (for a
+        tied head: the final hidden state), so errors land where they move the logits least."""
+        n, dim = rows.shape
+        self.check_width(dim)
+        if importance.shape != (dim,):
+            raise EdgeembError(f"{self.name}: importance has shape {importance.shape}, expected ({dim},)")
+        step = max(1, _TILE_VALUES // dim)
+        tiles = []
+        for start in track(range(0, n, step), f"quantize {self.name} (weighted)", -(-n // step)):
+            x = rows[start : start + step].astype(_F32, copy=False)
+            weights = importance.astype(_F32) * np.sqrt((x * x).mean(axis=1, keepdims=True) + x * x)
+            tiles.append(self._encode(x.reshape(-1, self._block), weights.reshape(-1, self._block)))
+        return {"blocks": np.concatenate(tiles).reshape(n, -1)}
+
+    def _codes(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         zero = 1 << (self.bits - 1)
-        if self.search:
+        if self.search or weights is not None:
             columns = np.ascontiguousarray(blocks.T)  # _make_qx_quants fits one column per block
-            scale, codes = _make_qx_quants(columns, zero, np.ones_like(columns))
+            w = np.ones_like(columns) if weights is None else np.ascontiguousarray(weights.T)
+            scale, codes = _make_qx_quants(columns, zero, w)
             return scale[:, None], codes.T.astype(np.uint8)
         extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)
         d = extreme / -zero
@@ -135,8 +154,8 @@ class Q4_0(_Symmetric):
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_0
     bits: ClassVar[int] = 4
 
-    def _encode(self, blocks: np.ndarray) -> np.ndarray:
-        d, q = self._codes(blocks)
+    def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        d, q = self._codes(blocks, weights)
         return np.concatenate([_fp16_bytes(d), _pack_nibbles(q)], axis=1)
 
     def _decode(self, raw: np.ndarray) -> np.ndarray:
@@ -150,8 +169,8 @@ class Q5_0(_Symmetric):
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q5_0
     bits: ClassVar[int] = 5
 
-    def _encode(self, blocks: np.ndarray) -> np.ndarray:
-        d, q = self._codes(blocks)
+    def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        d, q = self._codes(blocks, weights)
         high = np.packbits(q >> 4, axis=1, bitorder="little")  # bit j of a little-endian u32: value j's 5th bit
         return np.concatenate([_fp16_bytes(d), high, _pack_nibbles(q & 0x0F)], axis=1)
 

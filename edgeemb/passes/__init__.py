@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgeemb.table import EmbeddingTable
@@ -21,10 +22,13 @@ class StepConfig(BaseModel):
 
 @dataclass(frozen=True)
 class PassContext:
-    """The model around the table: token texts by id, and a tokenizer (text -> ids), when known."""
+    """The model around the table, when known: token texts by id, a tokenizer (text -> ids), and
+    the importance of the table's columns to a tied output head, measured on the user's
+    calibration text (mean square of the head's inputs; computed on first use)."""
 
     tokens: list[str] | None = None
     tokenize: Callable[[str], list[int]] | None = None
+    head_importance: Callable[[], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

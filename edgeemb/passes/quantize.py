@@ -40,6 +40,9 @@ class FormatConfig(StepConfig):
 
 class QuantizeConfig(FormatConfig):
     factor_dtype: Literal["float16", "float32"] = Field(default="float16", description="dtype of a low-rank table's right factor and mean")
+    importance: Literal["head"] | None = Field(
+        default=None, description="'head': weight each column's error by the tied output head's input power on calibration text"
+    )
 
 
 def _on_rows(table: EmbeddingTable, factor_dtype: str, store) -> EmbeddingTable:
@@ -56,7 +59,17 @@ def _on_rows(table: EmbeddingTable, factor_dtype: str, store) -> EmbeddingTable:
 @register("quantize", QuantizeConfig)
 def quantize(table: EmbeddingTable, config: QuantizeConfig, context: PassContext = PassContext()) -> EmbeddingTable:
     fmt = config.build_format()
-    return _on_rows(table, config.factor_dtype, lambda weight: QuantizedTable.quantize(weight, fmt))
+    if config.importance is None:
+        return _on_rows(table, config.factor_dtype, lambda weight: QuantizedTable.quantize(weight, fmt))
+    if not hasattr(fmt, "quantize_weighted"):
+        raise EdgeembError(f"quantize: format {fmt.name} does not take importance weights (Q4_0 and Q5_0 do)")
+    if context.head_importance is None or not isinstance(table, DenseTable):
+        raise EdgeembError(
+            "quantize: importance: head needs calibration text (--calibration FILE), a GGUF causal LM whose "
+            "output head is tied to the table, and the full table (not a low-rank one)"
+        )
+    weight = table.weight
+    return QuantizedTable(fmt, fmt.quantize_weighted(weight, context.head_importance()), weight.shape[1])
 
 
 class MixedPrecisionConfig(StepConfig):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from edgeemb.table import DenseTable
 
 
@@ -33,6 +35,8 @@ class SourceModel:
     weights_file: Path  # the file holding the table (hashed for the manifest)
     tokens: list[str] | None = field(default=None, repr=False)  # token text by id, if known
     tokenize: Callable[[str], list[int]] | None = field(default=None, repr=False)  # text -> ids, no special tokens
+    # text, max tokens -> mean square of each input of the tied output head (GGUF causal LMs)
+    head_input_power: Callable[[str, int], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def vocab_size(self) -> int:

@@ -320,6 +320,7 @@ def load_gguf(path: Path, name: str | None = None) -> SourceModel:
         weights_file=path,
         tokens=tokens if isinstance(tokens, list) else None,
         tokenize=_llama_tokenizer(path),
+        head_input_power=_head_input_power(path) if header.tensor(OUTPUT) is None else None,
     )
 
 
@@ -339,3 +340,12 @@ def _llama_tokenizer(path: Path) -> Callable[[str], list[int]] | None:
             raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
 
     return lambda text: load().tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def _head_input_power(path: Path) -> Callable[[str, int], np.ndarray] | None:
+    """llama.cpp's measure of the tied head's inputs; None without llama-cpp-python."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from edgeemb.evaluate.llamacpp import head_input_power
+
+    return functools.partial(head_input_power, path)
