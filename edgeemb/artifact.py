@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def check_writable(out: Path, force: bool) -> None:
         raise EdgeembError(f"{out} exists and is not a folder")
 
 
-def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str, force: bool) -> None:
+def write_dir(out: Path, fill: Callable[[Path], None], force: bool) -> None:
+    """Write a folder atomically: `fill(staging)` writes into a temporary sibling, which is then
+    renamed to `out` (an existing `out` is replaced only with `force`, and kept on failure)."""
     out = Path(out)
     check_writable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +59,7 @@ def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dic
     retired = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        staging.mkdir()
-        save_table(table, staging / TABLE_FILE)
-        (staging / MANIFEST_FILE).write_text(_dumps(manifest))
-        (staging / REPORT_FILE).write_text(_dumps(report))
-        (staging / REPORT_MD_FILE).write_text(report_md)
+        fill(staging)
         if out.exists():
             out.rename(retired)
         staging.rename(out)
@@ -70,6 +69,17 @@ def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dic
             retired.rename(out)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str, force: bool) -> None:
+    def fill(staging: Path) -> None:
+        staging.mkdir()
+        save_table(table, staging / TABLE_FILE)
+        (staging / MANIFEST_FILE).write_text(_dumps(manifest))
+        (staging / REPORT_FILE).write_text(_dumps(report))
+        (staging / REPORT_MD_FILE).write_text(report_md)
+
+    write_dir(out, fill, force)
 
 
 def load_artifact(out: Path) -> Artifact:

@@ -12,11 +12,10 @@ which keep the compressed storage itself.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeemb.artifact import refuse_existing
+from edgeemb.artifact import refuse_existing, write_dir
 from edgeemb.errors import EdgeembError
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.table import EmbeddingTable
@@ -50,23 +49,6 @@ def export_sentence_transformers(
     st = SentenceTransformer(os.fspath(source.path), device="cpu", local_files_only=True)
     st[0].auto_model.get_input_embeddings().weight.data = torch.from_numpy(table.to_dense())
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    retired = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        st.save(os.fspath(staging))
-        if out.exists():
-            out.rename(retired)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if retired.exists() and not out.exists():
-            retired.rename(out)
-        raise
-    if retired.is_dir():
-        shutil.rmtree(retired)
-    else:
-        retired.unlink(missing_ok=True)
+    write_dir(out, lambda staging: st.save(os.fspath(staging)), force)
     size = sum(file.stat().st_size for file in out.rglob("*") if file.is_file())
     return StExport(out, size, table.describe())
