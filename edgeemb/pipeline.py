@@ -177,8 +177,9 @@ def compress(
     write_artifact(out, table, manifest, report, render_report(report), force)
     exported = None
     if recipe.export is not None:
+        # The source and table in hand: no second load of the model, nor of OUT/.
         text = data.perplexity if recipe.export.format == "gguf" else data.texts
-        exported = export_artifact(out, recipe.export, text=text, max_tokens=data.max_tokens)
+        exported = export_table(source, table, out / _EXPORT_FILES[recipe.export.format], recipe.export, text=text, max_tokens=data.max_tokens)
     return CompressResult(out, manifest, report, exported)
 
 
@@ -237,17 +238,26 @@ def export_artifact(
     - st: a sentence-transformers directory with the table decoded into it, loaded back with
       `SentenceTransformer(path)` offline and compared with the compressed model on those lines."""
     artifact = load_artifact(Path(out))
-    source = open_source(artifact)
-    default = {"gguf": "model.gguf", "onnx": "model.onnx", "st": "sentence-transformers"}[config.format]
-    file = Path(file) if file is not None else artifact.path / default
+    file = Path(file) if file is not None else artifact.path / _EXPORT_FILES[config.format]
+    return export_table(open_source(artifact), artifact.table, file, config, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source)
+
+
+_EXPORT_FILES = {"gguf": "model.gguf", "onnx": "model.onnx", "st": "sentence-transformers"}
+
+
+def export_table(
+    source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, *,
+    force: bool = False, text: Path | None = None, max_tokens: int = 8192, onnx_source: Path | None = None,
+) -> dict:
+    """`export_artifact` for a table and its source model already in memory."""
     export = {"gguf": _export_gguf, "onnx": _export_onnx, "st": _export_st}[config.format]
-    return export(source, artifact.table, file, config, force, text, max_tokens, onnx_source)
+    return export(source, table, Path(file), config, force, text, max_tokens, onnx_source)
 
 
 def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
                  text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
     from edgeemb.evaluate.data import read_text
-    from edgeemb.evaluate.llamacpp import measure_ggufs
+    from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
     from edgeemb.export.gguf import export_gguf
 
     if source.format != "gguf":
@@ -261,12 +271,11 @@ def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config:
     except BaseException:
         file.unlink(missing_ok=True)
         raise
-    agree = next((i for i, (a, b) in enumerate(zip(source_run.greedy_ids, export_run.greedy_ids)) if a != b), len(export_run.greedy_ids))
     return {
         "export": {"format": "gguf", **asdict(exported)},
         "verify": {
             "runtime": "llama.cpp (llama-cpp-python)",
-            "greedy_tokens_equal_to_source": agree,
+            "greedy_tokens_equal_to_source": greedy_agreement(source_run, export_run),
             "source": asdict(source_run),
             "export": asdict(export_run),
             **({"text": _data_facts(text)} if text else {}),

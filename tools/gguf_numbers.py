@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from edgeemb.evaluate.llamacpp import measure_ggufs
+from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
 from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
 from edgeemb.pipeline import pass_context
 from edgeemb.recipe import load_recipe
@@ -75,7 +75,7 @@ def main() -> None:
             "tokens_scored": run.perplexity.tokens_scored, "decode_tokens_per_s": run.decode_tokens_per_s,
             "prefill_tokens_per_s": run.prefill_tokens_per_s, "peak_rss_bytes": run.peak_rss_bytes,
             "greedy_text": run.greedy_text,
-            "greedy_agrees_with_source": sum(1 for _ in _common_prefix(run.greedy_ids, source_run.greedy_ids)),
+            "greedy_agrees_with_source": greedy_agreement(run, source_run),
             "notes": notes or [],
         })
     peers = [row for row in rows if row["file"].startswith("llama.cpp")]
@@ -101,13 +101,6 @@ def main() -> None:
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _common_prefix(a: list[int], b: list[int]):
-    for x, y in zip(a, b):
-        if x != y:
-            return
-        yield x
 
 
 if __name__ == "__main__":

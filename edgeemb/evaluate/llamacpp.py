@@ -26,6 +26,7 @@ import numpy as np
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import Perplexity
 from edgeemb.progress import track
+from edgeemb.sources.gguf import llama_vocabulary
 
 DEFAULT_PROMPT = "The capital of France is"
 _BATCH = 256  # tokens per llama_decode in the perplexity pass: logits of 256 x vocab floats
@@ -44,14 +45,15 @@ class LlamaRun:
     perplexity: Perplexity | None
 
 
-def _load(path: Path, n_ctx: int, n_batch: int):
+def _load(path: Path, n_ctx: int, n_batch: int, **options):
+    """A llama.cpp context on every CPU, decoding up to `n_batch` tokens per call."""
     import llama_cpp
 
     threads = os.cpu_count() or 1
     try:
         return llama_cpp.Llama(
             model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-            n_threads=threads, n_threads_batch=threads, verbose=False,
+            n_threads=threads, n_threads_batch=threads, verbose=False, **options,
         )
     except (ValueError, RuntimeError) as exc:
         raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
@@ -65,12 +67,10 @@ class Tokens:
 
 def tokenize_text(path: Path, text: str, max_tokens: int | None = None) -> Tokens:
     """`text` as llama.cpp tokenises it for this model, with BOS if the model asks for one."""
-    import llama_cpp
+    return _tokens(llama_vocabulary(Path(path)), text, max_tokens)
 
-    try:
-        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
+
+def _tokens(vocab, text: str, max_tokens: int | None = None) -> Tokens:
     with_bos = vocab.tokenize(b"a", add_bos=True, special=False)
     bos = with_bos[0] if len(with_bos) > len(vocab.tokenize(b"a", add_bos=False, special=False)) else None
     ids = vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -158,6 +158,11 @@ def _greedy(decoder: _Decoder, prompt: np.ndarray, count: int) -> tuple[list[int
     return out, count / (time.perf_counter() - begin)
 
 
+def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
+    """How many greedy tokens the two runs produce alike before they first differ."""
+    return next((i for i, (x, y) in enumerate(zip(a.greedy_ids, b.greedy_ids)) if x != y), min(len(a.greedy_ids), len(b.greedy_ids)))
+
+
 def _peak_rss() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -193,8 +198,9 @@ def measure_ggufs(
     """Measure each file in its own process, one after the other, on the same token ids."""
     if not paths:
         return []
-    tokens = tokenize_text(paths[0], text, max_tokens) if text is not None else None
-    prompt_tokens = tokenize_text(paths[0], prompt)
+    vocab = llama_vocabulary(Path(paths[0]))
+    tokens = _tokens(vocab, text, max_tokens) if text is not None else None
+    prompt_tokens = _tokens(vocab, prompt)
     runs = []
     context = multiprocessing.get_context("spawn")
     for path in track(paths, "llama.cpp runs", len(paths)):
@@ -210,14 +216,7 @@ def head_input_power(path: Path, text: str, max_tokens: int = 2048, window: int 
     import llama_cpp
 
     tokens = tokenize_text(path, text, max_tokens)
-    try:
-        llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=window, n_batch=_BATCH, n_ubatch=_BATCH, embedding=True,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, n_threads=os.cpu_count() or 1,
-            n_threads_batch=os.cpu_count() or 1, verbose=False,
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
+    llm = _load(path, window, _BATCH, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
     decoder = _Decoder(llm, _BATCH)
     width = llm.n_embd()
     total, count = np.zeros(width), 0

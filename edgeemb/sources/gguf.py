@@ -324,21 +324,23 @@ def load_gguf(path: Path, name: str | None = None) -> SourceModel:
     )
 
 
+def llama_vocabulary(path: Path):
+    """llama.cpp's vocabulary of a GGUF file (a vocab-only `Llama`). Not cached here: a cached
+    `Llama` would outlive llama_cpp itself at interpreter exit and fail to free."""
+    import llama_cpp
+
+    try:
+        return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
+
+
 def _llama_tokenizer(path: Path) -> Callable[[str], list[int]] | None:
     """text -> ids with llama.cpp's own tokenizer for this file (vocabulary only, loaded on first
     use); None when llama-cpp-python is not installed."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-
-    @functools.cache
-    def load():
-        import llama_cpp
-
-        try:
-            return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
-
+    load = functools.cache(lambda: llama_vocabulary(path))
     return lambda text: load().tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
