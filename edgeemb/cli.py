@@ -66,6 +66,12 @@ def _print_json(data: dict) -> None:
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
+
+
+def _profile_names() -> list[str]:
+    from edgeemb.offload.profiles import profile_names
+
+    return profile_names()
 _MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or sentence-transformers directory, or a GGUF file. Default: minilm."
 
 
@@ -229,6 +235,68 @@ def export(
     _print_export(out, report)
 
 
+_OFFLOAD_HELP = """Emulate keeping MODEL's embedding table on flash: rows stream into a small RAM
+cache as TEXT is decoded, as Gemma 3n's per-layer embeddings do. Reports resident memory, flash
+reads and bytes per token, hit rate and the latency the reads add per token (p50, p99), for each
+cache size and flash profile, against the whole table resident.
+
+\b
+edgeemb offload gemma3-270m --text wiki.txt -p ufs-3.1 --plot offload.png
+edgeemb offload gemma3-270m --text wiki.txt --layout ple -p all --cache-mb 1
+edgeemb offload out/gemma-q4_0 --text wiki.txt --mode real --runtime
+
+MODEL may also be an OUT/ folder (its compressed table is what flash holds). Profiles: """ + ", ".join(_profile_names()) + """,
+or a profile YAML file. sim prices each read with the profile's published figures; real reads
+the same pages from a store file (O_DIRECT) and times them, held to each profile (--throttle).
+
+""" + _MODEL_HELP
+
+
+@main.command(help=_OFFLOAD_HELP)
+@_model_argument
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Plain text to decode, tokenised by the model's own tokenizer.")
+@click.option("--max-tokens", default=512, show_default=True, help="Tokens of --text in the stream.")
+@click.option("-p", "--profile", "profiles", multiple=True, default=("ufs-3.1",), show_default=True, help="Flash profile (repeat for several; 'all' for every built-in one).")
+@click.option("--cache-mb", "cache_mb", type=float, multiple=True, help="RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set.")
+@click.option("--hot-mb", type=float, default=0.0, show_default=True, help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
+@click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help="single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; ple-layer: one table per layer.")
+@click.option("--layers", type=int, help="Layers for the ple layouts. Default: the model's decoder layers.")
+@click.option("--head-type", help="Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored.")
+@click.option("--mode", type=click.Choice(["sim", "real"]), default="sim", show_default=True, help="sim: the profiles' read model; real: also read the store file and time it.")
+@click.option("--throttle", type=click.Choice(["user", "cgroup", "none"]), default="user", show_default=True, help="real: hold each token's reads to the profile's modelled time (user), or cap read bandwidth and IOPS with a blkio cgroup (root; no access latency), or not at all.")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), help="Write the flash store file here and keep it (default: a temporary file for real mode).")
+@click.option("--runtime", is_flag=True, help="Also run the GGUF in llama.cpp with mmap on and off: peak RSS and tokens/s.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: hit rate, bytes and added latency against cache size.")
+@click.option("--force", is_flag=True, help="Replace an existing --store or --plot file.")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+def offload(
+    model: str | None, text: Path, max_tokens: int, profiles: tuple[str, ...], cache_mb: tuple[float, ...], hot_mb: float,
+    calibration: Path | None, layout: str, layers: int | None, head_type: str | None, mode: str, throttle: str,
+    store: Path | None, runtime: bool, plot: Path | None, force: bool, as_json: bool,
+) -> None:
+    from edgeemb.offload import OffloadConfig, profile_names
+    from edgeemb.pipeline import offload as run_offload
+
+    if plot is not None:
+        refuse_existing(plot, force)
+    names = tuple(profile_names()) if "all" in profiles else profiles
+    config = OffloadConfig(names, tuple(int(mb * 1e6) for mb in cache_mb), int(hot_mb * 1e6), mode, throttle)
+    with _progress_bars():
+        result = run_offload(
+            model, text, config, layout=layout, layers=layers, max_tokens=max_tokens, calibration=calibration,
+            head_type=head_type, store=store, force=force, runtime=runtime,
+        )
+    if plot is not None:
+        from edgeemb.report.plots import plot_offload
+
+        plot_offload(result["offload"], plot, result["model"]["name"])
+    if as_json:
+        _print_json(result)
+        return
+    _print_offload(result)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
@@ -328,6 +396,44 @@ def _print_report(report: dict) -> None:
         drift = quality["drift"]
         rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
     _print_rows(f"{model['name']}: {table['storage']}", rows)
+
+
+def _print_offload(result: dict) -> None:
+    report = result["offload"]
+    layout, head = report["layout"], report["head"]
+    _print_rows(f"{result['source']}: embedding table on flash", [
+        ("table", f"{report['rows']:,} rows x {report['record_bytes']} B ({report['table']}), {human_bytes(report['table_bytes'])} all resident"),
+        ("store", f"layout {layout['kind']}" + (f", {layout['layers']} layer slices of {'/'.join(map(str, layout['slice_bytes']))} B" if layout["layers"] > 1 else "")
+         + f", {human_bytes(layout['file_bytes'])} in {layout['page_size']} B pages"),
+        ("stream", f"{report['tokens']} tokens ({report['distinct_tokens']} distinct), {report['lookups_per_token']} lookup(s) per token"),
+        ("hot set", f"{report['hot_set']['tokens']} tokens, {human_bytes(report['hot_set']['bytes'])}" if report["hot_set"]["tokens"] else "none"),
+        ("output head", f"{human_bytes(head['bytes'])} in RAM ({head.get('type', '')}): {head['note']}" if head["tied"] else head["note"]),
+        *([("real reads", f"{'O_DIRECT' if report['real']['o_direct'] else 'page cache in play'}, throttle {report['real']['throttle']}, "
+            f"this host unthrottled: {report['real']['host_read_us']:.0f} us per read")] if report["real"] else []),
+    ])
+    profiles = [r["profile"] for r in report["points"][0]["results"]]
+    table = Table(title="per token, against cache size (latency: mean / p99 us)")
+    for column in ("cache", "resident", "vs whole table", "hit rate", "reads", "flash bytes", *profiles):
+        table.add_column(column, justify="right")
+    for point in report["points"]:
+        cells = []
+        for r in point["results"]:
+            cell = f"{r['sim']['mean_us']:.0f} / {r['sim']['p99_us']:.0f}"
+            if r["real"] is not None:
+                cell += f"\nreal {r['real']['mean_us']:.0f} / {r['real']['p99_us']:.0f}" + (" (host slower)" if r["host_limited"] else "")
+            cells.append(cell)
+        table.add_row(
+            human_bytes(point["cache_peak_bytes"]), human_bytes(point["resident_bytes"]),
+            f"{point['resident_bytes'] / report['table_bytes']:.1%}", f"{point['hit_rate']:.1%}",
+            f"{point['reads_per_token']:.2f}", human_bytes(point["bytes_per_token"]), *cells,
+        )
+    out_console.print(table)
+    for run in result.get("runtime", []):
+        out_console.print(
+            f"llama.cpp use_mmap={run['use_mmap']}: peak RSS {human_bytes(run['peak_rss_bytes'])} "
+            f"(file pages {human_bytes(run['rss_file_bytes'])}, anonymous {human_bytes(run['rss_anon_bytes'])}), "
+            f"decode {run['decode_tokens_per_s']:.1f} tokens/s, load {run['load_seconds']:.2f} s"
+        )
 
 
 def _print_export(out: Path, report: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
 from edgeemb.table import EmbeddingTable
+
+if TYPE_CHECKING:
+    from edgeemb.offload import OffloadConfig, OffloadReport
 
 
 @dataclass(frozen=True)
@@ -331,3 +335,92 @@ def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: E
         "export": {"format": "st", "path": str(exported.path), "file_bytes": exported.bytes, "table": exported.table},
         "verify": {"runtime": "sentence-transformers", "texts": len(texts), "max_abs_diff": float(np.abs(got - want).max())},
     }
+
+
+def offload(
+    model: str | Path | None, text: Path, config: OffloadConfig, *, layout: str = "single", layers: int | None = None,
+    max_tokens: int = 512, calibration: Path | None = None, calibration_tokens: int = 8192, head_type: str | None = None,
+    store: Path | None = None, force: bool = False, runtime: bool = False,
+) -> dict:
+    """Emulate streaming the embedding table of `model` (a model, or an OUT/ folder: its
+    compressed table) from flash while `text` is decoded; see `edgeemb.offload`.
+
+    A tied table also serves the output head, which reads every row for every generated token:
+    offloading its input lookups means keeping a separate head in RAM, counted here at the
+    table's own size or, with `head_type`, quantised to that format. With `runtime`, the GGUF
+    (the model itself, or OUT/model.gguf) is also run in llama.cpp with mmap on and off."""
+    from edgeemb.evaluate.data import read_text
+    from edgeemb.offload import Layout, emulate, load_profile, source_rows, table_rows, write_store
+
+    artifact = load_artifact(Path(model)) if model is not None and (Path(model) / "manifest.json").is_file() else None
+    source = open_source(artifact) if artifact else open_model(model)
+    table = artifact.table if artifact else source.table
+    if source.tokenize is None:
+        raise EdgeembError(f"{source.name}: no tokenizer found beside the model, so a text cannot become token ids")
+    page_sizes = {load_profile(name).page_size for name in config.profiles}
+    if len(page_sizes) != 1:
+        raise EdgeembError(f"the profiles read pages of different sizes ({sorted(page_sizes)}); emulate them in separate runs")
+    if layout != "single" and layers is None:
+        layers = source.layers
+        if layers is None:
+            raise EdgeembError(f"{source.name} does not say how many layers it has; give --layers for the {layout} layout")
+    rows = table_rows(table) if artifact else source_rows(source)
+    shape = Layout(layout, rows.records.shape[0], rows.records.shape[1], page_sizes.pop(), layers or 1)  # type: ignore[arg-type]
+    tokens = np.asarray(source.tokenize(read_text(text))[:max_tokens])
+    calibration_ids = np.asarray(source.tokenize(read_text(calibration))[:calibration_tokens]) if calibration else None
+    head_bytes, head = _offloaded_head(source, table, rows.nbytes, head_type)
+
+    def run(store_file: Path | None) -> OffloadReport:
+        return emulate(rows, shape, tokens, config, head_bytes=head_bytes, head=head, calibration=calibration_ids, store=store_file)
+
+    if config.mode == "real" or store is not None:
+        if store is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="edgeemb-store-", dir=Path.cwd()) as folder:
+                write_store(Path(folder) / "table.store", rows, shape)
+                report = run(Path(folder) / "table.store")
+        else:
+            write_store(store, rows, shape, force)
+            report = run(store)
+    else:
+        report = run(None)
+    result = {"model": model_facts(source), "source": str(artifact.path) if artifact else source.name, "offload": report.to_dict()}
+    if runtime:
+        result["runtime"] = _mmap_runtime(source, artifact, text, max_tokens)
+    return result
+
+
+def _offloaded_head(source: SourceModel, table: EmbeddingTable, table_bytes: int, head_type: str | None) -> tuple[int, dict]:
+    """RAM an output head needs once the table's input lookups move to flash."""
+    if not source.tied:
+        if head_type:
+            raise EdgeembError(f"{source.name} has no output head tied to its table; --head-type applies to tied tables")
+        return 0, {"tied": bool(source.tied), "note": "the table is input-only: nothing of it has to stay in RAM"}
+    if head_type is None:
+        return table_bytes, {"tied": True, "type": "as stored", "note": "the head reads every row per generated token, so a tied table stays whole in RAM: offloading it saves nothing unless the head is stored apart (--head-type)"}
+    from edgeemb.formats import get_format
+
+    fmt = get_format(head_type)
+    if fmt.shared:
+        raise EdgeembError(f"--head-type {head_type}: a head needs a row-wise format, not one with a shared codebook")
+    sample = table.lookup(np.arange(min(256, table.shape[0])))
+    per_row = sum(a.nbytes for a in fmt.quantize(sample).values()) / len(sample)
+    return int(per_row * table.shape[0]), {"tied": True, "type": fmt.describe(), "note": "a separate head in RAM; its quality cost is not measured here (compress and evaluate it)"}
+
+
+def _mmap_runtime(source: SourceModel, artifact: Artifact | None, text: Path, max_tokens: int) -> list[dict]:
+    """The GGUF run in llama.cpp with mmap on and off: peak RSS, resident file pages, tokens/s."""
+    from edgeemb.evaluate.data import read_text
+    from edgeemb.evaluate.llamacpp import measure_ggufs
+
+    gguf = artifact.path / "model.gguf" if artifact else source.path
+    if source.format != "gguf" or not Path(gguf).is_file():
+        raise EdgeembError("the llama.cpp runtime check needs a GGUF model" + (f" (export OUT/ first: edgeemb export {artifact.path} --format gguf)" if artifact else ""))
+    runs = measure_ggufs([gguf, gguf], read_text(text), max_tokens, options=[{"use_mmap": True}, {"use_mmap": False}])
+    return [
+        {"file": str(gguf), "use_mmap": run.options["use_mmap"], "peak_rss_bytes": run.peak_rss_bytes, "rss_file_bytes": run.rss_file_bytes,
+         "rss_anon_bytes": run.rss_anon_bytes, "decode_tokens_per_s": run.decode_tokens_per_s, "prefill_tokens_per_s": run.prefill_tokens_per_s,
+         "load_seconds": run.load_seconds}
+        for run in runs
+    ]

@@ -18,7 +18,7 @@ import math
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,9 @@ class LlamaRun:
     prefill_tokens_per_s: float | None  # the perplexity pass: batches of 256 tokens
     peak_rss_bytes: int
     perplexity: Perplexity | None
+    rss_file_bytes: int = 0  # resident pages of mapped files (the mmapped model) after generation
+    rss_anon_bytes: int = 0  # resident anonymous memory (weights read into buffers, KV cache, ...)
+    options: dict = field(default_factory=dict)  # Llama() options of the run, e.g. use_mmap
 
 
 def _load(path: Path, n_ctx: int, n_batch: int, **options):
@@ -163,39 +166,46 @@ def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
     return next((i for i, (x, y) in enumerate(zip(a.greedy_ids, b.greedy_ids)) if x != y), min(len(a.greedy_ids), len(b.greedy_ids)))
 
 
-def _peak_rss() -> int:
+def _memory_status() -> dict[str, int]:
+    """VmHWM (peak RSS), RssFile and RssAnon of this process, in bytes."""
+    wanted = {"VmHWM:", "RssFile:", "RssAnon:"}
     with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+        return {fields[0][:-1]: int(fields[1]) * 1024 for fields in map(str.split, status) if fields and fields[0] in wanted}
 
 
-def measure_gguf(path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024) -> LlamaRun:
-    """Load `path` in llama.cpp, continue `prompt` greedily and score `text` (if given).
-    Run it in a fresh process (`measure_ggufs`) for a peak RSS that is this model's alone."""
+def measure_gguf(
+    path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024, options: dict | None = None,
+) -> LlamaRun:
+    """Load `path` in llama.cpp (with `Llama` `options`, e.g. use_mmap=False), continue `prompt`
+    greedily and score `text` (if given). Run it in a fresh process (`measure_ggufs`) for a peak
+    RSS that is this model's alone."""
     path = Path(path)
+    options = dict(options or {})
     begin = time.perf_counter()
-    llm = _load(path, n_ctx=max(window, len(prompt.ids) + generate), n_batch=_BATCH)
+    llm = _load(path, n_ctx=max(window, len(prompt.ids) + generate), n_batch=_BATCH, **options)
     load_seconds = time.perf_counter() - begin
     decoder = _Decoder(llm, _BATCH)
     try:
         greedy_ids, decode_rate = _greedy(decoder, prompt.ids, generate)
-        peak = _peak_rss()
+        memory = _memory_status()
         begin = time.perf_counter()
         ppl = gguf_perplexity(decoder, text, window) if text is not None else None
         prefill_rate = len(text.ids) / (time.perf_counter() - begin) if text is not None else None
     finally:
         decoder.close()
     greedy_text = llm.detokenize(greedy_ids).decode("utf-8", "replace")
-    return LlamaRun(str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, decode_rate, prefill_rate, peak, ppl)
+    return LlamaRun(
+        str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, decode_rate, prefill_rate,
+        memory.get("VmHWM", 0), ppl, memory.get("RssFile", 0), memory.get("RssAnon", 0), options,
+    )
 
 
 def measure_ggufs(
     paths: list[Path], text: str | None, max_tokens: int = 8192, prompt: str = DEFAULT_PROMPT,
-    generate: int = 32, window: int = 1024,
+    generate: int = 32, window: int = 1024, options: list[dict] | None = None,
 ) -> list[LlamaRun]:
-    """Measure each file in its own process, one after the other, on the same token ids."""
+    """Measure each file in its own process, one after the other, on the same token ids;
+    `options[i]` are the `Llama` options of the i-th run (the same file may appear twice)."""
     if not paths:
         return []
     vocab = llama_vocabulary(Path(paths[0]))
@@ -203,9 +213,9 @@ def measure_ggufs(
     prompt_tokens = _tokens(vocab, prompt)
     runs = []
     context = multiprocessing.get_context("spawn")
-    for path in track(paths, "llama.cpp runs", len(paths)):
+    for path, option in track(list(zip(paths, options or [{}] * len(paths))), "llama.cpp runs", len(paths)):
         with context.Pool(1) as pool:
-            runs.append(pool.apply(measure_gguf, (Path(path), tokens, prompt_tokens, generate, window)))
+            runs.append(pool.apply(measure_gguf, (Path(path), tokens, prompt_tokens, generate, window, option)))
     return runs
 
 

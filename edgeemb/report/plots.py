@@ -94,6 +94,45 @@ def _hubness(ax, analysis: TableAnalysis) -> None:
     )
 
 
+def plot_offload(report: dict, path: Path, title: str) -> None:
+    """Two panels against cache size: what the cache catches (hit rate, flash bytes per token)
+    and what each flash profile adds per token (mean and p99); `report` is `OffloadReport.to_dict()`."""
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    layout = report["layout"]
+    figure.suptitle(
+        f"{title}: {report['table']} rows of {layout['record_bytes']} B, layout {layout['kind']}"
+        + (f" ({layout['layers']} layers)" if layout["layers"] > 1 else "") + f", {report['tokens']} tokens", fontsize=12,
+    )
+    cache_ax, latency_ax = figure.subplots(1, 2)
+    points = report["points"]
+    cache_kb = np.array([p["cache_peak_bytes"] for p in points]) / 1024
+    share = 100 * np.array([p["cache_peak_bytes"] for p in points]) / report["table_bytes"]
+    cache_ax.plot(cache_kb, [100 * p["hit_rate"] for p in points], marker="o", color="tab:green")
+    cache_ax.set_ylabel("hit rate (%)", color="tab:green")
+    cache_ax.set_ylim(0, 100)
+    twin = cache_ax.twinx()
+    twin.plot(cache_kb, [p["bytes_per_token"] / 1024 for p in points], marker="s", color="tab:blue")
+    twin.set_ylabel("flash read per token (KiB)", color="tab:blue")
+    cache_ax.set_title(f"Cache: up to {share.max():.2g}% of the table's bytes")
+    for profile_index, profile in enumerate(points[0]["results"]):
+        colour = f"C{profile_index}"
+        mean = [p["results"][profile_index]["sim"]["mean_us"] for p in points]
+        p99 = [p["results"][profile_index]["sim"]["p99_us"] for p in points]
+        latency_ax.plot(cache_kb, mean, marker="o", color=colour, label=f"{profile['profile']} mean")
+        latency_ax.plot(cache_kb, p99, linestyle="--", color=colour, label=f"{profile['profile']} p99")
+        if profile.get("real") is not None:
+            latency_ax.plot(cache_kb, [p["results"][profile_index]["real"]["mean_us"] for p in points], marker="x", linestyle=":", color=colour, label=f"{profile['profile']} real mean")
+    latency_ax.set_yscale("symlog", linthresh=10)
+    latency_ax.set_ylabel("added latency per token (us)")
+    latency_ax.set_title("Flash reads per token (no overlap with compute)")
+    latency_ax.legend(fontsize=7, ncols=2)
+    for ax in (cache_ax, latency_ax):
+        ax.set_xscale("symlog", linthresh=max(float(cache_kb[cache_kb > 0].min(initial=1.0)), 1e-3))
+        ax.set_xlabel("cache (KiB, rows + index)")
+    _save_atomic(figure, Path(path))
+
+
 def _save_atomic(figure: Figure, path: Path) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see a partial PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)

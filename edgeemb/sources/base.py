@@ -32,6 +32,7 @@ class SourceModel:
     total_params: int  # every weight of the model, the table included
     total_nbytes: int  # bytes of every tensor as stored
     tied: bool | None  # output head shares the table; None: the model has no output head
+    layers: int | None  # transformer blocks (decoder layers), if the model says
     weights_file: Path  # the file holding the table (hashed for the manifest)
     tokens: list[str] | None = field(default=None, repr=False)  # token text by id, if known
     tokenize: Callable[[str], list[int]] | None = field(default=None, repr=False)  # text -> ids, no special tokens

@@ -317,11 +317,17 @@ def load_gguf(path: Path, name: str | None = None) -> SourceModel:
         total_nbytes=sum(t.nbytes for t in header.tensors),
         # llama.cpp falls back to token_embd for the output head when output.weight is absent.
         tied=header.tensor(OUTPUT) is None,
+        layers=_block_count(header),
         weights_file=path,
         tokens=tokens if isinstance(tokens, list) else None,
         tokenize=_llama_tokenizer(path),
         head_input_power=_head_input_power(path) if header.tensor(OUTPUT) is None else None,
     )
+
+
+def _block_count(header: GGUFHeader) -> int | None:
+    count = header.metadata.get(f"{header.metadata.get('general.architecture')}.block_count")
+    return int(count) if count is not None else None
 
 
 def llama_vocabulary(path: Path):

@@ -69,6 +69,7 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
         total_params=sum(int(np.prod(shape)) for _, shape, _ in shapes.values()),
         total_nbytes=sum(int(np.prod(shape)) * _DTYPE_BYTES.get(dt, 4) for _, shape, dt in shapes.values()),
         tied=tied,
+        layers=config.get("num_hidden_layers") or config.get("n_layer"),
         weights_file=weights_file,
         tokens=_read_tokens(model_dir, path, vocab),
         tokenize=_tokenizer(model_dir, path),
