@@ -339,7 +339,7 @@ def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: E
 
 def offload(
     model: str | Path | None, text: Path, config: OffloadConfig, *, layout: str = "single", layers: int | None = None,
-    max_tokens: int = 512, calibration: Path | None = None, calibration_tokens: int = 8192, head_type: str | None = None,
+    max_tokens: int = 512, calibration: Path | None = None, calibration_tokens: int | None = None, head_type: str | None = None,
     store: Path | None = None, force: bool = False, runtime: bool = False,
 ) -> dict:
     """Emulate streaming the embedding table of `model` (a model, or an OUT/ folder: its

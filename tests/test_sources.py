@@ -92,6 +92,14 @@ def test_hf_tokenize_matches_the_vocabulary(tiny_model):
 
 
 @pytest.mark.real
+def test_real_minilm_tokenize_neither_pads_nor_truncates():
+    # MiniLM's tokenizer.json pads and truncates to 128 for the model; a token count must not
+    model = open_model("minilm")
+    assert model.tokenize("hello world") == [7592, 2088]
+    assert len(model.tokenize("hello world " * 200)) == 400
+
+
+@pytest.mark.real
 def test_gguf_tokenize_uses_llama_cpp():
     model = open_model("smollm2-135m")
     ids = model.tokenize("Hello world, this is SmolLM2.")

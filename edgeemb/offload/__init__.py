@@ -2,7 +2,7 @@
 a small cache, and what that costs per token, as Gemma 3n does with its per-layer embeddings.
 
     rows = table_rows(table)                      # or source_rows(model): the bytes on flash
-    layout = Layout("single", rows.records.shape[0], rows.records.shape[1], page_size=4096)
+    layout = Layout("single", *rows.records.shape, page_size=4096)
     report = emulate(rows, layout, tokens, OffloadConfig(profiles=("ufs-3.1",), cache_bytes=(1 << 20,)))
 
 The emulation is deterministic (`sim`): every token's lookups go through an LRU cache and a

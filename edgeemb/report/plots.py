@@ -123,12 +123,12 @@ def plot_offload(report: dict, path: Path, title: str) -> None:
         latency_ax.plot(cache_kb, p99, linestyle="--", color=colour, label=f"{profile['profile']} p99")
         if profile.get("real") is not None:
             latency_ax.plot(cache_kb, [p["results"][profile_index]["real"]["mean_us"] for p in points], marker="x", linestyle=":", color=colour, label=f"{profile['profile']} real mean")
-    latency_ax.set_yscale("symlog", linthresh=10)
+    latency_ax.set_ylim(bottom=0)
     latency_ax.set_ylabel("added latency per token (us)")
     latency_ax.set_title("Flash reads per token (no overlap with compute)")
     latency_ax.legend(fontsize=7, ncols=2)
     for ax in (cache_ax, latency_ax):
-        ax.set_xscale("symlog", linthresh=max(float(cache_kb[cache_kb > 0].min(initial=1.0)), 1e-3))
+        ax.set_xlim(left=0)
         ax.set_xlabel("cache (KiB, rows + index)")
     _save_atomic(figure, Path(path))
 

@@ -116,7 +116,12 @@ def _tokenizer(model_dir: Path, root: Path) -> Callable[[str], list[int]] | None
     def load():
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(os.fspath(file))
+        tokenizer = Tokenizer.from_file(os.fspath(file))
+        # a sentence model's tokenizer.json may pad and truncate to its context (MiniLM: 128);
+        # counting and streaming want every token of the text and no padding
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
 
     return lambda text: load().encode(text, add_special_tokens=False).ids
 
