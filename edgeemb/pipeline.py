@@ -357,6 +357,7 @@ def offload(
     table = artifact.table if artifact else source.table
     if source.tokenize is None:
         raise EdgeembError(f"{source.name}: no tokenizer found beside the model, so a text cannot become token ids")
+    gguf = _runtime_gguf(source, artifact) if runtime else None
     page_sizes = {load_profile(name).page_size for name in config.profiles}
     if len(page_sizes) != 1:
         raise EdgeembError(f"the profiles read pages of different sizes ({sorted(page_sizes)}); emulate them in separate runs")
@@ -386,8 +387,8 @@ def offload(
     else:
         report = run(None)
     result = {"model": model_facts(source), "source": str(artifact.path) if artifact else source.name, "offload": report.to_dict()}
-    if runtime:
-        result["runtime"] = _mmap_runtime(source, artifact, text, max_tokens)
+    if gguf is not None:
+        result["runtime"] = _mmap_runtime(gguf, text, max_tokens)
     return result
 
 
@@ -409,14 +410,19 @@ def _offloaded_head(source: SourceModel, table: EmbeddingTable, table_bytes: int
     return int(per_row * table.shape[0]), {"tied": True, "type": fmt.describe(), "note": "a separate head in RAM; its quality cost is not measured here (compress and evaluate it)"}
 
 
-def _mmap_runtime(source: SourceModel, artifact: Artifact | None, text: Path, max_tokens: int) -> list[dict]:
+def _runtime_gguf(source: SourceModel, artifact: Artifact | None) -> Path:
+    """The GGUF file llama.cpp runs for `offload --runtime`: the model, or OUT/model.gguf."""
+    gguf = artifact.path / "model.gguf" if artifact else Path(source.path)
+    if source.format != "gguf" or not gguf.is_file():
+        raise EdgeembError("the llama.cpp runtime check needs a GGUF model" + (f" (export OUT/ first: edgeemb export {artifact.path} --format gguf)" if artifact else ""))
+    return gguf
+
+
+def _mmap_runtime(gguf: Path, text: Path, max_tokens: int) -> list[dict]:
     """The GGUF run in llama.cpp with mmap on and off: peak RSS, resident file pages, tokens/s."""
     from edgeemb.evaluate.data import read_text
     from edgeemb.evaluate.llamacpp import measure_ggufs
 
-    gguf = artifact.path / "model.gguf" if artifact else source.path
-    if source.format != "gguf" or not Path(gguf).is_file():
-        raise EdgeembError("the llama.cpp runtime check needs a GGUF model" + (f" (export OUT/ first: edgeemb export {artifact.path} --format gguf)" if artifact else ""))
     runs = measure_ggufs([gguf, gguf], read_text(text), max_tokens, options=[{"use_mmap": True}, {"use_mmap": False}])
     return [
         {"file": str(gguf), "use_mmap": run.options["use_mmap"], "peak_rss_bytes": run.peak_rss_bytes, "rss_file_bytes": run.rss_file_bytes,

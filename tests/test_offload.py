@@ -269,3 +269,18 @@ def test_o_direct_is_used_on_this_filesystem(tmp_path):
     write_store(tmp_path / "t.store", rows, layout)
     report = emulate(rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store")
     assert report.real["o_direct"] is True and report.real["page_cache"] is False
+
+
+def test_offload_of_an_output_folder_streams_its_compressed_rows(tiny_model, tmp_path):
+    from edgeemb.pipeline import compress, offload
+
+    compress(str(tiny_model), "int8", tmp_path / "out")
+    text = tmp_path / "t.txt"
+    text.write_text("the water was long and the people made a way " * 10)
+    result = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(0,)))
+    report = result["offload"]
+    assert result["source"] == str(tmp_path / "out")
+    assert report["record_bytes"] == 64 + 2  # int8 codes and an fp16 scale per row, not the fp32 source's 256
+    assert report["table"].startswith("int8")
+    with pytest.raises(EdgeembError, match="needs a GGUF model"):
+        offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(0,)), runtime=True)
