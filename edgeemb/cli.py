@@ -260,6 +260,7 @@ the same pages from a store file (O_DIRECT) and times them, held to each profile
 @click.option("--cache-mb", "cache_mb", type=float, multiple=True, help="RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set.")
 @click.option("--hot-mb", type=float, default=0.0, show_default=True, help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
+@click.option("--cache-unit", type=click.Choice(["row", "page"]), default="row", show_default=True, help="row: the cache keeps the rows it needs; page: whole pages as read, as the OS page cache does under mmap.")
 @click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help="single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; ple-layer: one table per layer.")
 @click.option("--layers", type=int, help="Layers for the ple layouts. Default: the model's decoder layers.")
 @click.option("--head-type", help="Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored.")
@@ -272,7 +273,7 @@ the same pages from a store file (O_DIRECT) and times them, held to each profile
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
 def offload(
     model: str | None, text: Path, max_tokens: int, profiles: tuple[str, ...], cache_mb: tuple[float, ...], hot_mb: float,
-    calibration: Path | None, layout: str, layers: int | None, head_type: str | None, mode: str, throttle: str,
+    calibration: Path | None, cache_unit: str, layout: str, layers: int | None, head_type: str | None, mode: str, throttle: str,
     store: Path | None, runtime: bool, plot: Path | None, force: bool, as_json: bool,
 ) -> None:
     from edgeemb.offload import OffloadConfig, profile_names
@@ -281,7 +282,7 @@ def offload(
     if plot is not None:
         refuse_existing(plot, force)
     names = tuple(profile_names()) if "all" in profiles else profiles
-    config = OffloadConfig(names, tuple(int(mb * 1e6) for mb in cache_mb), int(hot_mb * 1e6), mode, throttle)
+    config = OffloadConfig(names, tuple(int(mb * 1e6) for mb in cache_mb), int(hot_mb * 1e6), cache_unit, mode, throttle)
     with _progress_bars():
         result = run_offload(
             model, text, config, layout=layout, layers=layers, max_tokens=max_tokens, calibration=calibration,
@@ -406,6 +407,7 @@ def _print_offload(result: dict) -> None:
         ("store", f"layout {layout['kind']}" + (f", {layout['layers']} layer slices of {'/'.join(map(str, layout['slice_bytes']))} B" if layout["layers"] > 1 else "")
          + f", {human_bytes(layout['file_bytes'])} in {layout['page_size']} B pages"),
         ("stream", f"{report['tokens']} tokens ({report['distinct_tokens']} distinct), {report['lookups_per_token']} lookup(s) per token"),
+        ("cache", "LRU of whole pages, as the OS page cache under mmap" if report["cache_unit"] == "page" else "LRU of rows, 16 B of index each"),
         ("hot set", f"{report['hot_set']['tokens']} tokens, {human_bytes(report['hot_set']['bytes'])}" if report["hot_set"]["tokens"] else "none"),
         ("output head", f"{human_bytes(head['bytes'])} in RAM ({head.get('type', '')}): {head['note']}" if head["tied"] else head["note"]),
         *([("real reads", f"{'O_DIRECT' if report['real']['o_direct'] else 'page cache in play'}, throttle {report['real']['throttle']}, "

@@ -98,6 +98,19 @@ def test_lru_cache_replay_matches_a_hand_count():
     assert replay.peak_cache_bytes == budget
 
 
+def test_page_cache_keeps_neighbours_and_pays_a_page_for_each():
+    layout = Layout("single", 50, 1000, PAGE)  # four 1000-byte rows to a page
+    tokens = np.array([0, 1, 4, 0])
+    budget = PAGE + INDEX_BYTES_PER_ENTRY
+    by_page = plan(tokens, layout, budget, cache_unit="page")
+    by_row = plan(tokens, layout, budget, cache_unit="row")
+    np.testing.assert_array_equal(by_page.hits, [0, 1, 0, 0])  # row 1 came with row 0's page; page 1 evicts page 0
+    np.testing.assert_array_equal(by_row.hits, [0, 0, 0, 1])  # four rows fit: row 0 is still there
+    assert by_page.peak_cache_bytes == budget
+    with pytest.raises(EdgeembError, match="cache unit"):
+        plan(tokens, layout, budget, cache_unit="block")
+
+
 def test_ple_token_major_reads_once_per_token_layer_major_once_per_layer():
     tokens = np.array([5, 7, 5])
     token_major = plan(tokens, Layout("ple", 10000, 680, PAGE, 18), 0)

@@ -61,6 +61,7 @@ class OffloadConfig:
     profiles: tuple[str, ...] = ("ufs-3.1",)
     cache_bytes: tuple[int, ...] = ()  # empty: `sweep_budgets` of the stream
     hot_bytes: int = 0
+    cache_unit: Literal["row", "page"] = "row"  # page: whole pages as read, as the OS page cache under mmap
     mode: Mode = "sim"
     throttle: Throttle = "user"  # real mode: how reads are held to each profile (see `replay.measure`)
 
@@ -107,6 +108,7 @@ class OffloadReport:
     tokens: int
     distinct_tokens: int
     lookups_per_token: int
+    cache_unit: str
     hot_set: dict
     head: dict
     resident_fixed_bytes: int  # what stays in RAM at any cache size (table's resident parts, head, hot set)
@@ -165,7 +167,7 @@ def emulate(
     host_reads: list[Measured] = []
     points = []
     for budget in track(budgets, "cache sizes", len(budgets)):
-        replay = plan(tokens, layout, int(budget), pinned)
+        replay = plan(tokens, layout, int(budget), pinned, config.cache_unit)
         results = [ProfileResult(p.name, Latency.of(simulate(replay.runs, p))) for p in profiles]
         if config.mode == "real":
             if store is None:
@@ -178,7 +180,7 @@ def emulate(
         ))
     return OffloadReport(
         rows.describe, layout.rows, layout.record_bytes, table_bytes, layout.describe(), len(tokens),
-        len(np.unique(tokens)), layout.layers,
+        len(np.unique(tokens)), layout.layers, config.cache_unit,
         {"budget_bytes": config.hot_bytes, "tokens": len(pinned) // layout.layers, "bytes": hot_set_bytes},
         {"bytes": head_bytes, **(head or {})}, fixed, points, _real_facts(host_reads, config.throttle) if host_reads else None,
     )

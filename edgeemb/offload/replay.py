@@ -25,13 +25,12 @@ INDEX_BYTES_PER_ENTRY = 16  # a cached unit's id, its slot and two LRU links, 4 
 
 
 class RowCache:
-    """An LRU cache of units (rows or row slices) within a byte budget that covers the units and
-    their index entries, beside a pinned hot set that is never evicted."""
+    """An LRU cache of units (rows, row slices or pages) within a byte budget that covers the
+    units and their index entries."""
 
-    def __init__(self, budget_bytes: int, unit_bytes: np.ndarray, pinned: frozenset[int] = frozenset()) -> None:
+    def __init__(self, budget_bytes: int, unit_bytes: np.ndarray) -> None:
         self.budget = budget_bytes
         self.unit_bytes = unit_bytes  # bytes of unit u are unit_bytes[u % len(unit_bytes)]
-        self.pinned = pinned
         self.entries: OrderedDict[int, int] = OrderedDict()
         self.used = 0
 
@@ -40,8 +39,6 @@ class RowCache:
 
     def lookup(self, unit: int) -> bool:
         """True on a hit (refreshing the unit's recency)."""
-        if unit in self.pinned:
-            return True
         if unit in self.entries:
             self.entries.move_to_end(unit)
             return True
@@ -76,12 +73,21 @@ class Plan:
         return np.array([int(r[:, 1].sum()) for r in self.runs])
 
 
-def plan(tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozenset[int] = frozenset()) -> Plan:
+def plan(
+    tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozenset[int] = frozenset(), cache_unit: str = "row",
+) -> Plan:
     """Replay `tokens` through a cache of `budget_bytes`: each token looks up each layer's unit,
-    and its misses are read together as runs of contiguous pages."""
-    cache = RowCache(budget_bytes, layout.unit_bytes, pinned)
-    offsets, sizes = layout.extents(tokens)
+    and its misses are read together as runs of contiguous pages.
+
+    `cache_unit`: "row" caches the units themselves (a runtime that copies rows out of its
+    reads); "page" caches whole pages as read, as the OS page cache under mmap does, so a page's
+    other rows come along and cost RAM. `pinned` units (the hot set) are rows either way."""
+    if cache_unit not in ("row", "page"):
+        raise EdgeembError(f"unknown cache unit {cache_unit!r}; choose row or page")
     page = layout.page_size
+    by_page = cache_unit == "page"
+    cache = RowCache(budget_bytes, np.array([page]) if by_page else layout.unit_bytes)
+    offsets, sizes = layout.extents(tokens)
     layers = layout.layers
     lookups = np.full(len(tokens), layers)
     hits = np.zeros(len(tokens), dtype=np.int64)
@@ -90,11 +96,19 @@ def plan(tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozense
         missed = []
         for layer in range(layers):
             unit = token * layers + layer
-            if cache.lookup(unit):
+            if unit in pinned:
                 hits[step] += 1
-            else:
-                missed.append(layer)
-                cache.insert(unit)
+                continue
+            first, last = int(offsets[step, layer]) // page, int(offsets[step, layer] + sizes[step, layer] - 1) // page
+            keys = range(first, last + 1) if by_page else (unit,)
+            present = [cache.lookup(key) for key in keys]
+            if all(present):
+                hits[step] += 1
+                continue
+            missed.append(layer)
+            for key, cached in zip(keys, present):
+                if not cached:
+                    cache.insert(key)
         peak = max(peak, cache.used)
         runs.append(_page_runs(offsets[step, missed], sizes[step, missed], page))
     return Plan(lookups, hits, runs, peak)
