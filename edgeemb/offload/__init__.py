@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -114,16 +114,20 @@ class OffloadReport:
     resident_fixed_bytes: int  # what stays in RAM at any cache size (table's resident parts, head, hot set)
     points: list[CachePoint]
     real: dict | None  # real mode: O_DIRECT or page cache, the throttle, this host's own time per read
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _token_bytes(layout: Layout) -> int:
+    """RAM one token's units take in a row cache or the hot set: its bytes and index entries."""
+    return int(layout.unit_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers
+
+
 def sweep_budgets(tokens: np.ndarray, layout: Layout, rows_bytes: int, points: int = 10) -> tuple[int, ...]:
     """Cache budgets from none up to the stream's working set (every distinct token's units
     cached; a larger cache only adds idle rows), spaced geometrically from 16 tokens' worth."""
-    per_token = int(layout.unit_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers
+    per_token = _token_bytes(layout)
     working_set = min(len(np.unique(tokens)) * per_token, rows_bytes)
     smallest = min(16 * per_token, working_set)
     return (0, *sorted({int(b) for b in np.geomspace(smallest, working_set, points - 1)}))
@@ -132,7 +136,7 @@ def sweep_budgets(tokens: np.ndarray, layout: Layout, rows_bytes: int, points: i
 def hot_units(calibration: np.ndarray, layout: Layout, budget_bytes: int) -> frozenset[int]:
     """The most frequent tokens of a calibration stream, all their layers' units, within budget."""
     pinned, used = [], 0
-    cost = int(layout.unit_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers
+    cost = _token_bytes(layout)
     for token, _ in Counter(calibration.tolist()).most_common():
         if used + cost > budget_bytes:
             break
@@ -160,9 +164,11 @@ def emulate(
         raise EdgeembError(f"a cache of {too_big[0]:,} bytes is larger than the table's rows ({rows.records.nbytes:,} bytes): keep the table resident instead")
     if config.hot_bytes and calibration is None:
         raise EdgeembError("a hot set needs calibration text to count token frequencies (--calibration)")
+    if config.mode == "real" and store is None:
+        raise EdgeembError("real mode needs the store file (write_store) to read from")
     profiles = [load_profile(name) for name in config.profiles]
     pinned = hot_units(calibration, layout, config.hot_bytes) if config.hot_bytes else frozenset()
-    hot_set_bytes = (len(pinned) // layout.layers) * (int(layout.unit_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers)
+    hot_set_bytes = (len(pinned) // layout.layers) * _token_bytes(layout)
     fixed = rows.resident_bytes + head_bytes + hot_set_bytes
     host_reads: list[Measured] = []
     points = []
@@ -170,8 +176,6 @@ def emulate(
         replay = plan(tokens, layout, int(budget), pinned, config.cache_unit)
         results = [ProfileResult(p.name, Latency.of(simulate(replay.runs, p))) for p in profiles]
         if config.mode == "real":
-            if store is None:
-                raise EdgeembError("real mode needs the store file (write_store) to read from")
             results = _real(store, replay, profiles, results, config.throttle, host_reads)
         points.append(CachePoint(
             int(budget), replay.peak_cache_bytes, fixed + replay.peak_cache_bytes,
