@@ -299,6 +299,45 @@ def offload(
 
 
 @main.command()
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT OUT [OUT ...]")
+@click.option("--md", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as an HTML page.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: table size against --metric, with the Pareto frontier.")
+@click.option("--metric", help="Quality column for --plot. Default: the first shared of STS Spearman, nDCG@10, perplexity, row cosine.")
+@click.option("--allow-mixed", is_flag=True, help="Compare outputs of different source models.")
+@click.option("--force", is_flag=True, help="Replace existing --md, --html or --plot files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plot: Path | None, metric: str | None,
+            allow_mixed: bool, force: bool, as_json: bool) -> None:
+    """Compare output folders side by side: table and whole-model size, bits per parameter and
+    every quality figure they all measured on the same data; the best of each column is marked.
+
+    \b
+    edgeemb compare out/minilm-int8 out/minilm-int4 out/minilm-pq --md compare.md --plot pareto.png
+    """
+    from edgeemb.report.compare import compare_outputs, to_html, to_markdown
+
+    for file in (md, html_file, plot):
+        if file is not None:
+            refuse_existing(file, force)
+    comparison = compare_outputs(list(outs), allow_mixed)
+    if plot is not None:
+        from edgeemb.report.plots import plot_pareto
+
+        chosen = metric or next((m for m in ("STS Spearman", "nDCG@10", "perplexity", "row cosine") if m in comparison.metrics), None)
+        if chosen not in comparison.metrics:
+            raise EdgeembError(f"no quality column {chosen!r} shared by these outputs; they share: {', '.join(comparison.metrics) or 'none'}")
+        plot_pareto(comparison, chosen, plot)
+    for file, render in ((md, to_markdown), (html_file, to_html)):
+        if file is not None:
+            _write_atomic(file, render(comparison))
+    if as_json:
+        _print_json(asdict(comparison))
+        return
+    _print_comparison(comparison)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List the short model names, what installs them, and whether they are installed."""
@@ -397,6 +436,27 @@ def _print_report(report: dict) -> None:
         drift = quality["drift"]
         rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
     _print_rows(f"{model['name']}: {table['storage']}", rows)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def _print_comparison(comparison) -> None:
+    from edgeemb.report.compare import cell, columns
+
+    table = Table(title="edgeemb compare (best of each column in bold)")
+    for head in ("output", "recipe", "storage", *columns(comparison)):
+        table.add_column(head, justify="left" if head in ("output", "recipe", "storage") else "right")
+    for i, row in enumerate(comparison.rows):
+        cells = [Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "") for c in columns(comparison)]
+        table.add_row(Text(row.label), Text(row.recipe), Text(row.storage), *cells)
+    out_console.print(table)
+    for note in comparison.notes:
+        err_console.print(f"note: {note}")
 
 
 def _print_offload(result: dict) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from edgeemb.analysis import TableAnalysis
 
@@ -130,6 +131,33 @@ def plot_offload(report: dict, path: Path, title: str) -> None:
     for ax in (cache_ax, latency_ax):
         ax.set_xlim(left=0)
         ax.set_xlabel("cache (KiB, rows + index)")
+    _save_atomic(figure, Path(path))
+
+
+def plot_pareto(comparison, metric: str, path: Path) -> None:
+    """Table size against `metric` for every compared output, the Pareto frontier drawn through
+    the outputs no other beats on both (`comparison` is a `report.compare.Comparison`)."""
+    from edgeemb.report.compare import pareto
+
+    figure = Figure(figsize=(8, 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    sizes = np.array([row.sizes["table bytes"] for row in comparison.rows]) / 1e6
+    values = np.array([row.metrics[metric] for row in comparison.rows])
+    front = sorted(pareto(comparison, metric), key=lambda i: sizes[i])
+    ax.scatter(sizes, values, color="tab:blue", zorder=3)
+    ax.plot(sizes[front], values[front], color="tab:red", linestyle="--", zorder=2, label="Pareto frontier")
+    for row, x, y in zip(comparison.rows, sizes, values):
+        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("embedding table (MB, log scale)")
+    better = "higher" if comparison.higher_is_better(metric) else "lower"
+    ax.set_ylabel(f"{metric} ({better} is better)")
+    ax.set_title(f"Size against {metric}")
+    ax.legend(fontsize=8)
     _save_atomic(figure, Path(path))
 
 

@@ -1,0 +1,171 @@
+"""Side-by-side comparison of output folders: size, bits per parameter and every quality figure
+they share, with the best value of each column marked, as data, Markdown or HTML.
+
+A quality figure is compared only where every output measured it on the same data (the data
+file's sha256 matches); otherwise the column is left out and the comparison says why.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeemb.artifact import load_artifact
+from edgeemb.errors import EdgeembError
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    path: tuple[str, ...]  # keys into report["quality"]
+    higher_is_better: bool
+    data: str | None = None  # the quality section whose data sha256 must match across outputs
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("STS Spearman", ("sts", "compressed"), True, "sts"),
+    Metric("nDCG@10", ("retrieval", "compressed", "ndcg_at_10"), True, "retrieval"),
+    Metric("recall@10", ("retrieval", "compressed", "recall_at_10"), True, "retrieval"),
+    Metric("perplexity", ("perplexity", "compressed"), False, "perplexity"),
+    Metric("sentence cosine", ("drift", "mean_cosine"), True),
+    Metric("row cosine", ("table", "row_cosine_mean"), True),
+    Metric("row cosine p1", ("table", "row_cosine_p1"), True),
+    Metric("relative error", ("table", "relative_error"), False),
+    Metric("nn overlap", ("table", "nn_overlap_mean"), True),
+)
+SIZE_COLUMNS = (("table bytes", False), ("model bytes", False), ("bits / param", False))
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # the output folder's name
+    path: str
+    source: str
+    source_sha256: str
+    recipe: str
+    storage: str
+    sizes: dict[str, float]  # SIZE_COLUMNS
+    metrics: dict[str, float]  # by Metric.label, only those every row shares
+
+
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[Row]
+    metrics: list[str]  # compared quality columns, in METRICS order
+    best: dict[str, list[int]]  # column -> indices of the rows holding its best value
+    notes: list[str] = field(default_factory=list)
+
+    def higher_is_better(self, column: str) -> bool:
+        return next((m.higher_is_better for m in METRICS if m.label == column), False)
+
+
+def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
+    """Read each OUT/ folder's manifest and report and line them up."""
+    if len(outs) < 2:
+        raise EdgeembError("compare needs at least two output folders")
+    artifacts = [load_artifact(Path(out)) for out in outs]
+    sources = {a.manifest["source"]["sha256"] for a in artifacts}
+    if len(sources) > 1 and not allow_mixed:
+        names = ", ".join(sorted({f"{a.path.name}: {a.manifest['source']['name']}" for a in artifacts}))
+        raise EdgeembError(f"the outputs come from different source models ({names}); pass --allow-mixed to compare them anyway")
+    notes = ["the outputs come from different source models (--allow-mixed)"] if len(sources) > 1 else []
+    metrics = []
+    for metric in METRICS:
+        values = [_lookup(a.report.get("quality", {}), metric.path) for a in artifacts]
+        if any(v is None for v in values):
+            continue
+        if metric.data is not None:
+            hashes = {a.report["quality"][metric.data].get("sha256") for a in artifacts}
+            if len(hashes) > 1:
+                notes.append(f"{metric.label} left out: the outputs measured it on different data")
+                continue
+        metrics.append(metric)
+    rows = [_row(a, metrics) for a in artifacts]
+    columns = [(label, higher) for label, higher in SIZE_COLUMNS] + [(m.label, m.higher_is_better) for m in metrics]
+    best = {}
+    for label, higher in columns:
+        values = [row.sizes.get(label, row.metrics.get(label)) for row in rows]
+        target = max(values) if higher else min(values)
+        best[label] = [i for i, v in enumerate(values) if v == target]
+    return Comparison(rows, [m.label for m in metrics], best, notes)
+
+
+def _lookup(data: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return float(data) if isinstance(data, int | float) else None
+
+
+def _row(artifact, metrics: list[Metric]) -> Row:
+    report, manifest = artifact.report, artifact.manifest
+    table, model = report["table"], report["model"]
+    model_bytes = model["total_bytes"] - model["table_bytes"] + table["bytes"]
+    return Row(
+        artifact.path.name, str(artifact.path), manifest["source"]["name"], manifest["source"]["sha256"],
+        manifest["recipe"]["name"], table["storage"],
+        {"table bytes": table["bytes"], "model bytes": model_bytes, "bits / param": table["bits_per_param"]},
+        {m.label: _lookup(report["quality"], m.path) for m in metrics},
+    )
+
+
+def columns(comparison: Comparison) -> list[str]:
+    return [label for label, _ in SIZE_COLUMNS] + comparison.metrics
+
+
+def cell(comparison: Comparison, index: int, column: str) -> str:
+    row = comparison.rows[index]
+    value = row.sizes.get(column, row.metrics.get(column))
+    if column.endswith("bytes"):
+        return f"{value / 1e6:,.2f} MB"
+    if column in ("STS Spearman", "bits / param"):  # Spearman is x100 already
+        return f"{value:.2f}"
+    if column == "perplexity":
+        return f"{value:.3f}"
+    return f"{value:.4f}"
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """A Markdown table; the best value of each column is in bold."""
+    heads = ["output", "recipe", "storage", *columns(comparison)]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for i, row in enumerate(comparison.rows):
+        cells = [_mark(cell(comparison, i, c), i in comparison.best[c], "**") for c in columns(comparison)]
+        lines.append("| " + " | ".join([row.label, row.recipe, row.storage, *cells]) + " |")
+    lines += [f"\n{note}." for note in comparison.notes]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(comparison: Comparison) -> str:
+    """A standalone HTML page with the same table; the best value of each column is in bold."""
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in ["output", "recipe", "storage", *columns(comparison)])
+    body = []
+    for i, row in enumerate(comparison.rows):
+        cells = [html.escape(row.label), html.escape(row.recipe), html.escape(row.storage)]
+        cells += [_mark(html.escape(cell(comparison, i, c)), i in comparison.best[c], "b") for c in columns(comparison)]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<p>{html.escape(n)}.</p>" for n in comparison.notes)
+    return (
+        "<!doctype html><meta charset='utf-8'><title>edgeemb compare</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right;border-bottom:1px solid #ddd}"
+        "td:nth-child(-n+3){text-align:left}</style>"
+        f"<table><tr>{heads}</tr>{''.join(body)}</table>{notes}\n"
+    )
+
+
+def _mark(text: str, best: bool, tag: str) -> str:
+    if not best:
+        return text
+    return f"**{text}**" if tag == "**" else f"<{tag}>{text}</{tag}>"
+
+
+def pareto(comparison: Comparison, metric: str) -> list[int]:
+    """Rows no other row beats on both table bytes and `metric` (ties kept)."""
+    higher = comparison.higher_is_better(metric)
+    points = [(row.sizes["table bytes"], row.metrics[metric] if higher else -row.metrics[metric]) for row in comparison.rows]
+    return [
+        i for i, (size, quality) in enumerate(points)
+        if not any(s <= size and q >= quality and (s, q) != (size, quality) for s, q in points)
+    ]
