@@ -338,6 +338,44 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
 
 
 @main.command()
+@click.argument("base_recipe", metavar="BASE_RECIPE")
+@click.option("-m", "--model", help="Model to compress (see MODEL in `edgeemb compress --help`). Default: minilm.")
+@click.option("--grid", "grid", multiple=True, required=True, help="STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for one output folder per variant, compare.md and pareto.png.")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Variants compressed at once (local processes).")
+@_data_options
+@click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def sweep(base_recipe: str, model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int, sts: Path | None,
+          beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
+    """Compress MODEL with every variant of BASE_RECIPE on a grid, then compare the variants
+    (writes OUT/compare.md and OUT/pareto.png, size against the first shared quality figure).
+
+    \b
+    edgeemb sweep svd-int4 --grid svd.rank=64,128,256 --grid quantize.format=int4,int8 -o out/sweep --sts stsb_en_dev.tsv -j 2
+    """
+    from edgeemb.pipeline import EvaluationData
+    from edgeemb.report.compare import to_markdown
+    from edgeemb.report.plots import plot_pareto
+    from edgeemb.sweep import sweep as run_sweep
+
+    for report in ("compare.md", "pareto.png"):
+        refuse_existing(out_dir / report, force)
+    data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
+    with _progress_bars():
+        result = run_sweep(model, base_recipe, grid, out_dir, data=data, jobs=jobs, force=force)
+    comparison = result.comparison
+    _write_atomic(out_dir / "compare.md", to_markdown(comparison))
+    metric = next(m for m in ("STS Spearman", "nDCG@10", "perplexity", "row cosine") if m in comparison.metrics)
+    plot_pareto(comparison, metric, out_dir / "pareto.png")
+    if as_json:
+        _print_json(asdict(comparison))
+        return
+    _print_comparison(comparison)
+    out_console.print(f"wrote {out_dir / 'compare.md'} and {out_dir / 'pareto.png'} ({metric} against table size)")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List the short model names, what installs them, and whether they are installed."""

@@ -1,0 +1,121 @@
+"""Sweep: a grid of variants of one recipe, each compressed into its own output folder, then
+compared side by side.
+
+    result = sweep("minilm", "svd-int4", ["svd.rank=64,128,256", "quantize.format=int4,int8"], "out/sweep", jobs=2)
+
+A grid axis is `STEP.KEY=V1,V2,...`: the values replace KEY in every STEP of the base recipe
+(values are read as YAML, so `64` is a number and `int4` a string). Variants run through an
+`Executor`: a local process pool by default; anything with the same `map` can stand in (a
+cluster engine), since each job is a plain picklable function call.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import multiprocessing
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from edgeemb.artifact import check_writable
+from edgeemb.errors import EdgeembError
+from edgeemb.pipeline import EvaluationData, compress
+from edgeemb.progress import track
+from edgeemb.recipe import Recipe, load_recipe, parse_recipe
+from edgeemb.report.compare import Comparison, compare_outputs
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    step: str
+    key: str
+    values: tuple
+
+
+def parse_grid(specs: Iterable[str]) -> list[GridAxis]:
+    """`["svd.rank=64,128", ...]` -> axes; a malformed spec is an error naming it."""
+    axes = []
+    for spec in specs:
+        target, _, values = spec.partition("=")
+        step, _, key = target.partition(".")
+        if not (step and key and values):
+            raise EdgeembError(f"grid {spec!r}: expected STEP.KEY=V1,V2 (e.g. svd.rank=64,128)")
+        axes.append(GridAxis(step, key, tuple(yaml.safe_load(v) for v in values.split(","))))
+    if not axes:
+        raise EdgeembError("a sweep needs at least one --grid axis")
+    return axes
+
+
+def variants(base: Recipe, axes: list[GridAxis]) -> list[Recipe]:
+    """Every combination of the axes' values applied to `base`, each validated as a recipe."""
+    data = base.to_dict()
+    for axis in axes:
+        if not any(axis.step in step for step in data["steps"]):
+            raise EdgeembError(f"grid {axis.step}.{axis.key}: recipe {base.name!r} has no {axis.step!r} step")
+    recipes = []
+    for combination in itertools.product(*(axis.values for axis in axes)):
+        variant = copy.deepcopy(data)
+        for axis, value in zip(axes, combination):
+            for step in variant["steps"]:
+                if axis.step in step:
+                    step[axis.step][axis.key] = value
+        variant["name"] = "-".join([base.name, *(f"{axis.key}{value}" for axis, value in zip(axes, combination))])
+        recipes.append(parse_recipe(variant, origin=f"{variant['name']} (sweep of {base.name})"))
+    return recipes
+
+
+class Executor(Protocol):
+    def map(self, function: Callable, jobs: list[tuple]) -> Iterable: ...
+
+
+@dataclass(frozen=True)
+class LocalPool:
+    """Up to `jobs` variants at once, each in a fresh process (spawned: no inherited state)."""
+
+    jobs: int = 1
+
+    def map(self, function: Callable, jobs: list[tuple]) -> Iterable:
+        if self.jobs <= 1:
+            return (function(*job) for job in jobs)
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        return _drain(pool, [pool.submit(function, *job) for job in jobs])
+
+
+def _drain(pool: ProcessPoolExecutor, futures: list) -> Iterable:
+    with pool:
+        for future in futures:
+            yield future.result()
+
+
+def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool) -> str:
+    compress(model, parse_recipe(recipe), out, force=force, data=data)
+    return str(out)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    outs: list[Path]
+    comparison: Comparison
+
+
+def sweep(
+    model: str | None, base: str | Path | Recipe, grid: Iterable[str], out_dir: str | Path, *,
+    data: EvaluationData = EvaluationData(), jobs: int = 1, executor: Executor | None = None, force: bool = False,
+) -> SweepResult:
+    """Compress `model` with every variant of `base` into `out_dir/NAME/`, then compare them."""
+    out_dir = Path(out_dir)
+    recipe = base if isinstance(base, Recipe) else load_recipe(base)
+    recipes = variants(recipe, parse_grid(grid))
+    outs = [out_dir / r.name for r in recipes]
+    for out in outs:
+        check_writable(out, force)
+    executor = executor or LocalPool(jobs)
+    work = [(model, r.to_dict(), out, data, force) for r, out in zip(recipes, outs)]
+    for _ in track(executor.map(_compress_variant, work), "sweep variants", len(work)):
+        pass
+    return SweepResult(outs, compare_outputs(outs))
