@@ -28,6 +28,7 @@ from rich.text import Text
 from edgeemb import __version__
 from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
+from edgeemb.offload.profiles import builtin_names
 from edgeemb.progress import reporting
 from edgeemb.report.markdown import comparison_rows, format_number, human_bytes
 
@@ -66,12 +67,6 @@ def _print_json(data: dict) -> None:
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
-
-
-def _profile_names() -> list[str]:
-    from edgeemb.offload.profiles import profile_names
-
-    return profile_names()
 _MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or sentence-transformers directory, or a GGUF file. Default: minilm."
 
 
@@ -245,7 +240,7 @@ edgeemb offload gemma3-270m --text wiki.txt -p ufs-3.1 --plot offload.png
 edgeemb offload gemma3-270m --text wiki.txt --layout ple -p all --cache-mb 1
 edgeemb offload out/gemma-q4_0 --text wiki.txt --mode real --runtime
 
-MODEL may also be an OUT/ folder (its compressed table is what flash holds). Profiles: """ + ", ".join(_profile_names()) + """,
+MODEL may also be an OUT/ folder (its compressed table is what flash holds). Profiles: """ + ", ".join(builtin_names()) + """,
 or a profile YAML file. sim prices each read with the profile's published figures; real reads
 the same pages from a store file (O_DIRECT) and times them, held to each profile (--throttle).
 
@@ -315,7 +310,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
     \b
     edgeemb compare out/minilm-int8 out/minilm-int4 out/minilm-pq --md compare.md --plot pareto.png
     """
-    from edgeemb.report.compare import compare_outputs, to_html, to_markdown
+    from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_markdown
 
     for file in (md, html_file, plot):
         if file is not None:
@@ -324,7 +319,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
     if plot is not None:
         from edgeemb.report.plots import plot_pareto
 
-        chosen = metric or next((m for m in ("STS Spearman", "nDCG@10", "perplexity", "row cosine") if m in comparison.metrics), None)
+        chosen = metric or default_metric(comparison)
         if chosen not in comparison.metrics:
             raise EdgeembError(f"no quality column {chosen!r} shared by these outputs; they share: {', '.join(comparison.metrics) or 'none'}")
         plot_pareto(comparison, chosen, plot)
@@ -355,7 +350,7 @@ def sweep(base_recipe: str, model: str | None, grid: tuple[str, ...], out_dir: P
     edgeemb sweep svd-int4 --grid svd.rank=64,128,256 --grid quantize.format=int4,int8 -o out/sweep --sts stsb_en_dev.tsv -j 2
     """
     from edgeemb.pipeline import EvaluationData
-    from edgeemb.report.compare import to_markdown
+    from edgeemb.report.compare import default_metric, to_markdown
     from edgeemb.report.plots import plot_pareto
     from edgeemb.sweep import sweep as run_sweep
 
@@ -366,7 +361,7 @@ def sweep(base_recipe: str, model: str | None, grid: tuple[str, ...], out_dir: P
         result = run_sweep(model, base_recipe, grid, out_dir, data=data, jobs=jobs, force=force)
     comparison = result.comparison
     _write_atomic(out_dir / "compare.md", to_markdown(comparison))
-    metric = next(m for m in ("STS Spearman", "nDCG@10", "perplexity", "row cosine") if m in comparison.metrics)
+    metric = default_metric(comparison)
     plot_pareto(comparison, metric, out_dir / "pareto.png")
     if as_json:
         _print_json(asdict(comparison))

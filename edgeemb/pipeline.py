@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeemb import __version__
-from edgeemb.artifact import Artifact, check_writable, load_artifact, write_artifact
+from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
 from edgeemb.recipe import ExportConfig, Recipe, load_recipe
@@ -352,7 +352,7 @@ def offload(
     from edgeemb.evaluate.data import read_text
     from edgeemb.offload import Layout, emulate, load_profile, source_rows, table_rows, write_store
 
-    artifact = load_artifact(Path(model)) if model is not None and (Path(model) / "manifest.json").is_file() else None
+    artifact = load_artifact(Path(model)) if model is not None and (Path(model) / MANIFEST_FILE).is_file() else None
     source = open_source(artifact) if artifact else open_model(model)
     table = artifact.table if artifact else source.table
     if source.tokenize is None:
@@ -374,18 +374,16 @@ def offload(
     def run(store_file: Path | None) -> OffloadReport:
         return emulate(rows, shape, tokens, config, head_bytes=head_bytes, head=head, calibration=calibration_ids, store=store_file)
 
-    if config.mode == "real" or store is not None:
-        if store is None:
-            import tempfile
+    if config.mode == "real" and store is None:  # real mode reads a store; without --store, a temporary one
+        import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="edgeemb-store-", dir=Path.cwd()) as folder:
-                write_store(Path(folder) / "table.store", rows, shape)
-                report = run(Path(folder) / "table.store")
-        else:
-            write_store(store, rows, shape, force)
-            report = run(store)
+        with tempfile.TemporaryDirectory(prefix="edgeemb-store-", dir=Path.cwd()) as folder:
+            write_store(Path(folder) / "table.store", rows, shape)
+            report = run(Path(folder) / "table.store")
     else:
-        report = run(None)
+        if store is not None:
+            write_store(store, rows, shape, force)
+        report = run(store)
     result = {"model": model_facts(source), "source": str(artifact.path) if artifact else source.name, "offload": report.to_dict()}
     if gguf is not None:
         result["runtime"] = _mmap_runtime(gguf, text, max_tokens)

@@ -121,7 +121,7 @@ class OffloadReport:
 
 def _token_bytes(layout: Layout) -> int:
     """RAM one token's units take in a row cache or the hot set: its bytes and index entries."""
-    return int(layout.unit_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers
+    return int(layout.slice_bytes.sum()) + INDEX_BYTES_PER_ENTRY * layout.layers
 
 
 def sweep_budgets(tokens: np.ndarray, layout: Layout, rows_bytes: int, points: int = 10) -> tuple[int, ...]:

@@ -57,6 +57,11 @@ def _builtin() -> dict[str, Path]:
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
+def builtin_names() -> list[str]:
+    """Built-in profile names, alphabetical (file names only: nothing is read)."""
+    return sorted(_builtin())
+
+
 def profile_names() -> list[str]:
     """Built-in profiles, fastest first (by the time of one 4 KiB read)."""
     profiles = [load_profile(name) for name in _builtin()]

@@ -86,7 +86,7 @@ def plan(
         raise EdgeembError(f"unknown cache unit {cache_unit!r}; choose row or page")
     page = layout.page_size
     by_page = cache_unit == "page"
-    cache = RowCache(budget_bytes, np.array([page]) if by_page else layout.unit_bytes)
+    cache = RowCache(budget_bytes, np.array([page]) if by_page else layout.slice_bytes)
     offsets, sizes = layout.extents(tokens)
     layers = layout.layers
     lookups = np.full(len(tokens), layers)

@@ -106,18 +106,11 @@ class Layout:
             raise EdgeembError(f"cannot split a {self.record_bytes}-byte row across {self.layers} layers")
 
     @property
-    def units_per_token(self) -> int:
-        return self.layers
-
-    @property
     def slice_bytes(self) -> np.ndarray:
-        """Bytes of each layer's slice of a record (all of it for `single`)."""
+        """Bytes of each layer's slice of a record (all of it for `single`); a slice is the cache
+        unit, numbered token * layers + layer."""
         base, extra = divmod(self.record_bytes, self.layers)
         return np.array([base + (i < extra) for i in range(self.layers)], dtype=np.int64)
-
-    @property
-    def unit_bytes(self) -> np.ndarray:
-        return self.slice_bytes  # unit u = token * layers + layer
 
     def extents(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(offset, size) in the file of every unit of each token: arrays (len(tokens), layers)."""

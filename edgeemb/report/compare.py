@@ -48,6 +48,9 @@ class Row:
     sizes: dict[str, float]  # SIZE_COLUMNS
     metrics: dict[str, float]  # by Metric.label, only those every row shares
 
+    def value(self, column: str) -> float:
+        return self.sizes[column] if column in self.sizes else self.metrics[column]
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -85,7 +88,7 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     columns = [(label, higher) for label, higher in SIZE_COLUMNS] + [(m.label, m.higher_is_better) for m in metrics]
     best = {}
     for label, higher in columns:
-        values = [row.sizes.get(label, row.metrics.get(label)) for row in rows]
+        values = [row.value(label) for row in rows]
         target = max(values) if higher else min(values)
         best[label] = [i for i, v in enumerate(values) if v == target]
     return Comparison(rows, [m.label for m in metrics], best, notes)
@@ -111,13 +114,18 @@ def _row(artifact, metrics: list[Metric]) -> Row:
     )
 
 
+def default_metric(comparison: Comparison) -> str | None:
+    """The quality column a plot uses unless told: the first shared of the model-level figures,
+    else the table's row cosine."""
+    return next((m for m in ("STS Spearman", "nDCG@10", "perplexity", "row cosine") if m in comparison.metrics), None)
+
+
 def columns(comparison: Comparison) -> list[str]:
     return [label for label, _ in SIZE_COLUMNS] + comparison.metrics
 
 
 def cell(comparison: Comparison, index: int, column: str) -> str:
-    row = comparison.rows[index]
-    value = row.sizes.get(column, row.metrics.get(column))
+    value = comparison.rows[index].value(column)
     if column.endswith("bytes"):
         return f"{value / 1e6:,.2f} MB"
     if column in ("STS Spearman", "bits / param"):  # Spearman is x100 already
