@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 import numpy as np
 from rich.console import Console
 from rich.progress import (
@@ -240,7 +241,8 @@ edgeemb offload gemma3-270m --text wiki.txt -p ufs-3.1 --plot offload.png
 edgeemb offload gemma3-270m --text wiki.txt --layout ple -p all --cache-mb 1
 edgeemb offload out/gemma-q4_0 --text wiki.txt --mode real --runtime
 
-MODEL may also be an OUT/ folder (its compressed table is what flash holds). Profiles: """ + ", ".join(builtin_names()) + """,
+MODEL may also be an OUT/ folder (its compressed table is what flash holds); if its recipe has an
+`offload:` plan (a device recipe), that plan sets the options not given here. Profiles: """ + ", ".join(builtin_names()) + """,
 or a profile YAML file. sim prices each read with the profile's published figures; real reads
 the same pages from a store file (O_DIRECT) and times them, held to each profile (--throttle).
 
@@ -272,10 +274,21 @@ def offload(
     store: Path | None, runtime: bool, plot: Path | None, force: bool, as_json: bool,
 ) -> None:
     from edgeemb.offload import OffloadConfig, profile_names
-    from edgeemb.pipeline import offload as run_offload
+    from edgeemb.pipeline import offload as run_offload, offload_plan
 
     if plot is not None:
         refuse_existing(plot, force)
+    plan = offload_plan(model)
+    if plan is not None:  # the recipe's device plan, where the command line leaves an option unset
+        source = click.get_current_context().get_parameter_source
+
+        def unset(name: str) -> bool:
+            return source(name) is ParameterSource.DEFAULT
+        profiles = plan.profiles if unset("profiles") else profiles
+        cache_mb = (plan.cache_mb,) if unset("cache_mb") and plan.cache_mb else cache_mb
+        hot_mb = plan.hot_mb if unset("hot_mb") else hot_mb
+        layout = plan.layout if unset("layout") else layout
+        head_type = plan.head_type if unset("head_type") else head_type
     names = tuple(profile_names()) if "all" in profiles else profiles
     config = OffloadConfig(names, tuple(int(mb * 1e6) for mb in cache_mb), int(hot_mb * 1e6), cache_unit, mode, throttle)
     with _progress_bars():
@@ -333,21 +346,25 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
 
 
 @main.command()
-@click.argument("base_recipe", metavar="BASE_RECIPE")
+@click.argument("recipes", nargs=-1, required=True, metavar="RECIPE [RECIPE ...]")
 @click.option("-m", "--model", help="Model to compress (see MODEL in `edgeemb compress --help`). Default: minilm.")
-@click.option("--grid", "grid", multiple=True, required=True, help="STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256.")
+@click.option("--grid", "grid", multiple=True, help="STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for one output folder per variant, compare.md and pareto.png.")
 @click.option("-j", "--jobs", default=1, show_default=True, help="Variants compressed at once (local processes).")
 @_data_options
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text for steps that measure activations (quantize importance: head); keep it apart from evaluation text.")
 @click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def sweep(base_recipe: str, model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int, sts: Path | None,
-          beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
-    """Compress MODEL with every variant of BASE_RECIPE on a grid, then compare the variants
-    (writes OUT/compare.md and OUT/pareto.png, size against the first shared quality figure).
+def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int, sts: Path | None,
+          beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None,
+          force: bool, as_json: bool) -> None:
+    """Compress MODEL with several recipes, or with every variant of a recipe on a grid, then
+    compare the outputs (writes OUT/compare.md and OUT/pareto.png, size against the first shared
+    quality figure). Peers run as recipes too (peer-onnxruntime-arm64, peer-llama-q4_0, ...).
 
     \b
     edgeemb sweep svd-int4 --grid svd.rank=64,128,256 --grid quantize.format=int4,int8 -o out/sweep --sts stsb_en_dev.tsv -j 2
+    edgeemb sweep minilm-int8 minilm-pq peer-onnxruntime-arm64 peer-onnxruntime-int4 -o out/compare --sts stsb_en_dev.tsv
     """
     from edgeemb.pipeline import EvaluationData
     from edgeemb.report.compare import default_metric, to_markdown
@@ -358,7 +375,7 @@ def sweep(base_recipe: str, model: str | None, grid: tuple[str, ...], out_dir: P
         refuse_existing(out_dir / report, force)
     data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
     with _progress_bars():
-        result = run_sweep(model, base_recipe, grid, out_dir, data=data, jobs=jobs, force=force)
+        result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
     comparison = result.comparison
     _write_atomic(out_dir / "compare.md", to_markdown(comparison))
     metric = default_metric(comparison)

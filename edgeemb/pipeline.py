@@ -19,7 +19,7 @@ from edgeemb import __version__
 from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
-from edgeemb.recipe import ExportConfig, Recipe, load_recipe
+from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
@@ -195,7 +195,8 @@ def pass_context(source: SourceModel, calibration: Path | None = None, calibrati
 
         text = read_text(calibration)
         head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
-    return PassContext(source.tokens, source.tokenize, head_importance)
+    gguf_file = Path(source.path) if source.format == "gguf" else None
+    return PassContext(source.tokens, source.tokenize, head_importance, gguf_file)
 
 
 def open_source(artifact: Artifact) -> SourceModel:
@@ -388,6 +389,14 @@ def offload(
     if gguf is not None:
         result["runtime"] = _mmap_runtime(gguf, text, max_tokens)
     return result
+
+
+def offload_plan(model: str | Path | None) -> OffloadPlan | None:
+    """The recipe's `offload:` plan of an OUT/ folder (None for a model, or a recipe without one)."""
+    if model is None or not (Path(model) / MANIFEST_FILE).is_file():
+        return None
+    plan = load_artifact(Path(model)).manifest["recipe"].get("offload")
+    return None if plan is None else OffloadPlan.model_validate(plan)
 
 
 def _offloaded_head(source: SourceModel, table: EmbeddingTable, table_bytes: int, head_type: str | None) -> tuple[int, dict]:

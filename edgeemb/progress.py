@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -31,3 +33,16 @@ def reporting(tracker: Tracker) -> Iterator[None]:
         yield
     finally:
         _tracker.reset(token)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence other libraries' warnings and log lines (exporters, quantisers): the library never prints."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)

@@ -8,6 +8,7 @@
     evaluate:            # optional; paths are the user's data, relative to the working directory
       sts: data/stsb_en_dev.tsv
     export: {format: gguf, type: Q4_0}   # optional; `compress` then exports OUT/ and verifies it
+    offload: {profiles: [emmc-5.1], cache_mb: 2, head_type: Q4_0}  # optional; `edgeemb offload OUT`'s defaults
 
 Unknown steps and keys are errors that name the offending key. A recipe's `digest` hashes its
 validated content (defaults filled in), so two runs of the same recipe are recognisably the same.
@@ -23,14 +24,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import STEPS, PassContext, StepConfig
 from edgeemb.table import EmbeddingTable
 
 DEFAULT_RECIPE = "int4"
-_TOP_KEYS = {"name", "description", "steps", "evaluate", "export"}
+_TOP_KEYS = {"name", "description", "steps", "evaluate", "export", "offload"}
 _EVALUATE_KEYS = ("sts", "beir", "texts", "perplexity")
 
 
@@ -43,6 +44,28 @@ class ExportConfig(BaseModel):
     quantize_rest: bool = False  # onnx: the other MatMul weights to int8 (onnxruntime dynamic quantisation)
 
 
+class OffloadPlan(BaseModel):
+    """How the device a recipe is for keeps the table on flash: the defaults `edgeemb offload OUT`
+    takes for OUT/ (options given on the command line win)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    profiles: tuple[str, ...] = ("ufs-3.1",)
+    cache_mb: float | None = Field(default=None, gt=0)
+    hot_mb: float = Field(default=0.0, ge=0)
+    layout: Literal["single", "ple", "ple-layer"] = "single"
+    head_type: str | None = None
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, profiles: tuple[str, ...]) -> tuple[str, ...]:
+        from edgeemb.offload.profiles import builtin_names
+
+        unknown = [name for name in profiles if name not in builtin_names()]
+        if unknown:
+            raise ValueError(f"unknown flash profile {unknown[0]!r} (built in: {', '.join(builtin_names())})")
+        return profiles
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -50,6 +73,7 @@ class Recipe:
     description: str = ""
     evaluate: dict[str, str] = field(default_factory=dict)
     export: ExportConfig | None = None
+    offload: OffloadPlan | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +82,7 @@ class Recipe:
             "steps": [{name: config.model_dump(mode="json")} for name, config in self.steps],
             "evaluate": dict(self.evaluate),
             **({"export": self.export.model_dump(mode="json")} if self.export else {}),
+            **({"offload": self.offload.model_dump(mode="json")} if self.offload else {}),
         }
 
     @property
@@ -108,20 +133,24 @@ def parse_recipe(data: object, default_name: str = "recipe", origin: str = "reci
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict) or set(evaluate) - set(_EVALUATE_KEYS):
         raise fail(f"'evaluate' takes only {', '.join(_EVALUATE_KEYS)} (paths to the user's data)")
-    export = None
-    if data.get("export") is not None:
-        try:
-            export = ExportConfig.model_validate(data["export"])
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise fail(f"export: {'.'.join(map(str, error['loc'])) or 'value'}: {error['msg']}") from None
     return Recipe(
         name=str(data.get("name") or default_name),
         description=str(data.get("description") or ""),
         steps=steps,
         evaluate={key: str(value) for key, value in evaluate.items()},
-        export=export,
+        export=_section(data, "export", ExportConfig, fail),
+        offload=_section(data, "offload", OffloadPlan, fail),
     )
+
+
+def _section(data: dict, key: str, model: type[BaseModel], fail):
+    if data.get(key) is None:
+        return None
+    try:
+        return model.model_validate(data[key])
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise fail(f"{key}: {'.'.join(map(str, error['loc'])) or 'value'}: {error['msg'].removeprefix('Value error, ')}") from None
 
 
 def _parse_step(item: object, index: int, fail) -> tuple[str, StepConfig]:

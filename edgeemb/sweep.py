@@ -1,10 +1,12 @@
-"""Sweep: a grid of variants of one recipe, each compressed into its own output folder, then
-compared side by side.
+"""Sweep: recipes, or a grid of variants of them, each compressed into its own output folder,
+then compared side by side.
 
-    result = sweep("minilm", "svd-int4", ["svd.rank=64,128,256", "quantize.format=int4,int8"], "out/sweep", jobs=2)
+    result = sweep("minilm", ["svd-int4"], ["svd.rank=64,128,256", "quantize.format=int4,int8"], "out/sweep", jobs=2)
+    result = sweep("minilm", ["minilm-int8", "minilm-pq", "peer-onnxruntime-arm64"], [], "out/compare")
 
-A grid axis is `STEP.KEY=V1,V2,...`: the values replace KEY in every STEP of the base recipe
-(values are read as YAML, so `64` is a number and `int4` a string). Variants run through an
+A grid axis is `STEP.KEY=V1,V2,...`: the values replace KEY in every STEP of each recipe (values
+are read as YAML, so `64` is a number and `int4` a string); without axes each recipe runs as it
+is. Variants run through an
 `Executor`: a local process pool by default; anything with the same `map` can stand in (a
 cluster engine), since each job is a plain picklable function call.
 """
@@ -38,7 +40,7 @@ class GridAxis:
 
 
 def parse_grid(specs: Iterable[str]) -> list[GridAxis]:
-    """`["svd.rank=64,128", ...]` -> axes; a malformed spec is an error naming it."""
+    """`["svd.rank=64,128", ...]` -> axes (none for no specs); a malformed spec is an error naming it."""
     axes = []
     for spec in specs:
         target, _, values = spec.partition("=")
@@ -46,13 +48,14 @@ def parse_grid(specs: Iterable[str]) -> list[GridAxis]:
         if not (step and key and values):
             raise EdgeembError(f"grid {spec!r}: expected STEP.KEY=V1,V2 (e.g. svd.rank=64,128)")
         axes.append(GridAxis(step, key, tuple(yaml.safe_load(v) for v in values.split(","))))
-    if not axes:
-        raise EdgeembError("a sweep needs at least one --grid axis")
     return axes
 
 
 def variants(base: Recipe, axes: list[GridAxis]) -> list[Recipe]:
-    """Every combination of the axes' values applied to `base`, each validated as a recipe."""
+    """Every combination of the axes' values applied to `base`, each validated as a recipe
+    (`[base]` itself without axes)."""
+    if not axes:
+        return [base]
     data = base.to_dict()
     for axis in axes:
         if not any(axis.step in step for step in data["steps"]):
@@ -92,8 +95,8 @@ def _drain(pool: ProcessPoolExecutor, futures: list) -> Iterable:
             yield future.result()
 
 
-def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool) -> str:
-    compress(model, parse_recipe(recipe), out, force=force, data=data)
+def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool, calibration: Path | None) -> str:
+    compress(model, parse_recipe(recipe), out, force=force, data=data, calibration=calibration)
     return str(out)
 
 
@@ -104,18 +107,29 @@ class SweepResult:
 
 
 def sweep(
-    model: str | None, base: str | Path | Recipe, grid: Iterable[str], out_dir: str | Path, *,
-    data: EvaluationData = EvaluationData(), jobs: int = 1, executor: Executor | None = None, force: bool = False,
+    model: str | None, recipes: Iterable[str | Path | Recipe], grid: Iterable[str], out_dir: str | Path, *,
+    data: EvaluationData = EvaluationData(), calibration: Path | None = None, jobs: int = 1,
+    executor: Executor | None = None, force: bool = False,
 ) -> SweepResult:
-    """Compress `model` with every variant of `base` into `out_dir/NAME/`, then compare them."""
+    """Compress `model` with every variant of each recipe into `out_dir/NAME/`, then compare them.
+    `calibration` goes to every variant (steps that measure activations need it)."""
     out_dir = Path(out_dir)
-    recipe = base if isinstance(base, Recipe) else load_recipe(base)
-    recipes = variants(recipe, parse_grid(grid))
-    outs = [out_dir / r.name for r in recipes]
+    axes = parse_grid(grid)
+    bases = [r if isinstance(r, Recipe) else load_recipe(r) for r in recipes]
+    if not bases:
+        raise EdgeembError("a sweep needs at least one recipe")
+    if not axes and len(bases) < 2:
+        raise EdgeembError("one recipe and no --grid axis is a single compress: give a grid axis or more recipes")
+    runs = [variant for base in bases for variant in variants(base, axes)]
+    names = [r.name for r in runs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EdgeembError(f"two variants would share the output folder {repeated[0]!r}: give each recipe its own name")
+    outs = [out_dir / name for name in names]
     for out in outs:
         check_writable(out, force)
     executor = executor or LocalPool(jobs)
-    work = [(model, r.to_dict(), out, data, force) for r, out in zip(recipes, outs)]
+    work = [(model, r.to_dict(), out, data, force, calibration) for r, out in zip(runs, outs)]
     for _ in track(executor.map(_compress_variant, work), "sweep variants", len(work)):
         pass
     return SweepResult(outs, compare_outputs(outs))

@@ -58,6 +58,8 @@ def tables(tiny) -> dict:
         "int2 b32": quantized(weight, "int2"),
         "int8 b32": quantized(weight, "int8", block_size=32),
         "int8 per row, zero points": quantized(weight, "int8", zero_point=True),
+        "int4 b32 fp32 scales, zero points": quantized(weight, "int4", zero_point=True, scale_dtype="float32"),
+        "int8 per tensor": quantized(weight, "int8-tensor"),
         "pq": quantized(weight, "pq", subspaces=16, centroids=32),
         "vocab_kmeans": quantized(weight, "vocab_kmeans", clusters=24),
         "low-rank int4 left, bias": LowRankTable(quantized(weight[:, :32] * 2, "int4"), np.eye(32, 64, dtype=np.float16), weight.mean(0).astype(np.float16)),
@@ -95,11 +97,15 @@ def test_export_is_the_sentence_model(tiny, fp32_onnx):
 
 
 KINDS = [
-    "dense fp16", "int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points", "pq", "vocab_kmeans",
+    "dense fp16", "int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points",
+    "int4 b32 fp32 scales, zero points", "int8 per tensor", "pq", "vocab_kmeans",
     "low-rank int4 left, bias", "low-rank dense left", "low-rank int8 left, rows of 48", "low-rank int8 left, blocks of 24, zero points",
     "mixed int8 / pq",
 ]
-GATHER_BLOCK_QUANTIZED = {"int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points", "low-rank int4 left, bias", "mixed int8 / pq"}
+GATHER_BLOCK_QUANTIZED = {
+    "int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points", "int4 b32 fp32 scales, zero points",
+    "low-rank int4 left, bias", "mixed int8 / pq",
+}
 
 
 def test_every_kind_is_tested(tables):

@@ -105,7 +105,7 @@ def test_zero_rows_stay_zero():
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("int4", {"block_size": 48}, "does not divide"),
     ("int5", {}, "unknown quantisation format"),
-    ("int4", {"bits": 3}, "format 'int4' has no option 'bits' \\(options: block_size, zero_point\\)"),
+    ("int4", {"bits": 3}, "format 'int4' has no option 'bits' \\(options: block_size, zero_point, scale_dtype\\)"),
 ])
 def test_bad_formats_are_clear(weight, name, options, message):
     with pytest.raises(EdgeembError, match=message):

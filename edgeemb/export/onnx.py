@@ -27,15 +27,12 @@ leaves the embedding subgraph as it is.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import logging
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +41,8 @@ import numpy as np
 from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats.codebook import PQ, VocabKMeans
-from edgeemb.formats.integer import Int2, Int4, Int8
+from edgeemb.formats.integer import Int2, Int4, Int8, Int8Tensor
+from edgeemb.progress import quiet
 from edgeemb.rows import unit_rows
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
@@ -55,7 +53,7 @@ OPSET = 21
 _MIN_OPSET = 13  # Unsqueeze/Squeeze with axes as inputs, Min on int64
 _PREFIX = "edgeemb_embedding"
 _MAPS = (
-    "dense fp32/fp16, int8/int4/int2 (GatherBlockQuantized), pq, vocab_kmeans, "
+    "dense fp32/fp16, int8/int4/int2 (GatherBlockQuantized), int8-tensor (DequantizeLinear), pq, vocab_kmeans, "
     "and low-rank or mixed tables of these (GGUF block types go to the GGUF export)"
 )
 _PASS_THROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}  # ids keep their values
@@ -217,7 +215,7 @@ def _torch_export(path: Path):
     longest = getattr(transformer.config, "max_position_embeddings", None)  # position ids bound the sequence
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=longest) if longest else torch.export.Dim("sequence")
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet():
         program = torch.export.export(
             MeanPooled(transformer).eval(), (ids, mask), dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
         )
@@ -232,19 +230,6 @@ def _torch_export(path: Path):
     return graph
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and the quantiser's warnings and log lines (the library never prints)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def _write(graph, out: Path, quantize_rest: bool, keep: list[str]) -> None:
     """Save atomically: a temporary sibling, renamed into place; nothing is left on failure."""
     import onnx
@@ -255,7 +240,7 @@ def _write(graph, out: Path, quantize_rest: bool, keep: list[str]) -> None:
         if quantize_rest:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            with _quiet():
+            with quiet():
                 # Weights of MatMuls with a constant B only (the default for dynamic quantisation),
                 # per output channel; the embedding subgraph's own nodes are left alone.
                 quantize_dynamic(
@@ -396,6 +381,10 @@ class _Builder:
             return self._mixed(table, path, ids)
         if isinstance(table, QuantizedTable) and isinstance(table.format, (Int8, Int4, Int2)):
             return self._integer(table, path, ids)
+        if isinstance(table, QuantizedTable) and isinstance(table.format, Int8Tensor):
+            # As onnxruntime's dynamic quantisation writes it: gather the uint8 rows, then dequantise.
+            codes = self.op("Gather", [self.const(f"{path}.codes", table.data["codes"]), ids], axis=0)
+            return self.op("DequantizeLinear", [codes, self.const(f"{path}.scale", table.data["scale"][0]), self.const(f"{path}.zero_point", table.data["zero_point"][0])])
         if isinstance(table, QuantizedTable) and isinstance(table.format, PQ):
             return self._pq(table, path, ids)
         if isinstance(table, QuantizedTable) and isinstance(table.format, VocabKMeans):

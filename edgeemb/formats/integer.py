@@ -8,6 +8,12 @@ exactly on the otherwise unused most-negative level and gives every block all 2*
 With `zero_point=True` (asymmetric), each block maps [min, max] onto the full code range and
 stores its own zero point: better for blocks that are not centred on zero.
 
+Scales are fp16 unless `scale_dtype: float32` (onnxruntime's own int4 Gather quantiser stores
+float32 scales: 1 more bit per value at blocks of 32).
+
+`int8-tensor` is the per-tensor kind: one scale and zero point for the whole table, as
+onnxruntime's dynamic quantisation stores a Gather's table (uint8, asymmetric).
+
 Sub-byte codes and zero points are packed low bits first (two 4-bit codes per byte, low nibble
 first), the layout onnxruntime's GatherBlockQuantized reads with uint8 data: its default zero
 point without a zero-point input is the same mid-range value used here.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -29,7 +35,15 @@ from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 class _IntBlocks(QuantFormat):
     block_size: int | None = None  # None: one block per row
     zero_point: bool = False
+    scale_dtype: Literal["float16", "float32"] = "float16"
     bits: ClassVar[int]
+
+    def __post_init__(self) -> None:
+        if self.scale_dtype not in ("float16", "float32"):
+            raise EdgeembError(f"{self.name}: scale_dtype is float16 or float32, not {self.scale_dtype!r}")
+
+    def _scales(self, exact: np.ndarray) -> np.ndarray:
+        return _fp16_at_least(exact) if self.scale_dtype == "float16" else exact.astype(np.float32)
 
     def _block(self, dim: int) -> int:
         return dim if self.block_size is None else self.block_size
@@ -49,19 +63,19 @@ class _IntBlocks(QuantFormat):
         if self.zero_point:
             # The range always includes 0, so zero is exact and a constant block keeps its value.
             low, high = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
-            scales = _fp16_at_least((high - low) / top)
+            scales = self._scales((high - low) / top)
             inverse = reciprocal_or_zero(scales)
             zeros = np.clip(np.rint(-low * inverse), 0, top)
         else:
             zero = 1 << (self.bits - 1)
             extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
-            scales = _fp16_at_least(extreme / -zero)
+            scales = self._scales(extreme / -zero)
             inverse = reciprocal_or_zero(scales)
             zeros = np.full(scales.shape, zero, np.float32)
         codes = np.clip(np.rint(blocks * inverse[..., None]) + zeros[..., None], 0, top).astype(np.uint8)
-        arrays = {"codes": _pack(codes.reshape(n, dim), self.bits), "scales": scales}
+        arrays = {"codes": pack_codes(codes.reshape(n, dim), self.bits), "scales": scales}
         if self.zero_point:
-            arrays["zero_points"] = _pack(_pad_to_bytes(zeros.astype(np.uint8), self.bits), self.bits)
+            arrays["zero_points"] = pack_codes(zeros.astype(np.uint8), self.bits)
         return arrays
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
@@ -69,15 +83,15 @@ class _IntBlocks(QuantFormat):
         n, count = scales.shape
         values = _decode(arrays["codes"], self.bits, 0 if self.zero_point else 1 << (self.bits - 1))
         values = values.reshape(n, count, -1)
+        if self.zero_point:  # (code - zero) * scale, as onnxruntime's GatherBlockQuantized computes it
+            values -= _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[:, :count, None]
         values *= scales[..., None]
-        if self.zero_point:
-            zeros = _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[:, :count]
-            values -= (zeros * scales)[..., None]
         return values.reshape(n, dim)
 
     def describe(self) -> str:
         blocks = "per row" if self.block_size is None else f"blocks of {self.block_size}"
-        kind = "asymmetric, fp16 scales and zero points" if self.zero_point else "fp16 scales"
+        scales = "fp16" if self.scale_dtype == "float16" else "fp32"
+        kind = f"asymmetric, {scales} scales and zero points" if self.zero_point else f"{scales} scales"
         return f"{self.name}, {blocks}, {kind}"
 
 
@@ -102,6 +116,36 @@ class Int2(_IntBlocks):
     name: ClassVar[str] = "int2"
     bits: ClassVar[int] = 2
     block_size: int | None = 32
+
+
+@register
+@dataclass(frozen=True)
+class Int8Tensor(QuantFormat):
+    """uint8 codes with one float32 scale and one zero point for the whole table: onnxruntime's
+    dynamic quantisation of a Gather's table (`scale = (max - min) / 255` over a range that
+    includes 0, `zero_point = round(-min / scale)`), decoded as its DequantizeLinear does."""
+
+    name: ClassVar[str] = "int8-tensor"
+    shared: ClassVar[frozenset[str]] = frozenset({"scale", "zero_point"})
+
+    def check_width(self, dim: int) -> None:
+        pass
+
+    def quantize(self, rows: np.ndarray) -> Arrays:
+        low, high = min(float(rows.min()), 0.0), max(float(rows.max()), 0.0)
+        scale = np.float32((high - low) / 255) if high > low else np.float32(1)
+        zero = np.uint8(np.clip(np.rint(-low / scale), 0, 255))
+        codes = np.clip(np.rint(rows / scale) + np.float32(zero), 0, 255).astype(np.uint8)
+        return {"codes": codes, "scale": np.array([scale], np.float32), "zero_point": np.array([zero], np.uint8)}
+
+    def quantize_table(self, weight: np.ndarray) -> Arrays:
+        return self.quantize(weight.astype(np.float32, copy=False))  # one range: the whole table's
+
+    def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
+        return (arrays["codes"].astype(np.float32) - np.float32(arrays["zero_point"][0])) * arrays["scale"][0]
+
+    def describe(self) -> str:
+        return "int8-tensor, one fp32 scale and zero point per table"
 
 
 def _decode(packed: np.ndarray, bits: int, zero: int) -> np.ndarray:
@@ -143,19 +187,14 @@ def _fp16_at_least(exact: np.ndarray) -> np.ndarray:
     return np.where(shrunk, np.nextafter(scales, np.copysign(np.float16(np.inf), scales)), scales)
 
 
-def _pad_to_bytes(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pad the last axis with zeros to whole bytes (onnxruntime pads packed zero points likewise)."""
-    per_byte = 8 // bits
-    pad = -values.shape[1] % per_byte
-    return np.pad(values, ((0, 0), (0, pad))) if pad else values
-
-
-def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """(n, d) uint8 codes of `bits` bits -> (n, d * bits / 8) bytes, low bits first."""
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(n, d) uint8 codes of `bits` bits -> (n, ceil(d * bits / 8)) bytes, low bits first, each
+    row padded with zeros to whole bytes (as onnxruntime pads packed zero points)."""
     if bits == 8:
         return codes
     per_byte = 8 // bits
-    groups = codes.reshape(codes.shape[0], -1, per_byte)
+    pad = -codes.shape[1] % per_byte
+    groups = (np.pad(codes, ((0, 0), (0, pad))) if pad else codes).reshape(codes.shape[0], -1, per_byte)
     shifts = np.arange(per_byte, dtype=np.uint8) * bits
     return np.bitwise_or.reduce(groups << shifts, axis=-1).astype(np.uint8)
 

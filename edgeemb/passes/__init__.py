@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -22,13 +23,15 @@ class StepConfig(BaseModel):
 
 @dataclass(frozen=True)
 class PassContext:
-    """The model around the table, when known: token texts by id, a tokenizer (text -> ids), and
-    the importance of the table's columns to a tied output head, measured on the user's
-    calibration text (mean square of the head's inputs; computed on first use)."""
+    """The model around the table, when known: token texts by id, a tokenizer (text -> ids), the
+    importance of the table's columns to a tied output head, measured on the user's calibration
+    text (mean square of the head's inputs; computed on first use), and the source GGUF file
+    (which only the `llama_quantize` peer step reads: llama.cpp's quantiser works on files)."""
 
     tokens: list[str] | None = None
     tokenize: Callable[[str], list[int]] | None = None
     head_importance: Callable[[], np.ndarray] | None = None
+    gguf_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -49,4 +52,4 @@ def register(name: str, config_type: type[StepConfig]):
     return wrap
 
 
-from edgeemb.passes import quantize as _quantize, svd as _svd  # noqa: E402,F401  (register the steps)
+from edgeemb.passes import peers as _peers, quantize as _quantize, svd as _svd  # noqa: E402,F401  (register the steps)
