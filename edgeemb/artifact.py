@@ -2,8 +2,9 @@
 
     OUT/table.safetensors   the compressed table (its arrays and storage spec)
     OUT/manifest.json       recipe, source model and its sha256, edgeemb version, sizes
-    OUT/report.json         every figure measured (sizes and quality)
+    OUT/report.json         every figure measured (sizes, quality, and the export's verification)
     OUT/report.md           the same, short, for people
+    OUT/model.gguf, ...     the recipe's export, if it asks for one
 
 Writes are atomic: everything goes to a temporary sibling folder that is renamed into place, so
 a failure leaves no half-written OUT/. An existing OUT/ is replaced only with `force`. Nothing in
@@ -80,6 +81,14 @@ def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dic
         (staging / REPORT_MD_FILE).write_text(report_md)
 
     write_dir(out, fill, force)
+
+
+def update_report(out: Path, report: dict, report_md: str) -> None:
+    """Replace OUT/'s reports (after an export into it), each file atomically."""
+    for name, text in ((REPORT_FILE, _dumps(report)), (REPORT_MD_FILE, report_md)):
+        staging = out / f".{name}.tmp-{os.getpid()}"
+        staging.write_text(text)
+        os.replace(staging, out / name)
 
 
 def load_artifact(out: Path) -> Artifact:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
 
 from edgeemb import __version__
-from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, write_artifact
+from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, update_report, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
 from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe
@@ -80,10 +80,14 @@ def model_facts(model: SourceModel) -> dict:
     }
 
 
-def table_facts(table: EmbeddingTable, model: SourceModel) -> dict:
+def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool = False) -> dict:
+    """The table's storage and bytes; `model_bytes` is the whole model with this table (a static
+    model's table is all of it)."""
     return {
         "storage": table.describe(),
         "bytes": table.nbytes,
+        "model_bytes": table.nbytes if replaces_model else model.total_nbytes - model.stored_nbytes + table.nbytes,
+        **({"replaces_model": "a static model (model2vec): the table is the whole model, not its input table"} if replaces_model else {}),
         "bits_per_param": table.bits_per_param,
         "ratio_vs_source": model.stored_nbytes / table.nbytes,
         "ratio_vs_fp32": 4 * model.table_params / table.nbytes,
@@ -91,11 +95,14 @@ def table_facts(table: EmbeddingTable, model: SourceModel) -> dict:
     }
 
 
-def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: EvaluationData = EvaluationData()) -> dict:
-    """Table-level figures always; model-level ones (STS, retrieval, drift) for the data given."""
+def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: EvaluationData = EvaluationData(), replaces_model: bool = False) -> dict:
+    """Table-level figures always; model-level ones (STS, retrieval, drift) for the data given.
+
+    A static model's table (`replaces_model`) lives in another space than the input table, so it
+    has no table-level figures and no drift; it is scored as the static model it is."""
     from edgeemb.evaluate.table import table_quality
 
-    quality: dict = {"table": asdict(table_quality(model.table.weight, table))}
+    quality: dict = {"table": {} if replaces_model else asdict(table_quality(model.table.weight, table))}
     if data.perplexity is not None:
         quality["perplexity"] = _perplexity(model, table, data.perplexity, data.max_tokens)
     if not data.sentence_data():
@@ -105,7 +112,7 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
             f"{model.name} is a {model.format} model: STS, retrieval and text drift need a sentence-embedding model"
         )
     from edgeemb.evaluate.data import read_beir, read_sts, read_texts
-    from edgeemb.evaluate.encoder import memoize, sentence_encoder
+    from edgeemb.evaluate.encoder import memoize, sentence_encoder, static_encoder, unk_id
     from edgeemb.evaluate.sentence import embedding_drift, retrieval, sts_spearman
 
     sts = read_sts(data.sts) if data.sts else None
@@ -113,13 +120,18 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     texts = read_texts(data.texts) if data.texts else None
     encoder = sentence_encoder(model.path, model.sha256)
     original = encoder.original
-    compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)"))
+    if replaces_model:
+        compressed = memoize(static_encoder(table, model.tokenize, unk_id(model.tokens)))
+    else:
+        compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)"))
     if sts is not None:
         before, after = sts_spearman(original, sts), sts_spearman(compressed, sts)
         quality["sts"] = {**_data_facts(data.sts), "pairs": len(sts.scores), "original": before, "compressed": after, "delta": after - before}
     if beir is not None:
         before, after = retrieval(original, beir), retrieval(compressed, beir)
         quality["retrieval"] = {**_data_facts(data.beir / "qrels" / "test.tsv"), "original": asdict(before), "compressed": asdict(after)}
+    if replaces_model:
+        return quality
     if texts is None:
         texts = sorted(set(sts.sentences1) | set(sts.sentences2)) if sts is not None else list(beir.query_texts)
     quality["drift"] = asdict(embedding_drift(original, compressed, texts))
@@ -163,12 +175,15 @@ def compress(
     data = data.merged_over(recipe)
 
     table = recipe.apply(source.table, pass_context(source, calibration, calibration_tokens))
+    # A GGUF export is verified in llama.cpp, perplexity included: that figure, from the runtime
+    # the file is for, replaces the transformers one (and saves running both).
+    gguf_perplexity = recipe.export is not None and recipe.export.format == "gguf" and data.perplexity is not None
     report = {
         "edgeemb_version": __version__,
         "model": model_facts(source),
         "recipe": {"name": recipe.name, "digest": recipe.digest},
-        "table": table_facts(table, source),
-        "quality": evaluate_quality(source, table, data),
+        "table": table_facts(table, source, recipe.replaces_model),
+        "quality": evaluate_quality(source, table, replace(data, perplexity=None) if gguf_perplexity else data, recipe.replaces_model),
     }
     manifest = {
         "edgeemb_version": __version__,
@@ -184,7 +199,20 @@ def compress(
         # The source and table in hand: no second load of the model, nor of OUT/.
         text = data.perplexity if recipe.export.format == "gguf" else data.texts
         exported = export_table(source, table, out / _EXPORT_FILES[recipe.export.format], recipe.export, text=text, max_tokens=data.max_tokens)
+        report["export"] = exported
+        if gguf_perplexity:
+            report["quality"]["perplexity"] = _llama_perplexity(exported["verify"])
+        update_report(out, report, render_report(report))
     return CompressResult(out, manifest, report, exported)
+
+
+def _llama_perplexity(verify: dict) -> dict:
+    """quality.perplexity from a GGUF export's verification: source and export on the same tokens."""
+    before, after = verify["source"]["perplexity"], verify["export"]["perplexity"]
+    return {
+        **verify["text"], "runtime": "llama.cpp", "tokens_scored": after["tokens_scored"], "window": after["window"],
+        "original": before["perplexity"], "compressed": after["perplexity"], "delta": after["perplexity"] - before["perplexity"],
+    }
 
 
 def pass_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> PassContext:
@@ -195,8 +223,7 @@ def pass_context(source: SourceModel, calibration: Path | None = None, calibrati
 
         text = read_text(calibration)
         head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
-    gguf_file = Path(source.path) if source.format == "gguf" else None
-    return PassContext(source.tokens, source.tokenize, head_importance, gguf_file)
+    return PassContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format)
 
 
 def open_source(artifact: Artifact) -> SourceModel:
@@ -212,11 +239,18 @@ def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) 
     """Recompute the quality of OUT/ against its source model, which must be unchanged."""
     artifact = load_artifact(Path(out))
     source = open_source(artifact)
+    static = _replaces_model(artifact)
     return {
         "model": model_facts(source),
-        "table": table_facts(artifact.table, source),
-        "quality": evaluate_quality(source, artifact.table, data),
+        "table": table_facts(artifact.table, source, static),
+        "quality": evaluate_quality(source, artifact.table, data, static),
     }
+
+
+def _replaces_model(artifact: Artifact) -> bool:
+    from edgeemb.passes import STEPS
+
+    return any(STEPS[name].replaces_model for step in artifact.manifest["recipe"]["steps"] for name in step if name in STEPS)
 
 
 def default_out(model: SourceModel, recipe: Recipe) -> Path:
@@ -243,6 +277,8 @@ def export_artifact(
     - st: a sentence-transformers directory with the table decoded into it, loaded back with
       `SentenceTransformer(path)` offline and compared with the compressed model on those lines."""
     artifact = load_artifact(Path(out))
+    if _replaces_model(artifact):
+        raise EdgeembError(f"{out} holds a static model (model2vec), not an input table for its source model: there is nothing to export into the source's file")
     file = Path(file) if file is not None else artifact.path / _EXPORT_FILES[config.format]
     return export_table(open_source(artifact), artifact.table, file, config, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source)
 

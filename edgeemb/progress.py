@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
@@ -46,3 +48,24 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def silenced_output() -> Iterator[None]:
+    """Point the process's stdout and stderr (file descriptors 1 and 2) at /dev/null for the block:
+    for tools that print from C or through their own progress bars (llama.cpp's quantiser, model2vec)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)

@@ -90,6 +90,11 @@ class Recipe:
         content = {k: v for k, v in self.to_dict().items() if k != "evaluate"}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def replaces_model(self) -> bool:
+        """The recipe distils a static model (its table is the whole model, not its input table)."""
+        return any(STEPS[name].replaces_model for name, _ in self.steps)
+
     def apply(self, table: EmbeddingTable, context: PassContext = PassContext()) -> EmbeddingTable:
         for name, config in self.steps:
             table = STEPS[name].apply(table, config, context)
@@ -133,6 +138,9 @@ def parse_recipe(data: object, default_name: str = "recipe", origin: str = "reci
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict) or set(evaluate) - set(_EVALUATE_KEYS):
         raise fail(f"'evaluate' takes only {', '.join(_EVALUATE_KEYS)} (paths to the user's data)")
+    replacing = [index for index, (name, _) in enumerate(steps) if STEPS[name].replaces_model]
+    if replacing and (replacing != [0] or data.get("export") is not None):
+        raise fail(f"'{steps[replacing[0]][0]}' makes a static model: it must be the first step, and the recipe cannot export it as the source model's file")
     return Recipe(
         name=str(data.get("name") or default_name),
         description=str(data.get("description") or ""),

@@ -238,3 +238,30 @@ def test_cli_exports_a_sentence_model_and_verifies_it(tiny_model, tmp_path, fmt)
     assert report["verify"]["max_abs_diff"] < 1e-3
     again = runner.invoke(main, ["export", str(tmp_path / "out"), "--format", fmt])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+@pytest.mark.real
+def test_smollm2_recipe_and_llama_cpp_peer_compared_on_llama_cpp_perplexity(tmp_path):
+    """The issue's comparison on a real model, small: SmolLM2's Q4_0 recipe and llama.cpp's own
+    Q4_0 (the peer recipe) compressed with --perplexity. Both export GGUF, so llama.cpp scores the
+    perplexity (not transformers); compare lines them up on the same tokens and file size."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed")
+    from edgeemb.evaluate.data import read_text
+    from edgeemb.pipeline import EvaluationData, compress
+    from edgeemb.report.compare import compare_outputs
+
+    wikitext = data_file("wikitext2", "wikitext2_raw_test_joined.txt")
+    text = read_text(wikitext)
+    (tmp_path / "calibration.txt").write_text(text[len(text) // 2 :], encoding="utf-8")
+    data = EvaluationData(perplexity=wikitext, max_tokens=512)
+    for recipe in ("smollm2-135m-q4_0-act", "peer-llama-q4_0"):
+        result = compress("smollm2-135m", recipe, tmp_path / recipe, data=data, calibration=tmp_path / "calibration.txt", calibration_tokens=1024)
+        assert result.report["quality"]["perplexity"]["runtime"] == "llama.cpp"
+        assert result.report["export"]["verify"]["export"]["perplexity"]["tokens_scored"] == 511
+    comparison = compare_outputs([tmp_path / "smollm2-135m-q4_0-act", tmp_path / "peer-llama-q4_0"])
+    ours, peer = comparison.rows
+    assert {"perplexity", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)
+    assert ours.metrics["exported file bytes"] == peer.metrics["exported file bytes"]
+    assert ours.metrics["perplexity"] < peer.metrics["perplexity"]
+    assert any(note.startswith("perplexity of the source model on the same data (llama.cpp)") for note in comparison.notes)

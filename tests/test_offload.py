@@ -297,3 +297,24 @@ def test_offload_of_an_output_folder_streams_its_compressed_rows(tiny_model, tmp
     assert report["table"].startswith("int8")
     with pytest.raises(EdgeembError, match="needs a GGUF model"):
         offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(0,)), runtime=True)
+
+
+def test_cli_offload_of_a_device_recipe_output_takes_its_plan_unless_told_otherwise(tiny_model, tmp_path):
+    from edgeemb.pipeline import compress
+    from edgeemb.recipe import parse_recipe
+
+    recipe = parse_recipe({"name": "tiny-device", "steps": ["quantize"], "offload": {"profiles": ["emmc-5.1"], "cache_mb": 0.002}})
+    compress(str(tiny_model), recipe, tmp_path / "out")
+    text = tmp_path / "t.txt"
+    text.write_text("the water was long and the people made a way " * 10)
+
+    def run(*options):
+        result = CliRunner().invoke(main, ["offload", str(tmp_path / "out"), "--text", str(text), "--json", *options])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["offload"]["points"]
+
+    planned = run()
+    assert [p["cache_budget_bytes"] for p in planned] == [2000]
+    assert [r["profile"] for r in planned[0]["results"]] == ["emmc-5.1"]
+    told = run("-p", "nvme", "--cache-mb", "0.004")
+    assert [p["cache_budget_bytes"] for p in told] == [4000] and told[0]["results"][0]["profile"] == "nvme"

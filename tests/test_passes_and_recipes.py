@@ -52,12 +52,28 @@ def test_quantize_after_svd_quantizes_the_tall_factor(low_rank_weight):
         quantize(table, QuantizeConfig(format="int8"))
 
 
-def test_every_builtin_recipe_loads_and_validates():
+def test_every_builtin_recipe_loads_validates_and_says_what_it_is_for():
     recipes = builtin_recipes()
     assert {"int4", "int8"} <= set(recipes)
-    for name in recipes:
+    for name, path in recipes.items():
         recipe = load_recipe(name)
-        assert recipe.name == name and recipe.steps
+        assert recipe.name == name and recipe.steps and recipe.description
+        assert path.read_text().startswith("# "), f"{name}: the file opens with a comment on what it is for"
+
+
+@pytest.mark.parametrize("model", ["minilm", "smollm2-135m", "gemma3-270m"])
+def test_each_real_model_has_a_near_lossless_a_small_a_smallest_and_a_device_recipe(model):
+    mine = {name: load_recipe(name) for name in builtin_recipes() if name.startswith(model + "-")}
+    formats = {name: [config.model_dump().get("format") for _, config in recipe.steps] for name, recipe in mine.items()}
+    assert ["int8"] in formats.values()
+    assert any(recipe.offload is not None for recipe in mine.values()), "a device recipe carries an offload plan"
+    assert len(mine) >= 4
+
+
+def test_a_recipe_can_carry_an_offload_plan():
+    recipe = parse_recipe({"steps": ["quantize"], "offload": {"profiles": ["emmc-5.1"], "cache_mb": 2, "head_type": "Q4_0"}})
+    assert recipe.offload.profiles == ("emmc-5.1",) and recipe.offload.cache_mb == 2
+    assert recipe.to_dict()["offload"]["layout"] == "single"
 
 
 def test_a_recipe_can_ask_for_an_export():
@@ -88,6 +104,8 @@ def test_recipe_digest_is_stable_and_fills_defaults():
     ("just text", "expected a mapping"),
     ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "zip"}}, "export: format: Input should be 'gguf', 'onnx' or 'st'"),
     ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not permitted"),
+    ({"steps": ["quantize"], "offload": {"profiles": ["floppy"]}}, "offload: profiles: unknown flash profile 'floppy'"),
+    ({"steps": ["quantize"], "offload": {"cache_mb": 0}}, "offload: cache_mb: Input should be greater than 0"),
 ])
 def test_bad_recipes_name_the_problem(data, message):
     with pytest.raises(EdgeembError, match=message):

@@ -98,3 +98,34 @@ def test_llama_quantize_keeps_llama_cpps_own_bytes_for_smollm2():
     assert peer.format == get_format("Q4_0") and peer.nbytes == 49152 * 576 // 32 * 18
     ours = QuantizedTable.quantize(source.table.weight[:2048], get_format("Q4_0"))
     assert np.array_equal(peer.data["blocks"][:2048], ours.data["blocks"])
+
+
+def test_model2vec_distills_a_static_model_scored_as_one(tiny_model, tiny_sts, tmp_path):
+    """The tiny sentence model distilled by model2vec: a static table (vocab x 16, fp16) that is
+    the whole model. It is scored by its own encoder (checked against model2vec's encode inside
+    the step), has no table-level figures, and cannot be exported into the source model's file."""
+    import importlib.util
+
+    from edgeemb.pipeline import EvaluationData, compress, export_artifact
+    from edgeemb.recipe import ExportConfig, parse_recipe
+
+    recipe = parse_recipe({"name": "m2v", "steps": [{"model2vec_distill": {"pca_dims": 16}}]})
+    if importlib.util.find_spec("model2vec") is None:
+        with pytest.raises(EdgeembError, match="needs model2vec: pip install"):
+            compress(str(tiny_model), recipe, tmp_path / "m2v")
+        pytest.skip("model2vec is not installed (pip install -e '.[peers]'); its clear error is checked")
+    result = compress(str(tiny_model), recipe, tmp_path / "m2v", data=EvaluationData(sts=tiny_sts))
+    table, quality = result.report["table"], result.report["quality"]
+    assert table["storage"] == "dense float16" and table["bytes"] == 192 * 16 * 2
+    assert table["model_bytes"] == table["bytes"] and "replaces_model" in table
+    assert quality["table"] == {} and "drift" not in quality
+    assert -100 <= quality["sts"]["compressed"] <= 100 and quality["sts"]["compressed"] != quality["sts"]["original"]
+    with pytest.raises(EdgeembError, match="static model"):
+        export_artifact(tmp_path / "m2v", ExportConfig(format="onnx"))
+
+
+def test_model2vec_needs_a_sentence_model(table):
+    from edgeemb.passes.peers import Model2VecConfig, model2vec_distill
+
+    with pytest.raises(EdgeembError, match="distils a sentence-transformers model"):
+        model2vec_distill(table, Model2VecConfig(), PassContext(model_format="gguf"))

@@ -75,3 +75,23 @@ def memoize(encode: Encode) -> Encode:
         return np.stack([cache[t] for t in texts])
 
     return cached
+
+
+def static_encoder(table, tokenize: Callable[[str], list[int]], unk_id: int | None = None, max_tokens: int = 512) -> Encode:
+    """A static model's encoder (model2vec's): the normalised mean of the rows of a text's tokens,
+    special tokens and `unk_id` left out, at most `max_tokens` of them."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), table.shape[1]), np.float32)
+        for i, text in enumerate(texts):
+            ids = [t for t in tokenize(text) if t != unk_id][:max_tokens]
+            if ids:
+                out[i] = table.lookup(np.asarray(ids)).mean(axis=0)
+        return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-32)
+
+    return encode
+
+
+def unk_id(tokens: list[str] | None) -> int | None:
+    """The id of the unknown-token piece ([UNK] in WordPiece vocabularies), which static models skip."""
+    return tokens.index("[UNK]") if tokens and "[UNK]" in tokens else None

@@ -13,11 +13,8 @@ width and quantised to the type asked for, and the export says so. When the sour
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format, names
+from edgeemb.progress import silenced_output
 from edgeemb.sources.gguf import (
     OUTPUT,
     TOKEN_EMBD,
@@ -180,7 +178,7 @@ def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        with _c_output_silenced():  # llama.cpp logs every tensor it copies to stderr
+        with silenced_output():  # llama.cpp logs every tensor it copies to stderr
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), ctypes.byref(params))
         if status != 0:
             raise EdgeembError(f"{source}: llama.cpp's quantiser failed for token_embd {tensor_type}")
@@ -188,20 +186,3 @@ def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: 
     finally:
         staging.unlink(missing_ok=True)
 
-
-@contextlib.contextmanager
-def _c_output_silenced() -> Iterator[None]:
-    """Point the process's stdout and stderr (file descriptors 1 and 2) at /dev/null for the block."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)

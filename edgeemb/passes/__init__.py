@@ -25,13 +25,14 @@ class StepConfig(BaseModel):
 class PassContext:
     """The model around the table, when known: token texts by id, a tokenizer (text -> ids), the
     importance of the table's columns to a tied output head, measured on the user's calibration
-    text (mean square of the head's inputs; computed on first use), and the source GGUF file
-    (which only the `llama_quantize` peer step reads: llama.cpp's quantiser works on files)."""
+    text (mean square of the head's inputs; computed on first use), and the source model's file
+    or folder with its format (only the peer steps read it: other tools work on model files)."""
 
     tokens: list[str] | None = None
     tokenize: Callable[[str], list[int]] | None = None
     head_importance: Callable[[], np.ndarray] | None = None
-    gguf_file: Path | None = None
+    model_path: Path | None = None
+    model_format: str | None = None  # "sentence-transformers" | "transformers" | "gguf"
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,17 @@ class Step:
     name: str
     config_type: type[StepConfig]
     apply: Callable[[EmbeddingTable, StepConfig, PassContext], EmbeddingTable]
+    # The step's table is a whole static model (model2vec), not the model's input table: it is
+    # evaluated on its own, and no later step may need the model's own table.
+    replaces_model: bool = False
 
 
 STEPS: dict[str, Step] = {}
 
 
-def register(name: str, config_type: type[StepConfig]):
+def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False):
     def wrap(function):
-        STEPS[name] = Step(name, config_type, function)
+        STEPS[name] = Step(name, config_type, function, replaces_model)
         return function
 
     return wrap

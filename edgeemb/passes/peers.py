@@ -14,9 +14,13 @@ same decoding). The result is then evaluated, compared and exported like any oth
   GatherBlockQuantized reads), half a byte more per row when a row has an odd number of blocks.
 - `llama_quantize`: llama.cpp's own quantiser (`llama_model_quantize` with
   `token_embedding_type`) on the source GGUF: its token_embd bytes in that GGUF type.
+- `model2vec_distill`: model2vec's distillation of a sentence-transformers model into a static
+  model (each token's output embedding, PCA-reduced): a table that replaces the whole model, a
+  text's embedding being the normalised mean of its tokens' rows. Optional: needs `model2vec`.
 
 Every step checks edgeemb decodes the tool's arrays as the tool's runtime does: onnxruntime runs
-the quantised graph over every row; gguf-py decodes llama.cpp's bytes.
+the quantised graph over every row; gguf-py decodes llama.cpp's bytes; model2vec's own `encode`
+gives the sentence embeddings edgeemb's static encoder gives.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.formats.integer import pack_codes
 from edgeemb.passes import PassContext, StepConfig, register
-from edgeemb.progress import quiet
+from edgeemb.progress import quiet, silenced_output
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 
 _CHECK_ROWS = 16384
@@ -123,11 +127,11 @@ def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: 
     from edgeemb.sources.gguf import TOKEN_EMBD, read_gguf_header, tensor_bytes
 
     weight = _own_table(table, "llama_quantize")
-    if context.gguf_file is None:
+    if context.model_format != "gguf" or context.model_path is None:
         raise EdgeembError("llama_quantize runs llama.cpp's quantiser on the model's GGUF file: give a GGUF model")
     with tempfile.TemporaryDirectory(prefix="edgeemb-llama-quantize-") as folder:
         out = Path(folder) / "model.gguf"
-        llama_quantize_token_embd(context.gguf_file, out, config.type)
+        llama_quantize_token_embd(context.model_path, out, config.type)
         info = read_gguf_header(out).tensor(TOKEN_EMBD)
         if info is None or info.type_name != config.type or info.shape != weight.shape:
             raise EdgeembError(f"llama.cpp's quantiser did not write {TOKEN_EMBD} as {config.type} {weight.shape}")
@@ -138,6 +142,43 @@ def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: 
     if not np.array_equal(quantized.lookup(sample), theirs):
         raise EdgeembError(f"edgeemb decodes llama.cpp's {config.type} bytes differently from gguf-py")
     return quantized
+
+
+class Model2VecConfig(StepConfig):
+    pca_dims: int | None = Field(default=256, ge=1, description="PCA width of the static vectors (model2vec's default 256; null keeps the model's width)")
+
+
+@register("model2vec_distill", Model2VecConfig, replaces_model=True)
+def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: PassContext = PassContext()) -> DenseTable:
+    _own_table(table, "model2vec_distill")
+    if context.model_format != "sentence-transformers" or context.model_path is None or context.tokenize is None or context.tokens is None:
+        raise EdgeembError("model2vec_distill distils a sentence-transformers model: give one (e.g. minilm)")
+    from edgeemb.evaluate.encoder import static_encoder, unk_id
+
+    try:
+        from model2vec.distill import distill
+    except ImportError:
+        raise EdgeembError("model2vec_distill needs model2vec: pip install 'model2vec==0.10.0' 'skeletoken==0.6.1' scikit-learn") from None
+    with quiet(), silenced_output():
+        static = distill(model_name=str(context.model_path), pca_dims=config.pca_dims, token_remove_pattern=None, quantize_to="float16")
+    # model2vec drops the special tokens and renumbers the rest: its rows go back to the model's
+    # own token ids, and the few it dropped stay zero (a static model never looks them up).
+    rows = static.tokenizer.get_vocab()
+    ids = [rows.get(token, -1) for token in context.tokens]
+    if sum(i >= 0 for i in ids) != len(rows):
+        raise EdgeembError("model2vec's vocabulary is not a subset of the model's: the rows cannot be put back in token id order")
+    weight = np.zeros((table.shape[0], static.embedding.shape[1]), np.float16)
+    kept = np.flatnonzero(np.asarray(ids) >= 0)
+    weight[kept] = np.asarray(static.embedding, np.float16)[np.asarray(ids)[kept]]
+    distilled = DenseTable(weight)
+    ours = static_encoder(distilled, context.tokenize, unk_id(context.tokens))(_CHECK_TEXTS)
+    theirs = static.encode(_CHECK_TEXTS).astype(np.float32)
+    if np.abs(ours - theirs).max() > 1e-3:
+        raise EdgeembError("edgeemb's static encoder disagrees with model2vec's own encode on this model")
+    return distilled
+
+
+_CHECK_TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Wind tunnel tests of a swept wing."]
 
 
 def _own_table(table: EmbeddingTable, step: str) -> np.ndarray:

@@ -18,21 +18,27 @@ from edgeemb.errors import EdgeembError
 @dataclass(frozen=True)
 class Metric:
     label: str
-    path: tuple[str, ...]  # keys into report["quality"]
+    path: tuple[str, ...]  # keys into an output's report
     higher_is_better: bool
-    data: str | None = None  # the quality section whose data sha256 must match across outputs
+    data: tuple[str, ...] | None = None  # the report section naming the data: its sha256, runtime and token count must match
+    per: tuple[str, ...] | None = None  # a ratio: divided by this figure, measured in the same run
 
 
+_SOURCE_RUN, _EXPORT_RUN = ("export", "verify", "source"), ("export", "verify", "export")
 METRICS: tuple[Metric, ...] = (
-    Metric("STS Spearman", ("sts", "compressed"), True, "sts"),
-    Metric("nDCG@10", ("retrieval", "compressed", "ndcg_at_10"), True, "retrieval"),
-    Metric("recall@10", ("retrieval", "compressed", "recall_at_10"), True, "retrieval"),
-    Metric("perplexity", ("perplexity", "compressed"), False, "perplexity"),
-    Metric("sentence cosine", ("drift", "mean_cosine"), True),
-    Metric("row cosine", ("table", "row_cosine_mean"), True),
-    Metric("row cosine p1", ("table", "row_cosine_p1"), True),
-    Metric("relative error", ("table", "relative_error"), False),
-    Metric("nn overlap", ("table", "nn_overlap_mean"), True),
+    Metric("STS Spearman", ("quality", "sts", "compressed"), True, ("quality", "sts")),
+    Metric("nDCG@10", ("quality", "retrieval", "compressed", "ndcg_at_10"), True, ("quality", "retrieval")),
+    Metric("recall@10", ("quality", "retrieval", "compressed", "recall_at_10"), True, ("quality", "retrieval")),
+    Metric("perplexity", ("quality", "perplexity", "compressed"), False, ("quality", "perplexity")),
+    Metric("sentence cosine", ("quality", "drift", "mean_cosine"), True),
+    Metric("row cosine", ("quality", "table", "row_cosine_mean"), True),
+    Metric("row cosine p1", ("quality", "table", "row_cosine_p1"), True),
+    Metric("relative error", ("quality", "table", "relative_error"), False),
+    Metric("nn overlap", ("quality", "table", "nn_overlap_mean"), True),
+    # From the recipe's export, verified in its runtime (OUT/report.json "export").
+    Metric("exported file bytes", ("export", "export", "file_bytes"), False),
+    Metric("decode vs source", (*_EXPORT_RUN, "decode_tokens_per_s"), True, per=(*_SOURCE_RUN, "decode_tokens_per_s")),
+    Metric("llama.cpp peak RSS bytes", (*_EXPORT_RUN, "peak_rss_bytes"), False),
 )
 SIZE_COLUMNS = (("table bytes", False), ("model bytes", False), ("bits / param", False))
 
@@ -75,15 +81,18 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     notes = ["the outputs come from different source models (--allow-mixed)"] if len(sources) > 1 else []
     metrics = []
     for metric in METRICS:
-        values = [_lookup(a.report.get("quality", {}), metric.path) for a in artifacts]
-        if any(v is None for v in values):
+        if any(_value(a.report, metric) is None for a in artifacts):
             continue
         if metric.data is not None:
-            hashes = {a.report["quality"][metric.data].get("sha256") for a in artifacts}
-            if len(hashes) > 1:
-                notes.append(f"{metric.label} left out: the outputs measured it on different data")
+            measured = {tuple(_lookup(a.report, (*metric.data, key)) for key in ("sha256", "runtime", "tokens_scored")) for a in artifacts}
+            if len(measured) > 1:
+                notes.append(f"{metric.label} left out: the outputs measured it on different data, tokens or runtimes")
                 continue
         metrics.append(metric)
+        originals = {_lookup(a.report, (*metric.data, "original")) for a in artifacts} if metric.data else set()
+        if len(originals) == 1 and isinstance(next(iter(originals)), int | float):
+            runtime = _lookup(artifacts[0].report, (*metric.data, "runtime"))
+            notes.append(f"{metric.label} of the source model on the same data{f' ({runtime})' if runtime else ''}: {next(iter(originals)):.4g}")
     rows = [_row(a, metrics) for a in artifacts]
     columns = [(label, higher) for label, higher in SIZE_COLUMNS] + [(m.label, m.higher_is_better) for m in metrics]
     best = {}
@@ -94,23 +103,33 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     return Comparison(rows, [m.label for m in metrics], best, notes)
 
 
-def _lookup(data: dict, path: tuple[str, ...]) -> float | None:
+def _lookup(data: dict, path: tuple[str, ...]):
     for key in path:
         if not isinstance(data, dict) or key not in data:
             return None
         data = data[key]
-    return float(data) if isinstance(data, int | float) else None
+    return data
+
+
+def _value(report: dict, metric: Metric) -> float | None:
+    value = _lookup(report, metric.path)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if metric.per is None:
+        return float(value)
+    base = _lookup(report, metric.per)
+    return float(value) / base if isinstance(base, int | float) and base else None
 
 
 def _row(artifact, metrics: list[Metric]) -> Row:
     report, manifest = artifact.report, artifact.manifest
     table, model = report["table"], report["model"]
-    model_bytes = model["total_bytes"] - model["table_bytes"] + table["bytes"]
+    model_bytes = table.get("model_bytes", model["total_bytes"] - model["table_bytes"] + table["bytes"])
     return Row(
         artifact.path.name, str(artifact.path), manifest["source"]["name"], manifest["source"]["sha256"],
         manifest["recipe"]["name"], table["storage"],
         {"table bytes": table["bytes"], "model bytes": model_bytes, "bits / param": table["bits_per_param"]},
-        {m.label: _lookup(report["quality"], m.path) for m in metrics},
+        {m.label: _value(report, m) for m in metrics},
     )
 
 
@@ -132,6 +151,8 @@ def cell(comparison: Comparison, index: int, column: str) -> str:
         return f"{value:.2f}"
     if column == "perplexity":
         return f"{value:.3f}"
+    if column == "decode vs source":
+        return f"{value:.2f}x"
     return f"{value:.4f}"
 
 

@@ -31,7 +31,7 @@ def comparison_rows(quality: dict) -> list[tuple[str, str, str, str, str]]:
     if "perplexity" in quality:
         ppl = quality["perplexity"]
         change = f"{ppl['compressed'] / ppl['original'] - 1:+.2%}"
-        rows.append(("perplexity", f"{ppl['data']} ({ppl['tokens_scored']} tokens)", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
+        rows.append(("perplexity", f"{ppl['data']} ({ppl['tokens_scored']} tokens, {ppl.get('runtime', 'transformers')})", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
     return rows
 
 
@@ -60,6 +60,8 @@ def render_report(report: dict) -> str:
         "|---|---|",
         *(f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality["table"].items()),
     ]
+    if "replaces_model" in table:
+        lines[-4:] = [f"No table-level figures: {table['replaces_model']}."]
     comparisons = comparison_rows(quality)
     if comparisons:
         lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |", "|---|---|---|---|---|"]
