@@ -73,7 +73,7 @@ _MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `ed
 
 def _data_options(function):
     function = click.option("--max-tokens", default=4096, show_default=True, help="Tokens of --perplexity text to score.")(function)
-    function = click.option("--perplexity", "perplexity_text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table (transformers).")(function)
+    function = click.option("--perplexity", "perplexity_text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table (transformers; llama.cpp, on the exported file, when the recipe exports GGUF).")(function)
     function = click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text, one text per line: cosine of original vs compressed sentence embeddings.")(function)
     function = click.option("--beir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10.")(function)
     function = click.option("--sts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model.")(function)

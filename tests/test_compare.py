@@ -33,9 +33,32 @@ def test_compare_lines_up_sizes_and_shared_quality(outputs):
     assert comparison.best["relative error"] == [0]  # int8 is closer
     assert int8.sizes["model bytes"] - int4.sizes["model bytes"] == int8.sizes["table bytes"] - int4.sizes["table bytes"]
     assert sorted(pareto(comparison, "row cosine")) == [0, 1]  # neither beats the other on both
+    original = json.loads((outputs / "int8" / "report.json").read_text())["quality"]["sts"]["original"]
+    assert f"STS Spearman of the source model on the same data: {original:.4g}" in comparison.notes
     markdown = to_markdown(comparison)
     assert "| int4 | int4 |" in markdown and "**" in markdown
     assert "<table>" in to_html(comparison)
+
+
+def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, tmp_path):
+    """nDCG@10 (whose 'original' is a dict of figures) and the export's decode speed against the
+    source in the same run, as OUT/report.json records them after an export."""
+    folders = []
+    for name, speed in (("int8", 30.0), ("int4", 45.0)):
+        folder = tmp_path / name
+        shutil.copytree(outputs / name, folder)
+        report = json.loads((folder / "report.json").read_text())
+        figures = {"ndcg_at_10": 0.5, "recall_at_10": 0.6}
+        report["quality"]["retrieval"] = {"sha256": "a" * 64, "original": figures, "compressed": figures}
+        runs = {"source": {"decode_tokens_per_s": 30.0, "peak_rss_bytes": 10}, "export": {"decode_tokens_per_s": speed, "peak_rss_bytes": 9}}
+        report["export"] = {"export": {"file_bytes": 1000}, "verify": runs}
+        (folder / "report.json").write_text(json.dumps(report))
+        folders.append(folder)
+    comparison = compare_outputs(folders)
+    assert {"nDCG@10", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)
+    assert [row.metrics["decode vs source"] for row in comparison.rows] == [1.0, 1.5]
+    assert comparison.best["decode vs source"] == [1]
+    assert "1.50x" in to_markdown(comparison)
 
 
 def test_figures_measured_by_only_some_outputs_are_left_out(outputs):

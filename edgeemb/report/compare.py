@@ -89,10 +89,10 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
                 notes.append(f"{metric.label} left out: the outputs measured it on different data, tokens or runtimes")
                 continue
         metrics.append(metric)
-        originals = {_lookup(a.report, (*metric.data, "original")) for a in artifacts} if metric.data else set()
-        if len(originals) == 1 and isinstance(next(iter(originals)), int | float):
+        originals = [_lookup(a.report, (*metric.data, "original")) for a in artifacts] if metric.data else []
+        if originals and all(isinstance(v, int | float) for v in originals) and len(set(originals)) == 1:
             runtime = _lookup(artifacts[0].report, (*metric.data, "runtime"))
-            notes.append(f"{metric.label} of the source model on the same data{f' ({runtime})' if runtime else ''}: {next(iter(originals)):.4g}")
+            notes.append(f"{metric.label} of the source model on the same data{f' ({runtime})' if runtime else ''}: {originals[0]:.4g}")
     rows = [_row(a, metrics) for a in artifacts]
     columns = [(label, higher) for label, higher in SIZE_COLUMNS] + [(m.label, m.higher_is_better) for m in metrics]
     best = {}
