@@ -56,6 +56,7 @@ def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, 
         folders.append(folder)
     comparison = compare_outputs(folders)
     assert {"nDCG@10", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)
+    assert "nDCG@10 of the source model on the same data: 0.5" in comparison.notes
     assert [row.metrics["decode vs source"] for row in comparison.rows] == [1.0, 1.5]
     assert comparison.best["decode vs source"] == [1]
     assert "1.50x" in to_markdown(comparison)

@@ -40,6 +40,7 @@ from edgeemb.progress import quiet, silenced_output
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 
 _CHECK_ROWS = 16384
+PEER_STEPS = frozenset({"onnxruntime_dynamic", "onnxruntime_int4", "llama_quantize", "model2vec_distill"})
 
 
 class OnnxruntimeDynamicConfig(StepConfig):

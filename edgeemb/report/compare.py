@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeemb.artifact import load_artifact
 from edgeemb.errors import EdgeembError
+from edgeemb.passes.peers import PEER_STEPS
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Row:
     storage: str
     sizes: dict[str, float]  # SIZE_COLUMNS
     metrics: dict[str, float]  # by Metric.label, only those every row shares
+    peer: bool = False  # the recipe runs another tool's method (a baseline)
 
     def value(self, column: str) -> float:
         return self.sizes[column] if column in self.sizes else self.metrics[column]
@@ -89,7 +91,9 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
                 notes.append(f"{metric.label} left out: the outputs measured it on different data, tokens or runtimes")
                 continue
         metrics.append(metric)
-        originals = [_lookup(a.report, (*metric.data, "original")) for a in artifacts] if metric.data else []
+        # The source model's own figure sits where the output's does, under "original".
+        original_path = tuple("original" if key == "compressed" else key for key in metric.path)
+        originals = [_lookup(a.report, original_path) for a in artifacts] if metric.data else []
         if originals and all(isinstance(v, int | float) for v in originals) and len(set(originals)) == 1:
             runtime = _lookup(artifacts[0].report, (*metric.data, "runtime"))
             notes.append(f"{metric.label} of the source model on the same data{f' ({runtime})' if runtime else ''}: {originals[0]:.4g}")
@@ -130,6 +134,7 @@ def _row(artifact, metrics: list[Metric]) -> Row:
         manifest["recipe"]["name"], table["storage"],
         {"table bytes": table["bytes"], "model bytes": model_bytes, "bits / param": table["bits_per_param"]},
         {m.label: _value(report, m) for m in metrics},
+        any(name in PEER_STEPS for step in manifest["recipe"]["steps"] for name in step),
     )
 
 

@@ -145,10 +145,19 @@ def plot_pareto(comparison, metric: str, path: Path) -> None:
     sizes = np.array([row.sizes["table bytes"] for row in comparison.rows]) / 1e6
     values = np.array([row.metrics[metric] for row in comparison.rows])
     front = sorted(pareto(comparison, metric), key=lambda i: sizes[i])
-    ax.scatter(sizes, values, color="tab:blue", zorder=3)
+    peers = np.array([row.peer for row in comparison.rows], bool)
+    ax.scatter(sizes[~peers], values[~peers], color="tab:blue", zorder=3, label="edgeemb recipes")
+    if peers.any():
+        ax.scatter(sizes[peers], values[peers], color="tab:orange", marker="s", zorder=3, label="peers' methods")
     ax.plot(sizes[front], values[front], color="tab:red", linestyle="--", zorder=2, label="Pareto frontier")
-    for row, x, y in zip(comparison.rows, sizes, values):
-        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    # Neighbours (close in size and value) get their labels on alternate sides, so they stay legible.
+    span = float(np.ptp(values)) or 1.0
+    below, previous = False, None
+    for i in np.argsort(sizes):
+        close = previous is not None and abs(np.log(sizes[i] / sizes[previous])) < 0.15 and abs(values[i] - values[previous]) < 0.05 * span
+        below = not below if close else False
+        ax.annotate(comparison.rows[i].label, (sizes[i], values[i]), textcoords="offset points", xytext=(4, -11 if below else 4), fontsize=8)
+        previous = i
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
