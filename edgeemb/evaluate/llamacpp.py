@@ -25,7 +25,7 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import Perplexity
-from edgeemb.progress import track
+from edgeemb.progress import silenced_output, track
 from edgeemb.sources.gguf import llama_vocabulary
 
 DEFAULT_PROMPT = "The capital of France is"
@@ -54,10 +54,11 @@ def _load(path: Path, n_ctx: int, n_batch: int, **options):
 
     threads = os.cpu_count() or 1
     try:
-        return llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-            n_threads=threads, n_threads_batch=threads, verbose=False, **options,
-        )
+        with silenced_output():  # llama.cpp logs context set-up from C even with verbose=False
+            return llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
+                n_threads=threads, n_threads_batch=threads, verbose=False, **options,
+            )
     except (ValueError, RuntimeError) as exc:
         raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
 

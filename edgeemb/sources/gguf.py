@@ -29,7 +29,7 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
 from edgeemb.errors import EdgeembError
-from edgeemb.progress import track
+from edgeemb.progress import silenced_output, track
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
 
@@ -336,7 +336,8 @@ def llama_vocabulary(path: Path):
     import llama_cpp
 
     try:
-        return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        with silenced_output():  # the vocab-only loader logs from C even with verbose=False
+            return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
 
