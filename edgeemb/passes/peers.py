@@ -53,7 +53,7 @@ class OnnxruntimeInt4Config(StepConfig):
 
 
 class LlamaQuantizeConfig(StepConfig):
-    type: Literal["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1"] = Field(
+    type: Literal["Q8_0", "Q5_0", "Q4_0", "Q4_1"] = Field(
         default="Q5_0", description="token_embedding_type given to llama.cpp's quantiser (Q5_0: its fallback for widths K-quants cannot take)"
     )
 
