@@ -6,7 +6,9 @@ When the output head is tied to the table (SmolLM2, Gemma 3), replacing the tabl
 head too, as it does in llama.cpp.
 
 Perplexity is computed over the first `max_tokens` tokens of the text in non-overlapping windows
-of `window` tokens (each window's first token has no context and is not scored).
+of `window` tokens (each window's first token has no context and is not scored). For models whose
+tokenizer adds a BOS token, every window starts with it, as in llama.cpp's perplexity tool and
+`evaluate.llamacpp`: Gemma without BOS at a window's start scores far worse.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class CausalLM:
             raise EdgeembError(f"{path}: transformers cannot load it as a causal LM ({' '.join(str(exc).split())[:200]})") from None
         self._embedding = self.model.get_input_embeddings()
         self._original = self._embedding.weight.data.clone()
+        with_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        self.bos = with_bos[0] if len(with_bos) > len(plain) and with_bos[0] == self.tokenizer.bos_token_id else None
 
     def tokens(self, text: str, max_tokens: int) -> np.ndarray:
         ids = self.tokenizer(text, add_special_tokens=True, return_attention_mask=False)["input_ids"]
@@ -69,9 +74,11 @@ class CausalLM:
         try:
             with torch.inference_mode():
                 for start in track(starts, "perplexity", len(starts)):
-                    chunk = torch.from_numpy(ids[start : start + window])[None]
+                    chunk = torch.from_numpy(ids[start : start + window].copy())[None]
                     if chunk.shape[1] < 2:
                         continue
+                    if self.bos is not None:
+                        chunk[0, 0] = self.bos
                     logits = self.model(chunk).logits[0, :-1].float()
                     total += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum"))
                     scored += chunk.shape[1] - 1
