@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.progress import track
+from edgeemb.progress import silenced_output, track
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class CausalLM:
         path = Path(path)
         folder, options = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, **options)
-            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options).eval()
+            with silenced_output():  # the GGUF conversion draws its own progress bar
+                self.tokenizer = AutoTokenizer.from_pretrained(folder, **options)
+                self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options).eval()
         except (OSError, ValueError) as exc:
             raise EdgeembError(f"{path}: transformers cannot load it as a causal LM ({' '.join(str(exc).split())[:200]})") from None
         self._embedding = self.model.get_input_embeddings()
