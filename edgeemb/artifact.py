@@ -13,6 +13,7 @@ these files depends on the clock, so the same recipe on the same model gives ide
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -34,7 +35,11 @@ class Artifact:
     path: Path
     manifest: dict
     report: dict
-    table: EmbeddingTable
+
+    @functools.cached_property
+    def table(self) -> EmbeddingTable:
+        """The compressed table, read on first use: comparing or planning needs only the JSON."""
+        return load_table(self.path / TABLE_FILE)
 
 
 def refuse_existing(path: Path, force: bool) -> None:
@@ -85,10 +90,17 @@ def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dic
 
 def update_report(out: Path, report: dict, report_md: str) -> None:
     """Replace OUT/'s reports (after an export into it), each file atomically."""
-    for name, text in ((REPORT_FILE, _dumps(report)), (REPORT_MD_FILE, report_md)):
-        staging = out / f".{name}.tmp-{os.getpid()}"
-        staging.write_text(text)
-        os.replace(staging, out / name)
+    write_text_atomic(out / REPORT_FILE, _dumps(report))
+    write_text_atomic(out / REPORT_MD_FILE, report_md)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary sibling renamed into place: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(text)
+    os.replace(staging, path)
 
 
 def load_artifact(out: Path) -> Artifact:
@@ -100,7 +112,7 @@ def load_artifact(out: Path) -> Artifact:
         report = json.loads((out / REPORT_FILE).read_text()) if (out / REPORT_FILE).exists() else {}
     except ValueError as exc:
         raise EdgeembError(f"{out}: unreadable JSON ({exc})") from None
-    return Artifact(out, manifest, report, load_table(out / TABLE_FILE))
+    return Artifact(out, manifest, report)
 
 
 def _dumps(data: dict) -> str:

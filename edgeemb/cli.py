@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeemb import __version__
-from edgeemb.artifact import refuse_existing
+from edgeemb.artifact import refuse_existing, write_text_atomic
 from edgeemb.errors import EdgeembError
 from edgeemb.offload.profiles import builtin_names
 from edgeemb.progress import reporting
@@ -284,6 +284,7 @@ def offload(
 
         def unset(name: str) -> bool:
             return source(name) is ParameterSource.DEFAULT
+
         profiles = plan.profiles if unset("profiles") else profiles
         cache_mb = (plan.cache_mb,) if unset("cache_mb") and plan.cache_mb else cache_mb
         hot_mb = plan.hot_mb if unset("hot_mb") else hot_mb
@@ -338,7 +339,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
         plot_pareto(comparison, chosen, plot)
     for file, render in ((md, to_markdown), (html_file, to_html)):
         if file is not None:
-            _write_atomic(file, render(comparison))
+            write_text_atomic(file, render(comparison))
     if as_json:
         _print_json(asdict(comparison))
         return
@@ -377,7 +378,7 @@ def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], ou
     with _progress_bars():
         result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
     comparison = result.comparison
-    _write_atomic(out_dir / "compare.md", to_markdown(comparison))
+    write_text_atomic(out_dir / "compare.md", to_markdown(comparison))
     metric = default_metric(comparison)
     plot_pareto(comparison, metric, out_dir / "pareto.png")
     if as_json:
@@ -486,13 +487,6 @@ def _print_report(report: dict) -> None:
         drift = quality["drift"]
         rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
     _print_rows(f"{model['name']}: {table['storage']}", rows)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def _print_comparison(comparison) -> None:

@@ -19,7 +19,7 @@ from edgeemb import __version__
 from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, update_report, write_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
-from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe
+from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe, parse_recipe
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
@@ -247,10 +247,14 @@ def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) 
     }
 
 
-def _replaces_model(artifact: Artifact) -> bool:
-    from edgeemb.passes import STEPS
+def artifact_recipe(artifact: Artifact) -> Recipe:
+    """The recipe OUT/ was made with, as its manifest records it (validated again)."""
+    recorded = {key: value for key, value in artifact.manifest["recipe"].items() if key != "digest"}
+    return parse_recipe(recorded, origin=f"{artifact.path / MANIFEST_FILE}")
 
-    return any(STEPS[name].replaces_model for step in artifact.manifest["recipe"]["steps"] for name in step if name in STEPS)
+
+def _replaces_model(artifact: Artifact) -> bool:
+    return artifact_recipe(artifact).replaces_model
 
 
 def default_out(model: SourceModel, recipe: Recipe) -> Path:
@@ -431,8 +435,7 @@ def offload_plan(model: str | Path | None) -> OffloadPlan | None:
     """The recipe's `offload:` plan of an OUT/ folder (None for a model, or a recipe without one)."""
     if model is None or not (Path(model) / MANIFEST_FILE).is_file():
         return None
-    plan = load_artifact(Path(model)).manifest["recipe"].get("offload")
-    return None if plan is None else OffloadPlan.model_validate(plan)
+    return artifact_recipe(load_artifact(Path(model))).offload
 
 
 def _offloaded_head(source: SourceModel, table: EmbeddingTable, table_bytes: int, head_type: str | None) -> tuple[int, dict]:

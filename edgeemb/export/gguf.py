@@ -185,4 +185,3 @@ def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: 
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-

@@ -54,14 +54,12 @@ def render_report(report: dict) -> str:
         "",
         "## Quality",
         "",
-        "Table level (no data):",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality["table"].items()),
     ]
     if "replaces_model" in table:
-        lines[-4:] = [f"No table-level figures: {table['replaces_model']}."]
+        lines.append(f"No table-level figures: {table['replaces_model']}.")
+    else:
+        lines += ["Table level (no data):", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality["table"].items()]
     comparisons = comparison_rows(quality)
     if comparisons:
         lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |", "|---|---|---|---|---|"]
