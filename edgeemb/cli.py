@@ -31,7 +31,7 @@ from edgeemb.artifact import refuse_existing, write_text_atomic
 from edgeemb.errors import EdgeembError
 from edgeemb.offload.profiles import builtin_names
 from edgeemb.progress import reporting
-from edgeemb.report.markdown import comparison_rows, format_number, human_bytes
+from edgeemb.report.markdown import comparison_rows, format_number, human_bytes, vocabulary_rows
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -480,6 +480,7 @@ def _print_report(report: dict) -> None:
     rows = [
         ("table bytes", f"{human_bytes(model['table_bytes'])} -> {human_bytes(table['bytes'])}  ({table['ratio_vs_source']:.2f}x smaller)"),
         ("bits per parameter", f"{table['bits_per_param']:.2f}"),
+        *vocabulary_rows(table),
         *((key.replace("_", " "), format_number(value)) for key, value in quality["table"].items()),
         *((label, f"{before} -> {after}  ({change}; {data})") for label, data, before, after, change in comparison_rows(quality)),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -23,7 +24,7 @@ from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe, parse
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
-from edgeemb.table import EmbeddingTable
+from edgeemb.table import EmbeddingTable, TrimmedTable
 
 if TYPE_CHECKING:
     from edgeemb.offload import OffloadConfig, OffloadReport
@@ -92,6 +93,8 @@ def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool 
         "ratio_vs_source": model.stored_nbytes / table.nbytes,
         "ratio_vs_fp32": 4 * model.table_params / table.nbytes,
         "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.name, "bytes": a.nbytes} for name, a in table.arrays().items()},
+        **({"vocabulary": {**table.facts, "bytes_saved_vs_source": model.stored_nbytes * (1 - len(table.keep) / model.vocab_size)}}
+           if isinstance(table, TrimmedTable) else {}),
     }
 
 
@@ -102,7 +105,8 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     has no table-level figures and no drift; it is scored as the static model it is."""
     from edgeemb.evaluate.table import table_quality
 
-    quality: dict = {"table": {} if replaces_model else asdict(table_quality(model.table.weight, table))}
+    original = model.table.weight[table.keep] if isinstance(table, TrimmedTable) else model.table.weight
+    quality: dict = {"table": {} if replaces_model else asdict(table_quality(original, table))}
     if data.perplexity is not None:
         quality["perplexity"] = _perplexity(model, table, data.perplexity, data.max_tokens)
     if not data.sentence_data():
@@ -123,7 +127,7 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     if replaces_model:
         compressed = memoize(static_encoder(table, model.tokenize, unk_id(model.tokens)))
     else:
-        compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)"))
+        compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)", _tokenizer_json(model, table)))
     if sts is not None:
         before, after = sts_spearman(original, sts), sts_spearman(compressed, sts)
         quality["sts"] = {**_data_facts(data.sts), "pairs": len(sts.scores), "original": before, "compressed": after, "delta": after - before}
@@ -138,10 +142,21 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     return quality
 
 
+def _tokenizer_json(model: SourceModel, table: EmbeddingTable) -> str | None:
+    """The tokenizer.json of a trimmed table's vocabulary (None for an untrimmed table)."""
+    if not isinstance(table, TrimmedTable):
+        return None
+    from edgeemb.sources.hf import trimmed_tokenizer_json
+
+    return trimmed_tokenizer_json(model.path, table.keep)
+
+
 def _perplexity(model: SourceModel, table: EmbeddingTable, text: Path, max_tokens: int) -> dict:
     """Perplexity of the causal LM with its original and its compressed table (transformers)."""
     if model.tied is None:
         raise EdgeembError(f"{model.name} is a sentence-embedding model: perplexity needs a causal LM (GGUF or Hugging Face)")
+    if isinstance(table, TrimmedTable):
+        raise EdgeembError("a trimmed vocabulary's perplexity is measured in llama.cpp, by bits per byte: give the recipe a GGUF export (export: {format: gguf})")
     from edgeemb.evaluate.data import read_text
     from edgeemb.evaluate.perplexity import CausalLM
 
@@ -207,12 +222,26 @@ def compress(
 
 
 def _llama_perplexity(verify: dict) -> dict:
-    """quality.perplexity from a GGUF export's verification: source and export on the same tokens."""
+    """quality.perplexity from a GGUF export's verification: source and export on the same text.
+
+    A trimmed vocabulary tokenises that text its own way, so the two compare by bits per byte;
+    `compressed` is then the export's perplexity per source token (its bits per byte at the
+    source's bytes per token), which equals its own perplexity when the tokens are the same."""
     before, after = verify["source"]["perplexity"], verify["export"]["perplexity"]
+    bits = {"original": _bits_per_byte(before), "compressed": _bits_per_byte(after)}
+    source_bytes_per_token = before["bytes_scored"] / before["tokens_scored"]
+    compressed = math.exp(bits["compressed"] * math.log(2) * source_bytes_per_token)
     return {
-        **verify["text"], "runtime": "llama.cpp", "tokens_scored": after["tokens_scored"], "window": after["window"],
-        "original": before["perplexity"], "compressed": after["perplexity"], "delta": after["perplexity"] - before["perplexity"],
+        **verify["text"], "runtime": "llama.cpp", "tokens_scored": before["tokens_scored"], "window": after["window"],
+        "original": before["perplexity"], "compressed": compressed, "delta": compressed - before["perplexity"],
+        "bits_per_byte": {**bits, "delta": bits["compressed"] - bits["original"]},
+        **({"compressed_tokens_scored": after["tokens_scored"], "compressed_per_own_token": after["perplexity"]}
+           if after["tokens_scored"] != before["tokens_scored"] else {}),
     }
+
+
+def _bits_per_byte(perplexity: dict) -> float:
+    return perplexity["nll_per_token"] * perplexity["tokens_scored"] / math.log(2) / perplexity["bytes_scored"]
 
 
 def pass_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> PassContext:
@@ -223,7 +252,7 @@ def pass_context(source: SourceModel, calibration: Path | None = None, calibrati
 
         text = read_text(calibration)
         head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
-    return PassContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format)
+    return PassContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format, source.vocabulary)
 
 
 def open_source(artifact: Artifact) -> SourceModel:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import STEPS, PassContext, StepConfig
-from edgeemb.table import EmbeddingTable
+from edgeemb.table import EmbeddingTable, TrimmedTable
 
 DEFAULT_RECIPE = "int4"
 _TOP_KEYS = {"name", "description", "steps", "evaluate", "export", "offload"}
@@ -96,9 +96,24 @@ class Recipe:
         return any(STEPS[name].replaces_model for name, _ in self.steps)
 
     def apply(self, table: EmbeddingTable, context: PassContext = PassContext()) -> EmbeddingTable:
+        trimmed = None
         for name, config in self.steps:
             table = STEPS[name].apply(table, config, context)
-        return table
+            if isinstance(table, TrimmedTable):  # later steps work on the kept rows, in the new ids
+                trimmed, table = table, table.rows
+                context = narrowed(context, trimmed.keep)
+        return table if trimmed is None else TrimmedTable(table, trimmed.keep, trimmed.facts)
+
+
+def narrowed(context: PassContext, keep) -> PassContext:
+    """`context` for a trimmed vocabulary: token texts and the tokenizer speak the new ids."""
+    vocabulary = context.vocabulary() if context.vocabulary is not None else None
+    return replace(
+        context,
+        tokens=[context.tokens[i] for i in keep] if context.tokens is not None else None,
+        tokenize=vocabulary.retokenizer(keep) if vocabulary is not None else None,
+        vocabulary=None,
+    )
 
 
 def builtin_recipes() -> dict[str, Path]:
@@ -138,6 +153,9 @@ def parse_recipe(data: object, default_name: str = "recipe", origin: str = "reci
     evaluate = data.get("evaluate") or {}
     if not isinstance(evaluate, dict) or set(evaluate) - set(_EVALUATE_KEYS):
         raise fail(f"'evaluate' takes only {', '.join(_EVALUATE_KEYS)} (paths to the user's data)")
+    trimming = [index for index, (name, _) in enumerate(steps) if STEPS[name].trims_vocab]
+    if trimming and trimming != [0]:
+        raise fail(f"'{steps[trimming[-1]][0]}' renumbers the vocabulary: it must be the first step, and come once")
     replacing = [index for index, (name, _) in enumerate(steps) if STEPS[name].replaces_model]
     if replacing and (replacing != [0] or data.get("export") is not None):
         raise fail(f"'{steps[replacing[0]][0]}' makes a static model: it must be the first step, and the recipe cannot export it as the source model's file")

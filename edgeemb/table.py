@@ -10,6 +10,7 @@ Storages:
 - `LowRankTable`: `left[ids] @ right + bias`, where `left` is itself a table (dense or quantised).
 - `MixedTable`: rows split into groups, each group its own table (e.g. frequent tokens at int8,
   the rest at int4), with a per-row group and slot.
+- `TrimmedTable`: the rows of a trimmed vocabulary (any storage), and the source row of each.
 """
 
 from __future__ import annotations
@@ -216,6 +217,40 @@ class MixedTable(EmbeddingTable):
         return "mixed: " + "; ".join(f"{count} rows {part.describe()}" for count, part in zip(counts, self.parts))
 
 
+@dataclass(frozen=True, eq=False)
+class TrimmedTable(EmbeddingTable):
+    """A trimmed vocabulary's table: new id i is the source's row keep[i]. `keep` is edgeemb's record
+    of the renumbering; a runtime reads the rewritten tokenizer instead, so `keep` is stored but not
+    counted in `nbytes`. `facts` say what the trim kept and why."""
+
+    rows: EmbeddingTable
+    keep: np.ndarray  # (rows,) int32, ascending
+    facts: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        return self.rows.lookup(ids)
+
+    def to_dense(self) -> np.ndarray:
+        return self.rows.to_dense()
+
+    def arrays(self) -> Arrays:
+        return {**{f"rows.{name}": a for name, a in self.rows.arrays().items()}, "keep": self.keep}
+
+    def spec(self) -> dict:
+        return {"kind": "trimmed", "rows": self.rows.spec(), "trim": self.facts}
+
+    def describe(self) -> str:
+        return f"{self.rows.describe()}, vocabulary trimmed to {len(self.keep)} rows"
+
+
 def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     """Rebuild a table from `spec()` and `arrays()`."""
     kind = spec.get("kind")
@@ -228,6 +263,8 @@ def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     if kind == "mixed":
         parts = tuple(table_from_parts(part, _prefixed(arrays, f"part{i}.")) for i, part in enumerate(spec["parts"]))
         return MixedTable(parts, arrays["group"], arrays["slot"])
+    if kind == "trimmed":
+        return TrimmedTable(table_from_parts(spec["rows"], _prefixed(arrays, "rows.")), arrays["keep"], spec.get("trim", {}))
     raise EdgeembError(f"unknown table kind {kind!r}")
 
 

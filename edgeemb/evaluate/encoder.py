@@ -36,18 +36,25 @@ class SentenceEncoder:
             raise EdgeembError(f"{path}: cannot load as a sentence-transformers model ({exc})") from None
         self._embedding = self._model[0].auto_model.get_input_embeddings()
         self._original = self._embedding.weight.data.clone()
+        self._tokenizer = self._model[0].tokenizer
+        self._original_backend = self._tokenizer._tokenizer
         self.original = memoize(self.encoder(None, "encode (original)"))
 
-    def encoder(self, weight: np.ndarray | None = None, label: str = "encode") -> Encode:
-        """An encode function using `weight` as the input table (None: the original table)."""
+    def encoder(self, weight: np.ndarray | None = None, label: str = "encode", tokenizer_json: str | None = None) -> Encode:
+        """An encode function using `weight` as the input table (None: the original table) and,
+        for a trimmed vocabulary, the tokenizer.json rewritten for it."""
         import torch
+        from tokenizers import Tokenizer
 
         table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-        if table.shape != self._original.shape:
-            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {tuple(self._original.shape)}")
+        backend = self._original_backend if tokenizer_json is None else Tokenizer.from_str(tokenizer_json)
+        rows = self._original.shape[0] if tokenizer_json is None else backend.get_vocab_size(with_added_tokens=True)
+        if table.shape != (rows, self._original.shape[1]):
+            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {(rows, self._original.shape[1])}")
 
         def encode(texts: list[str]) -> np.ndarray:
             self._embedding.weight.data = table
+            self._tokenizer._tokenizer = backend  # transformers' tokenizer reads its ids from this backend
             starts = range(0, len(texts), _BATCH)
             batches = [
                 self._model.encode(texts[s : s + _BATCH], batch_size=_BATCH, convert_to_numpy=True, show_progress_bar=False)

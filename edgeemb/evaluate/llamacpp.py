@@ -5,11 +5,13 @@ shift by one position on models without a BOS token, such as SmolLM2): each wind
 tokens is decoded from an empty KV cache in batches that ask for every position's logits, and
 every token but the window's first is scored. As in llama.cpp's own perplexity tool, a model that
 expects a BOS token (Gemma) gets it as the first token of every window, not only of the first.
+The text bytes of the scored tokens are counted too, so files whose tokenizers differ (a trimmed
+vocabulary) compare by bits per byte of the same text.
 
 Every file is measured in a fresh process, so peak RSS (VmHWM, taken after load and generation,
 before the perplexity pass allocates its logits) is that model's alone and one model's pages do
-not warm the next. The text is tokenised once, by the first file, and every file is scored on the
-same ids: compare files that share a vocabulary.
+not warm the next. The text is tokenised by the first file; a file with another vocabulary scores
+the text those tokens cover, tokenised its own way.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import Perplexity
 from edgeemb.progress import silenced_output, track
-from edgeemb.sources.gguf import llama_vocabulary
+from edgeemb.sources.gguf import TOKENS_KEY, llama_vocabulary, read_gguf_header
 
 DEFAULT_PROMPT = "The capital of France is"
 _BATCH = 256  # tokens per llama_decode in the perplexity pass: logits of 256 x vocab floats
@@ -39,6 +41,7 @@ class LlamaRun:
     load_seconds: float
     greedy_ids: list[int]
     greedy_text: str
+    greedy_pieces: list[str]  # the text of each greedy token: compares runs across vocabularies
     decode_tokens_per_s: float  # greedy generation, one token per llama_decode
     prefill_tokens_per_s: float | None  # the perplexity pass: batches of 256 tokens
     peak_rss_bytes: int
@@ -67,6 +70,7 @@ def _load(path: Path, n_ctx: int, n_batch: int, **options):
 class Tokens:
     ids: np.ndarray  # int32, starting with BOS when the model adds one
     bos: int | None  # the BOS id if the model adds one, else None
+    piece_bytes: np.ndarray  # text bytes of each token (0 for BOS)
 
 
 def tokenize_text(path: Path, text: str, max_tokens: int | None = None) -> Tokens:
@@ -77,8 +81,10 @@ def tokenize_text(path: Path, text: str, max_tokens: int | None = None) -> Token
 def _tokens(vocab, text: str, max_tokens: int | None = None) -> Tokens:
     with_bos = vocab.tokenize(b"a", add_bos=True, special=False)
     bos = with_bos[0] if len(with_bos) > len(vocab.tokenize(b"a", add_bos=False, special=False)) else None
-    ids = vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-    return Tokens(np.asarray(ids[:max_tokens], dtype=np.int32), bos)
+    ids = np.asarray(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_tokens], dtype=np.int32)
+    distinct, where = np.unique(ids, return_inverse=True)
+    lengths = np.array([len(vocab.detokenize([int(i)])) for i in distinct], np.int64)
+    return Tokens(ids, bos, lengths[where])
 
 
 class _Decoder:
@@ -134,7 +140,7 @@ def gguf_perplexity(decoder: _Decoder, tokens: Tokens, window: int) -> Perplexit
     ids = tokens.ids
     if len(ids) < 2:
         raise EdgeembError("perplexity needs at least 2 tokens of text")
-    total, scored = 0.0, 0
+    total, scored, scored_bytes = 0.0, 0, 0
     starts = range(0, len(ids) - 1, window)
     for start in track(starts, "perplexity (llama.cpp)", len(starts)):
         chunk = ids[start : start + window].copy()
@@ -144,7 +150,8 @@ def gguf_perplexity(decoder: _Decoder, tokens: Tokens, window: int) -> Perplexit
             chunk[0] = tokens.bos
         total += _window_nll(decoder, chunk)
         scored += len(chunk) - 1
-    return Perplexity(math.exp(total / scored), total / scored, scored, window)
+        scored_bytes += int(tokens.piece_bytes[start + 1 : start + len(chunk)].sum())
+    return Perplexity(math.exp(total / scored), total / scored, scored, window, scored_bytes)
 
 
 def _greedy(decoder: _Decoder, prompt: np.ndarray, count: int) -> tuple[list[int], float]:
@@ -163,8 +170,14 @@ def _greedy(decoder: _Decoder, prompt: np.ndarray, count: int) -> tuple[list[int
 
 
 def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
-    """How many greedy tokens the two runs produce alike before they first differ."""
-    return next((i for i, (x, y) in enumerate(zip(a.greedy_ids, b.greedy_ids)) if x != y), min(len(a.greedy_ids), len(b.greedy_ids)))
+    """How many of `a`'s greedy tokens `b` reproduces (as text: the vocabularies may differ)
+    before the two first differ."""
+    text, agreed = "".join(b.greedy_pieces), 0
+    for piece in a.greedy_pieces:
+        if not text.startswith(piece):
+            break
+        text, agreed = text[len(piece) :], agreed + 1
+    return agreed
 
 
 def _memory_status() -> dict[str, int]:
@@ -195,8 +208,9 @@ def measure_gguf(
     finally:
         decoder.close()
     greedy_text = llm.detokenize(greedy_ids).decode("utf-8", "replace")
+    pieces = [llm.detokenize([i]).decode("utf-8", "replace") for i in greedy_ids]
     return LlamaRun(
-        str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, decode_rate, prefill_rate,
+        str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, pieces, decode_rate, prefill_rate,
         memory.get("VmHWM", 0), ppl, memory.get("RssFile", 0), memory.get("RssAnon", 0), options,
     )
 
@@ -211,12 +225,16 @@ def measure_ggufs(
         return []
     vocab = llama_vocabulary(Path(paths[0]))
     tokens = _tokens(vocab, text, max_tokens) if text is not None else None
-    prompt_tokens = _tokens(vocab, prompt)
+    # the text the first file's tokens cover: what a file with another vocabulary scores
+    covered = vocab.detokenize(tokens.ids.tolist()).decode("utf-8", "ignore") if tokens is not None else None
+    first_pieces = read_gguf_header(Path(paths[0])).metadata.get(TOKENS_KEY)
     runs = []
     context = multiprocessing.get_context("spawn")
     for path, option in track(list(zip(paths, options or [{}] * len(paths))), "llama.cpp runs", len(paths)):
+        own = vocab if read_gguf_header(Path(path)).metadata.get(TOKENS_KEY) == first_pieces else llama_vocabulary(Path(path))
+        text_tokens = tokens if own is vocab else (_tokens(own, covered) if covered is not None else None)
         with context.Pool(1) as pool:
-            runs.append(pool.apply(measure_gguf, (Path(path), tokens, prompt_tokens, generate, window, option)))
+            runs.append(pool.apply(measure_gguf, (Path(path), text_tokens, _tokens(own, prompt), generate, window, option)))
     return runs
 
 

@@ -30,6 +30,11 @@ class Perplexity:
     nll_per_token: float
     tokens_scored: int
     window: int
+    bytes_scored: int | None = None  # text bytes of the scored tokens: compares tokenizers fairly
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nll_per_token * self.tokens_scored / math.log(2) / self.bytes_scored if self.bytes_scored else None
 
 
 class CausalLM:

@@ -13,26 +13,32 @@ width and quantised to the type asked for, and the export says so. When the sour
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format, names
 from edgeemb.progress import silenced_output
 from edgeemb.sources.gguf import (
+    ARRAY_DTYPES,
+    SCALARS,
     OUTPUT,
     TOKEN_EMBD,
     GGUFHeader,
+    KVSpan,
     dequantize_tensor,
     read_gguf_header,
+    trimmed_vocab_metadata,
 )
-from edgeemb.table import EmbeddingTable, QuantizedTable
+from edgeemb.table import EmbeddingTable, QuantizedTable, TrimmedTable
 
 _DENSE = {"F32": np.float32, "F16": np.float16}
 _COPY_CHUNK = 1 << 24
@@ -89,37 +95,49 @@ def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str
     embd = header.tensor(TOKEN_EMBD)
     if embd is None:
         raise EdgeembError(f"{source}: no {TOKEN_EMBD} tensor in this GGUF file")
-    if tuple(table.shape) != embd.shape:
-        raise EdgeembError(f"the table is {table.shape[0]} x {table.shape[1]} but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}")
-    type_name, blocks, rebuilt = ggml_bytes(table, tensor_type)
+    keep = table.keep if isinstance(table, TrimmedTable) else None
+    rows = table.rows if isinstance(table, TrimmedTable) else table
+    source_rows = int(table.facts.get("source_rows", embd.shape[0])) if keep is not None else table.shape[0]
+    if (source_rows, table.shape[1]) != embd.shape:
+        raise EdgeembError(f"the table is {source_rows} x {table.shape[1]} but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}")
+    type_name, blocks, rebuilt = ggml_bytes(rows, tensor_type)
     replacements = {TOKEN_EMBD: (type_name, blocks)}
     notes = []
     if rebuilt:
-        notes.append(f"llama.cpp has no {table.describe()} embedding: the table was rebuilt at full width and quantised to {type_name}")
+        notes.append(f"llama.cpp has no {rows.describe()} embedding: the table was rebuilt at full width and quantised to {type_name}")
     head = header.tensor(OUTPUT)
     if head is not None:
-        replacements[OUTPUT] = (type_name, encode_ggml(dequantize_tensor(source, head, f"dequantize {OUTPUT}"), type_name))
+        weight = dequantize_tensor(source, head, f"dequantize {OUTPUT}")
+        replacements[OUTPUT] = (type_name, encode_ggml(weight if keep is None else weight[keep], type_name))
         notes.append(f"the untied {OUTPUT} was quantised from the source to {type_name} as well")
-    rewrite_gguf(source, header, out, replacements)
+    if keep is not None:
+        notes.append(f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: the tokenizer in the metadata and the tied output head follow")
+    rewrite_gguf(source, header, out, replacements, trimmed_vocab_metadata(header, keep) if keep is not None else None)
     return GGUFExport(
         str(out), str(source), type_name, rebuilt, sorted(replacements), header.file_size, out.stat().st_size,
         embd.nbytes, blocks.nbytes, notes,
     )
 
 
-def rewrite_gguf(source: Path, header: GGUFHeader, out: Path, replacements: dict[str, tuple[str, np.ndarray]]) -> None:
-    """Copy `source` to `out` with the named tensors' types and bytes replaced; atomic."""
+def rewrite_gguf(
+    source: Path, header: GGUFHeader, out: Path, replacements: dict[str, tuple[str, np.ndarray]],
+    metadata: dict[str, Any] | None = None, tensors: bool = True,
+) -> None:
+    """Copy `source` to `out` with the named tensors' types and bytes replaced (a replaced matrix
+    may have fewer rows: a trimmed vocabulary) and the `metadata` values changed, every other byte
+    copied; atomic. Without `tensors`, a metadata-only file (a vocabulary for llama.cpp)."""
     infos, plan, offset = bytearray(), [], 0
     alignment = header.alignment
-    for tensor in header.tensors:
+    for tensor in header.tensors if tensors else ():
         type_name, data = replacements.get(tensor.name, (tensor.type_name, None))
         qtype = GGMLQuantizationType[type_name]
         block, type_size = GGML_QUANT_SIZES[qtype]
-        nbytes = tensor.n_elements // block * type_size
+        shape = tensor.shape if data is None else (data.shape[0], *tensor.shape[1:])
+        nbytes = math.prod(shape) // block * type_size
         if data is not None and data.nbytes != nbytes:
-            raise EdgeembError(f"{tensor.name}: {data.nbytes} bytes given, {type_name} of shape {tensor.shape} needs {nbytes}")
+            raise EdgeembError(f"{tensor.name}: {data.nbytes} bytes given, {type_name} of shape {shape} needs {nbytes}")
         name = tensor.name.encode("utf-8")
-        dims = tensor.shape[::-1]  # GGUF lists dimensions innermost first
+        dims = shape[::-1]  # GGUF lists dimensions innermost first
         infos += struct.pack(f"<Q{len(name)}sI{len(dims)}QIQ", len(name), name, len(dims), *dims, qtype, offset)
         plan.append((tensor, data))
         offset += _padded(nbytes, alignment)
@@ -128,7 +146,7 @@ def rewrite_gguf(source: Path, header: GGUFHeader, out: Path, replacements: dict
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
         with open(source, "rb") as src, open(staging, "wb") as dst:
-            dst.write(src.read(header.infos_offset))  # magic, counts and metadata, verbatim
+            dst.write(_metadata_section(src, header, metadata or {}, len(plan)))
             dst.write(infos)
             dst.write(bytes(_padded(dst.tell(), alignment) - dst.tell()))
             for tensor, data in plan:
@@ -143,6 +161,47 @@ def rewrite_gguf(source: Path, header: GGUFHeader, out: Path, replacements: dict
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def write_vocab_gguf(source: Path, header: GGUFHeader, out: Path, metadata: dict[str, Any]) -> None:
+    """A vocabulary-only GGUF: `source`'s metadata with `metadata` changed, and no tensors."""
+    rewrite_gguf(source, header, out, {}, metadata, tensors=False)
+
+
+def _metadata_section(src, header: GGUFHeader, changes: dict[str, Any], tensor_count: int) -> bytes:
+    """Magic, version, counts and the metadata pairs: each copied verbatim, or re-encoded with
+    its original types where `changes` gives it a new value."""
+    src.seek(0)
+    if not changes and tensor_count == len(header.tensors):
+        return src.read(header.infos_offset)
+    head = bytearray(src.read(8)) + struct.pack("<QQ", tensor_count, len(header.spans))
+    for key, span in header.spans.items():
+        if key in changes:
+            head += _encode_kv(key, span, changes[key])
+        else:
+            src.seek(span.start)
+            head += src.read(span.end - span.start)
+    return bytes(head)
+
+
+def _encode_kv(key: str, span: KVSpan, value: Any) -> bytes:
+    out = bytearray(_gguf_string(key)) + struct.pack("<I", span.vtype)
+    if span.vtype == GGUFValueType.ARRAY:
+        out += struct.pack("<IQ", span.etype, len(value))
+        if span.etype == GGUFValueType.STRING:
+            out += b"".join(map(_gguf_string, value))
+        else:
+            out += np.asarray(value, dtype=ARRAY_DTYPES[span.etype]).tobytes()
+    elif span.vtype == GGUFValueType.STRING:
+        out += _gguf_string(value)
+    else:
+        out += SCALARS[span.vtype].pack(value)
+    return bytes(out)
+
+
+def _gguf_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
 
 
 def _copy(src, dst, nbytes: int) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgeemb.table import EmbeddingTable
+from edgeemb.vocab import Vocabulary
 
 
 class StepConfig(BaseModel):
@@ -26,13 +27,15 @@ class PassContext:
     """The model around the table, when known: token texts by id, a tokenizer (text -> ids), the
     importance of the table's columns to a tied output head, measured on the user's calibration
     text (mean square of the head's inputs; computed on first use), and the source model's file
-    or folder with its format (only the peer steps read it: other tools work on model files)."""
+    or folder with its format (only the peer steps read it: other tools work on model files), and
+    the tokenizer's vocabulary as `trim_vocab` needs it (built on first use)."""
 
     tokens: list[str] | None = None
     tokenize: Callable[[str], list[int]] | None = None
     head_importance: Callable[[], np.ndarray] | None = None
     model_path: Path | None = None
     model_format: str | None = None  # "sentence-transformers" | "transformers" | "gguf"
+    vocabulary: Callable[[], Vocabulary] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,17 +46,20 @@ class Step:
     # The step's table is a whole static model (model2vec), not the model's input table: it is
     # evaluated on its own, and no later step may need the model's own table.
     replaces_model: bool = False
+    # The step renumbers the vocabulary (returns a TrimmedTable): it comes first, and the steps
+    # after it see the kept rows and a context speaking the new ids.
+    trims_vocab: bool = False
 
 
 STEPS: dict[str, Step] = {}
 
 
-def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False):
+def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False):
     def wrap(function):
-        STEPS[name] = Step(name, config_type, function, replaces_model)
+        STEPS[name] = Step(name, config_type, function, replaces_model, trims_vocab)
         return function
 
     return wrap
 
 
-from edgeemb.passes import peers as _peers, quantize as _quantize, svd as _svd  # noqa: E402,F401  (register the steps)
+from edgeemb.passes import peers as _peers, quantize as _quantize, svd as _svd, trim as _trim  # noqa: E402,F401  (register the steps)

@@ -31,7 +31,26 @@ def comparison_rows(quality: dict) -> list[tuple[str, str, str, str, str]]:
     if "perplexity" in quality:
         ppl = quality["perplexity"]
         change = f"{ppl['compressed'] / ppl['original'] - 1:+.2%}"
-        rows.append(("perplexity", f"{ppl['data']} ({ppl['tokens_scored']} tokens, {ppl.get('runtime', 'transformers')})", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
+        per = " per source token" if "compressed_tokens_scored" in ppl else ""
+        rows.append((f"perplexity{per}", f"{ppl['data']} ({ppl['tokens_scored']} tokens, {ppl.get('runtime', 'transformers')})", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
+        if "bits_per_byte" in ppl:
+            bits = ppl["bits_per_byte"]
+            rows.append(("bits per byte", ppl["data"], f"{bits['original']:.4f}", f"{bits['compressed']:.4f}", f"{bits['delta']:+.4f}"))
+    return rows
+
+
+def vocabulary_rows(table: dict) -> list[tuple[str, str]]:
+    """What a vocabulary trim kept and how held-out text fares, as (label, value) rows."""
+    vocab = table.get("vocabulary")
+    if vocab is None:
+        return []
+    rows = [("vocabulary", f"{vocab['rows']:,} of {vocab['source_rows']:,} rows ({vocab['rows'] / vocab['source_rows']:.1%}): "
+             f"{vocab['floor_rows']:,} always kept (special, byte, fallback), {vocab.get('script_rows', 0):,} by script, "
+             f"{vocab.get('corpus', {}).get('frequent_rows', 0):,} by corpus, {vocab['closure_rows_added']:,} merge intermediates added")]
+    if "holdout" in vocab:
+        held = vocab["holdout"]
+        rows.append(("held-out corpus", f"{held['lines']:,} lines: {held['token_coverage']:.2%} of their tokens kept, "
+                     f"{held['lines_changed']:.1%} of lines tokenised differently, {held['token_increase']:+.2%} tokens"))
     return rows
 
 
@@ -52,6 +71,8 @@ def render_report(report: dict) -> str:
         f"({table['ratio_vs_source']:.2f}x smaller; {table['ratio_vs_fp32']:.2f}x vs fp32) |",
         f"| bits per parameter | {8 * model['table_bytes'] / model['table_params']:.2f} | {table['bits_per_param']:.2f} |",
         "",
+        *(f"- {label}: {value}" for label, value in vocabulary_rows(table)),
+        *([""] if "vocabulary" in table else []),
         "## Quality",
         "",
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeemb.table import DenseTable
+from edgeemb.vocab import Vocabulary
 
 
 @dataclass(eq=False)
@@ -38,6 +39,7 @@ class SourceModel:
     tokenize: Callable[[str], list[int]] | None = field(default=None, repr=False)  # text -> ids, no special tokens
     # text, max tokens -> mean square of each input of the tied output head (GGUF causal LMs)
     head_input_power: Callable[[str, int], np.ndarray] | None = field(default=None, repr=False)
+    vocabulary: Callable[[], Vocabulary] | None = field(default=None, repr=False)  # the tokenizer, as a trim needs it
 
     @property
     def vocab_size(self) -> int:

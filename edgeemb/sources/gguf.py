@@ -32,6 +32,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.progress import silenced_output, track
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
+from edgeemb.vocab import Vocabulary
 
 TOKEN_EMBD = "token_embd.weight"
 OUTPUT = "output.weight"
@@ -45,7 +46,7 @@ _DEQUANT_ROWS = 16384  # rows dequantised at a time: bounds the temporaries, pac
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_SCALARS: dict[int, struct.Struct] = {
+SCALARS: dict[int, struct.Struct] = {
     GGUFValueType.UINT8: struct.Struct("<B"),
     GGUFValueType.INT8: struct.Struct("<b"),
     GGUFValueType.UINT16: struct.Struct("<H"),
@@ -58,7 +59,7 @@ _SCALARS: dict[int, struct.Struct] = {
     GGUFValueType.INT64: struct.Struct("<q"),
     GGUFValueType.FLOAT64: struct.Struct("<d"),
 }
-_ARRAY_DTYPES: dict[int, np.dtype] = {
+ARRAY_DTYPES: dict[int, np.dtype] = {
     GGUFValueType.UINT8: np.dtype("<u1"),
     GGUFValueType.INT8: np.dtype("<i1"),
     GGUFValueType.UINT16: np.dtype("<u2"),
@@ -98,9 +99,20 @@ class GGUFTensorInfo:
 
 
 @dataclass(frozen=True)
+class KVSpan:
+    """Where a metadata pair lies in the file, and its value's types (to write a new value alike)."""
+
+    start: int
+    end: int
+    vtype: int
+    etype: int | None  # an array's element type
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     version: int
     metadata: dict[str, Any]  # str, int, float, bool; numeric arrays as numpy; string arrays as list[str]
+    spans: dict[str, KVSpan]
     tensors: list[GGUFTensorInfo]  # in file order
     infos_offset: int  # end of the metadata, start of the tensor infos
     data_offset: int  # start of the (aligned) data section
@@ -152,7 +164,7 @@ class _Parser:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
             return self.array()
-        scalar = _SCALARS.get(vtype)
+        scalar = SCALARS.get(vtype)
         if scalar is None:
             raise _Malformed(f"unknown metadata value type {vtype}")
         return scalar.unpack_from(self.buf, self.take(scalar.size))[0]
@@ -160,7 +172,7 @@ class _Parser:
     def array(self) -> np.ndarray | list:
         etype = self.u32()
         count = self.u64()
-        dtype = _ARRAY_DTYPES.get(etype)
+        dtype = ARRAY_DTYPES.get(etype)
         if dtype is not None:
             start = self.take(count * dtype.itemsize)
             # A copy: a view would pin the mmap open.
@@ -236,9 +248,14 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
         tensor_count = parser.u64()
         kv_count = parser.u64()
         metadata: dict[str, Any] = {}
+        spans: dict[str, KVSpan] = {}
         for _ in range(kv_count):
+            start = parser.pos
             key = parser.string()
-            metadata[key] = parser.value(parser.u32())
+            vtype = parser.u32()
+            etype = _U32.unpack_from(parser.buf, parser.pos)[0] if vtype == GGUFValueType.ARRAY and parser.pos + 4 <= parser.size else None
+            metadata[key] = parser.value(vtype)
+            spans[key] = KVSpan(start, parser.pos, vtype, etype)
         infos_offset = parser.pos
         raw_infos = [parser.tensor_info() for _ in range(tensor_count)]
     except _Truncated:
@@ -271,7 +288,7 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
                 f"the file has {file_size})"
             )
         tensors.append(info)
-    return GGUFHeader(version, metadata, tensors, infos_offset, data_offset, file_size)
+    return GGUFHeader(version, metadata, spans, tensors, infos_offset, data_offset, file_size)
 
 
 def tensor_bytes(path: Path, info: GGUFTensorInfo) -> np.ndarray:
@@ -322,6 +339,7 @@ def load_gguf(path: Path, name: str | None = None) -> SourceModel:
         tokens=tokens if isinstance(tokens, list) else None,
         tokenize=_llama_tokenizer(path),
         head_input_power=_head_input_power(path) if header.tensor(OUTPUT) is None else None,
+        vocabulary=functools.cache(lambda: gguf_vocabulary(path)),
     )
 
 
@@ -349,6 +367,70 @@ def _llama_tokenizer(path: Path) -> Callable[[str], list[int]] | None:
         return None
     load = functools.cache(lambda: llama_vocabulary(path))
     return lambda text: load().tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+_GGUF_MODELS = {"llama": "spm", "gpt2": "bpe"}
+
+
+def gguf_vocabulary(path: Path) -> Vocabulary:
+    """The GGUF file's vocabulary (SentencePiece-style `llama` or byte-level BPE `gpt2`), with a
+    retokenizer that loads a vocabulary-only GGUF rewritten for the kept ids in llama.cpp."""
+    path = Path(path)
+    header = read_gguf_header(path)
+    meta = header.metadata
+    kind = _GGUF_MODELS.get(meta.get("tokenizer.ggml.model"))
+    if kind is None:
+        raise EdgeembError(f"{path}: trim_vocab: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r} is not supported (llama, gpt2)")
+    tokens = meta[TOKENS_KEY]
+    types = np.asarray(meta.get("tokenizer.ggml.token_type", np.ones(len(tokens))), np.uint8)
+    special = {key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): int(value) for key, value in meta.items()
+               if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and 0 <= int(value) < len(tokens)}
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])] if kind == "bpe" else None
+    tokenize = _llama_tokenizer(path)
+    if tokenize is None:
+        raise EdgeembError("trim_vocab on a GGUF model needs llama-cpp-python (llama.cpp's tokenizer)")
+    return Vocabulary(
+        kind, tokens, types, special, tokenize, functools.partial(_trimmed_tokenizer, path, header),
+        scores=np.asarray(meta["tokenizer.ggml.scores"], np.float32) if "tokenizer.ggml.scores" in meta else None,
+        merges=merges, byte_level=kind == "bpe",
+    )
+
+
+def trimmed_vocab_metadata(header: GGUFHeader, keep: np.ndarray) -> dict[str, Any]:
+    """The metadata values that change when the vocabulary keeps only `keep` (ascending): the
+    tokenizer arrays, BPE merges whose parts and result survive, the special ids, the vocab size."""
+    meta = header.metadata
+    keep = np.asarray(keep)
+    tokens = [meta[TOKENS_KEY][i] for i in keep]
+    changes: dict[str, Any] = {TOKENS_KEY: tokens}
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        if key in meta:
+            changes[key] = np.asarray(meta[key])[keep]
+    if "tokenizer.ggml.merges" in meta:
+        kept = set(tokens)
+        changes["tokenizer.ggml.merges"] = [m for m in meta["tokenizer.ggml.merges"]
+                                            if (pair := m.split(" ", 1))[0] in kept and pair[-1] in kept and "".join(pair) in kept]
+    new_id = {int(old): new for new, old in enumerate(keep)}
+    for key, value in meta.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and int(value) in new_id:
+            changes[key] = new_id[int(value)]
+    vocab_size = f"{meta.get('general.architecture')}.vocab_size"
+    if vocab_size in meta:
+        changes[vocab_size] = len(keep)
+    return changes
+
+
+def _trimmed_tokenizer(path: Path, header: GGUFHeader, keep: np.ndarray) -> Callable[[str], list[int]]:
+    """llama.cpp's tokenizer of the trimmed vocabulary, from a vocabulary-only GGUF written aside."""
+    import tempfile
+
+    from edgeemb.export.gguf import write_vocab_gguf
+
+    with tempfile.TemporaryDirectory(prefix="edgeemb-vocab-") as folder:
+        file = Path(folder) / "vocab.gguf"
+        write_vocab_gguf(path, header, file, trimmed_vocab_metadata(header, keep))
+        vocab = llama_vocabulary(file)  # read whole at load: the file may go
+    return lambda text: vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
 
 def _head_input_power(path: Path) -> Callable[[str, int], np.ndarray] | None:

@@ -4,9 +4,11 @@ are refused) and never loads the rest of the model."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from edgeemb.errors import EdgeembError
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
+from edgeemb.vocab import TokenType, Vocabulary
 
 # Preferred first: the names transformers gives the input embedding across common architectures.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight", "tok_embeddings.weight", "shared.weight")
@@ -73,6 +76,7 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
         weights_file=weights_file,
         tokens=_read_tokens(model_dir, path, vocab),
         tokenize=_tokenizer(model_dir, path),
+        vocabulary=_vocabulary(model_dir, path, vocab),
     )
 
 
@@ -108,22 +112,127 @@ def _tensor_headers(file: Path) -> dict[str, tuple[list[int], str]]:
 
 def _tokenizer(model_dir: Path, root: Path) -> Callable[[str], list[int]] | None:
     """text -> token ids (no special tokens) from tokenizer.json, loaded on first use."""
-    file = next((folder / "tokenizer.json" for folder in (model_dir, root) if (folder / "tokenizer.json").exists()), None)
+    file = _tokenizer_file(model_dir, root)
     if file is None:
         return None
-
-    @functools.cache
-    def load():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(os.fspath(file))
-        # a sentence model's tokenizer.json may pad and truncate to its context (MiniLM: 128);
-        # counting and streaming want every token of the text and no padding
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return tokenizer
-
+    load = functools.cache(lambda: _load_tokenizer(file.read_text(encoding="utf-8")))
     return lambda text: load().encode(text, add_special_tokens=False).ids
+
+
+def _tokenizer_file(model_dir: Path, root: Path) -> Path | None:
+    return next((folder / "tokenizer.json" for folder in (model_dir, root) if (folder / "tokenizer.json").exists()), None)
+
+
+def _vocabulary(model_dir: Path, root: Path, size: int) -> Callable[[], Vocabulary] | None:
+    """The tokenizer.json's vocabulary, read on first use (None without a tokenizer.json)."""
+    file = _tokenizer_file(model_dir, root)
+    return None if file is None else functools.cache(lambda: tokenizer_vocabulary(_read_json(file), size))
+
+
+_MODELS = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}
+
+
+def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
+    """A `Vocabulary` of a tokenizer.json (WordPiece, BPE or Unigram) over `size` ids (the
+    table's rows; default: the tokenizer's), with a retokenizer rewriting the JSON for kept ids."""
+    model = data.get("model", {})
+    kind = _MODELS.get(model.get("type"))
+    if kind is None:
+        raise EdgeembError(f"trim_vocab: tokenizer type {model.get('type')!r} is not supported (WordPiece, BPE, Unigram)")
+    pieces = dict(enumerate(piece for piece, _ in model["vocab"])) if kind == "unigram" else {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in data.get("added_tokens", [])}
+    size = max(size or 0, max([*pieces, *added], default=-1) + 1)
+    tokens = [pieces.get(i, "") for i in range(size)]
+    # ids no piece has (a gap, or rows past the tokenizer) are never produced: unused
+    types = np.array([TokenType.NORMAL if i in pieces else TokenType.UNUSED for i in range(size)], np.uint8)
+    if model.get("byte_fallback"):
+        types[[i for i, t in enumerate(tokens) if re.fullmatch(r"<0x[0-9A-F]{2}>", t)]] = TokenType.BYTE
+    special = {}
+    for added in data.get("added_tokens", []):
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
+        if added.get("special"):
+            special[added["content"]] = added["id"]
+    unk = model.get("unk_id") if kind == "unigram" else model["vocab"].get(model.get("unk_token"))
+    if unk is not None:
+        types[unk] = TokenType.UNKNOWN
+        special["unk"] = unk
+    tokenizer = _load_tokenizer(json.dumps(data))
+    return Vocabulary(
+        kind, tokens, types, special,
+        tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+        retokenizer=lambda keep: _encoder(_load_tokenizer(json.dumps(trim_tokenizer_json(data, keep)))),
+        merges=[_merge_pair(m) for m in model.get("merges", [])] if kind == "bpe" else None,
+        subword_prefix=model.get("continuing_subword_prefix") or "",
+        byte_level="ByteLevel" in json.dumps(data.get("pre_tokenizer")),
+    )
+
+
+def trimmed_tokenizer_json(path: Path, keep: np.ndarray) -> str:
+    """The model's tokenizer.json rewritten for the kept ids, as text."""
+    file = _tokenizer_file(transformer_dir(Path(path)), Path(path))
+    if file is None:
+        raise EdgeembError(f"{path}: no tokenizer.json to rewrite for a trimmed vocabulary")
+    return json.dumps(trim_tokenizer_json(_read_json(file), keep), ensure_ascii=False)
+
+
+def trim_tokenizer_json(data: dict, keep: np.ndarray) -> dict:
+    """tokenizer.json for the kept ids (ascending; new id = position in `keep`): the vocabulary,
+    BPE merges whose parts and result survive, and every special id renumbered."""
+    data = copy.deepcopy(data)
+    model = data["model"]
+    keep = [int(i) for i in keep]
+    new_id = {old: new for new, old in enumerate(keep)}
+    if model["type"] == "Unigram":
+        model["vocab"] = [model["vocab"][old] for old in keep if old < len(model["vocab"])]
+        if model.get("unk_id") is not None:
+            model["unk_id"] = new_id[model["unk_id"]]
+    else:
+        by_id = {index: piece for piece, index in model["vocab"].items()}
+        model["vocab"] = {by_id[old]: new for new, old in enumerate(keep) if old in by_id}
+        if model["type"] == "BPE":
+            vocab = model["vocab"]
+            model["merges"] = [m for m in model["merges"] if (pair := _merge_pair(m))[0] in vocab and pair[1] in vocab and "".join(pair) in vocab]
+    for added in data.get("added_tokens", []):
+        added["id"] = new_id[added["id"]]
+    _renumber_post_processor(data.get("post_processor"), new_id)
+    if data.get("padding"):
+        data["padding"]["pad_id"] = new_id[data["padding"]["pad_id"]]
+    return data
+
+
+def _renumber_post_processor(processor: dict | None, new_id: dict[int, int]) -> None:
+    if not processor:
+        return
+    if processor["type"] == "TemplateProcessing":
+        for special in processor["special_tokens"].values():
+            special["ids"] = [new_id[i] for i in special["ids"]]
+    elif processor["type"] in ("BertProcessing", "RobertaProcessing"):
+        for key in ("sep", "cls"):
+            processor[key] = [processor[key][0], new_id[processor[key][1]]]
+    elif processor["type"] == "Sequence":
+        for inner in processor["processors"]:
+            _renumber_post_processor(inner, new_id)
+
+
+def _merge_pair(merge: list | str) -> tuple[str, str]:
+    """A BPE merge: [a, b] in current tokenizer.json files, "a b" in older ones."""
+    return tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ", 1))  # type: ignore[return-value]
+
+
+def _load_tokenizer(text: str):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(text)
+    # a sentence model's tokenizer.json may pad and truncate to its context (MiniLM: 128);
+    # counting and streaming want every token of the text and no padding
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _encoder(tokenizer) -> Callable[[str], list[int]]:
+    return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
 
 
 def _read_tokens(model_dir: Path, root: Path, vocab: int) -> list[str] | None:
