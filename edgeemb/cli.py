@@ -128,6 +128,55 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
         out_console.print(f"plot written to {plot}")
 
 
+_TRIM_HELP = """Preview a vocabulary trim of MODEL (the `trim_vocab` recipe step): how many rows a
+policy keeps, the bytes the table and the model would take, and, with a corpus, how text held
+back from it tokenises. Writes nothing; put the same policy in a recipe to compress.
+
+\b
+edgeemb trim gemma3-270m --scripts ascii --characters
+edgeemb trim minilm --corpus my-domain.txt --min-count 2
+edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
+
+""" + _MODEL_HELP
+
+
+@main.command(help=_TRIM_HELP)
+@_model_argument
+@click.option("--scripts", help="Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII and common punctuation along).")
+@click.option("--characters", is_flag=True, help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
+@click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path), help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
+@click.option("--min-count", type=int, help="Keep pieces seen at least this often in the corpus (default 1).")
+@click.option("--top-k", type=int, help="Keep the corpus's k most frequent pieces.")
+@click.option("--coverage", type=float, help="Keep the most frequent pieces covering this share of corpus tokens.")
+@click.option("--holdout", default=0.1, show_default=True, help="Last share of the corpus lines held back to judge the trim.")
+@click.option("--drop", multiple=True, help="A piece to drop even if kept otherwise (repeat for more).")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple[Path, ...], min_count: int | None, top_k: int | None,
+         coverage: float | None, holdout: float, drop: tuple[str, ...], as_json: bool) -> None:
+    from pydantic import ValidationError
+
+    from edgeemb.passes.trim import TrimConfig
+    from edgeemb.pipeline import trim_preview
+
+    try:
+        config = TrimConfig(scripts=tuple(s.strip() for s in scripts.split(",")) if scripts else (), characters=characters, corpus=corpus,
+                            min_count=min_count, top_k=top_k, coverage=coverage, holdout=holdout, drop=drop)
+    except ValidationError as exc:
+        raise EdgeembError(f"trim: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    with _progress_bars():
+        preview = trim_preview(model, config)
+    if as_json:
+        _print_json(preview)
+        return
+    facts = preview["model"]
+    _print_rows(f"{facts['name']}: vocabulary trim (nothing written)", [
+        *vocabulary_rows({"vocabulary": preview}),
+        ("table", f"{human_bytes(facts['table_bytes'])} -> {human_bytes(preview['table_bytes'])} as stored ({facts['stored_dtype']})"),
+        ("model", f"{human_bytes(facts['total_bytes'])} -> {human_bytes(preview['model_bytes'])}"),
+        ("dropped, e.g.", " ".join(repr(t) for t in preview["examples_dropped"])),
+    ])
+
+
 _COMPRESS_HELP = """Compress MODEL's embedding table with a recipe and write OUT/: the table
 (safetensors), manifest.json, report.json and report.md.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeemb import __version__
-from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, update_report, write_artifact
+from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, update_report, write_artifact, write_text_atomic
 from edgeemb.errors import EdgeembError
 from edgeemb.passes import PassContext
 from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe, parse_recipe
@@ -28,6 +28,7 @@ from edgeemb.table import EmbeddingTable, TrimmedTable
 
 if TYPE_CHECKING:
     from edgeemb.offload import OffloadConfig, OffloadReport
+    from edgeemb.passes.trim import TrimConfig
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,22 @@ def _bits_per_byte(perplexity: dict) -> float:
     return perplexity["nll_per_token"] * perplexity["tokens_scored"] / math.log(2) / perplexity["bytes_scored"]
 
 
+def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> dict:
+    """What `trim_vocab` with `config` keeps of `model`'s vocabulary, and the bytes its table
+    would take as the source stores it; nothing is written."""
+    from edgeemb.passes.trim import trim_vocab
+
+    source = model if isinstance(model, SourceModel) else open_model(model)
+    trimmed = trim_vocab(source.table, config, pass_context(source))
+    kept_bytes = source.stored_nbytes * len(trimmed.keep) // source.vocab_size
+    return {
+        "model": model_facts(source), "policy": config.model_dump(mode="json"), **trimmed.facts,
+        "table_bytes": kept_bytes, "model_bytes": source.total_nbytes - source.stored_nbytes + kept_bytes,
+        "examples_dropped": [source.tokens[i] for i in np.setdiff1d(np.arange(source.vocab_size), trimmed.keep)[:: max(1, source.vocab_size // 12)][:12]]
+        if source.tokens else [],
+    }
+
+
 def pass_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> PassContext:
     """What the steps may know of `source` beyond its table, with calibration text if given."""
     head_importance = None
@@ -368,15 +385,20 @@ def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config:
         exported = compress_onnx(onnx_source, table, file, quantize_rest=config.quantize_rest, force=force)
     else:
         exported = export_onnx(source, table, file, quantize_rest=config.quantize_rest, force=force)
+    tokenizer_file = file.with_suffix(".tokenizer.json")
     try:
         verified = verify_onnx(file, source, table, read_texts(text) if text else SAMPLE_TEXTS)
         if verified.checker != "ok":
             raise EdgeembError(f"{file}: onnx.checker rejects the export: {verified.checker}")
+        if isinstance(table, TrimmedTable):  # the graph's ids are the trimmed vocabulary's
+            write_text_atomic(tokenizer_file, _tokenizer_json(source, table))
+            exported = replace(exported, tokenizer=tokenizer_file)
     except BaseException:
         file.unlink(missing_ok=True)
         raise
     return {
-        "export": {"format": "onnx", **asdict(exported), "path": str(exported.path), **({"from": str(onnx_source)} if onnx_source else {})},
+        "export": {"format": "onnx", **asdict(exported), "path": str(exported.path), "tokenizer": exported.tokenizer and str(exported.tokenizer),
+                   **({"from": str(onnx_source)} if onnx_source else {})},
         "verify": {"runtime": "onnxruntime", **asdict(verified), "path": str(verified.path), **({"text": _data_facts(text)} if text else {})},
     }
 
@@ -397,7 +419,7 @@ def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: E
         texts = read_texts(text) if text else list(SAMPLE_TEXTS)
         loaded = SentenceTransformer(str(file), device="cpu", local_files_only=True)
         got = loaded.encode(texts, convert_to_numpy=True, show_progress_bar=False)
-        want = sentence_encoder(source.path, source.sha256).encoder(table.to_dense(), "encode (compressed)")(texts)
+        want = sentence_encoder(source.path, source.sha256).encoder(table.to_dense(), "encode (compressed)", _tokenizer_json(source, table))(texts)
     except BaseException:
         shutil.rmtree(file, ignore_errors=True)
         raise
@@ -435,10 +457,11 @@ def offload(
         layers = source.layers
         if layers is None:
             raise EdgeembError(f"{source.name} does not say how many layers it has; give --layers for the {layout} layout")
+    tokenize = table_tokenizer(source, table)
     rows = table_rows(table) if artifact else source_rows(source)
     shape = Layout(layout, rows.records.shape[0], rows.records.shape[1], page_sizes.pop(), layers or 1)  # type: ignore[arg-type]
-    tokens = np.asarray(source.tokenize(read_text(text))[:max_tokens])
-    calibration_ids = np.asarray(source.tokenize(read_text(calibration))[:calibration_tokens]) if calibration else None
+    tokens = np.asarray(tokenize(read_text(text))[:max_tokens])
+    calibration_ids = np.asarray(tokenize(read_text(calibration))[:calibration_tokens]) if calibration else None
     head_bytes, head = _offloaded_head(source, table, rows.nbytes, head_type)
 
     def run(store_file: Path | None) -> OffloadReport:
@@ -458,6 +481,15 @@ def offload(
     if gguf is not None:
         result["runtime"] = _mmap_runtime(gguf, text, max_tokens)
     return result
+
+
+def table_tokenizer(source: SourceModel, table: EmbeddingTable):
+    """text -> the ids `table` is indexed by: the source's tokenizer, or a trimmed vocabulary's."""
+    if not isinstance(table, TrimmedTable):
+        return source.tokenize
+    if source.vocabulary is None:
+        raise EdgeembError(f"{source.name}: the trimmed vocabulary's tokenizer cannot be rebuilt (no tokenizer found beside the model)")
+    return source.vocabulary().retokenizer(table.keep)
 
 
 def offload_plan(model: str | Path | None) -> OffloadPlan | None:

@@ -221,3 +221,36 @@ def test_smollm2_trimmed_gguf_runs_in_llama_cpp_and_scores_by_bits_per_byte(tmp_
     russian = "Привет, мир! Как дела?".encode()
     ids = vocab.tokenize(russian, add_bos=False, special=False)
     assert vocab.detokenize(ids) == russian and max(ids) < result.report["table"]["vocabulary"]["rows"]
+
+
+def test_trimmed_tables_export_to_onnx_and_sentence_transformers_with_their_tokenizer(tiny_model, tmp_path):
+    from edgeemb.pipeline import compress, export_artifact
+    from edgeemb.recipe import ExportConfig
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i : i + 8]) for i in range(0, 64, 8)))
+    recipe = parse_recipe({"name": "trim-int4", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}, {"quantize": {"format": "int4", "block_size": 32}}]})
+    compress(tiny_model, recipe, tmp_path / "out")
+    st = export_artifact(tmp_path / "out", ExportConfig(format="st"), tmp_path / "st")
+    assert st["verify"]["max_abs_diff"] < 1e-5  # the saved directory tokenises as the trimmed model does
+    onnx = export_artifact(tmp_path / "out", ExportConfig(format="onnx"), tmp_path / "model.onnx")
+    assert onnx["verify"]["max_abs_diff"] < 1e-4 and Path(onnx["export"]["tokenizer"]) == tmp_path / "model.tokenizer.json"
+    from tokenizers import Tokenizer
+
+    rows = json.loads((tmp_path / "st" / "config.json").read_text())["vocab_size"]
+    assert Tokenizer.from_file(str(tmp_path / "model.tokenizer.json")).get_vocab_size() == rows < 192
+
+
+def test_cli_previews_a_trim_and_refuses_bad_policies(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeemb.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(KEPT_TEXT + "\n" + KEPT_TEXT)
+    result = CliRunner().invoke(main, ["trim", str(tiny_model), "--corpus", str(corpus), "--holdout", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    preview = json.loads(result.output)
+    assert preview["rows"] < preview["source_rows"] == 192 and preview["holdout"]["lines_changed"] == 0
+    result = CliRunner().invoke(main, ["trim", str(tiny_model), "--scripts", "latn"])
+    assert result.exit_code == 1 and "unknown script 'latn'" in result.output

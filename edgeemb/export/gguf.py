@@ -29,8 +29,8 @@ from edgeemb.formats import get_format, names
 from edgeemb.progress import silenced_output
 from edgeemb.sources.gguf import (
     ARRAY_DTYPES,
-    SCALARS,
     OUTPUT,
+    SCALARS,
     TOKEN_EMBD,
     GGUFHeader,
     KVSpan,

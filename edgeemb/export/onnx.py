@@ -45,7 +45,8 @@ from edgeemb.formats.integer import Int2, Int4, Int8, Int8Tensor
 from edgeemb.progress import quiet
 from edgeemb.rows import unit_rows
 from edgeemb.sources import SourceModel, open_model
-from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
+from edgeemb.sources.hf import trimmed_tokenizer_json
+from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable, TrimmedTable
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -83,6 +84,7 @@ class OnnxExport:
     table: str  # storage of the embedding in the graph ("original" when left as exported)
     table_bytes: int  # bytes of that storage's arrays, as counted by the table
     quantized_rest: bool  # the other MatMul weights are int8 (onnxruntime dynamic quantisation)
+    tokenizer: Path | None = None  # a trimmed vocabulary's tokenizer.json, written beside the file
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,9 @@ def _finish(graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool,
 
 
 def _check_shape(table: EmbeddingTable, shape: tuple[int, ...], origin: str) -> None:
-    if tuple(shape) != table.shape:
+    """The table replaces a word embedding of `shape` (a trimmed one, a subset of its rows)."""
+    rows = int(table.facts.get("source_rows", 0)) if isinstance(table, TrimmedTable) else table.shape[0]
+    if tuple(shape) != (rows, table.shape[1]):
         raise EdgeembError(f"{origin}: the word embedding is {shape[0]} x {shape[1]}, the table {table.shape[0]} x {table.shape[1]}")
 
 
@@ -372,6 +376,8 @@ class _Builder:
 
     def lookup(self, table: EmbeddingTable, path: str, ids: str | None = None) -> str:
         ids = ids or self.ids
+        if isinstance(table, TrimmedTable):  # the tokenizer is rewritten (beside the file): ids are the new ones
+            return self.lookup(table.rows, path, ids)
         if isinstance(table, DenseTable):
             return self.float32(self.op("Gather", [self.const(f"{path}.weight", table.weight), ids], axis=0), table.weight.dtype)
         if isinstance(table, LowRankTable):
@@ -452,13 +458,14 @@ class _Builder:
 # --- verify -------------------------------------------------------------------------------------
 
 
-def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1) -> Encode:
+def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1, tokenizer_json: str | None = None) -> Encode:
     """Encode texts with an ONNX sentence model in onnxruntime, tokenised as the sentence-transformers
-    model `model` tokenises them. A graph that outputs token states (an optimum export, say) is
-    mean-pooled here; every output row is L2-normalised."""
+    model `model` tokenises them (or by `tokenizer_json`, a trimmed vocabulary's). A graph that
+    outputs token states (an optimum export, say) is mean-pooled here; every output row is
+    L2-normalised."""
     source = _sentence_model(model)
     session = _session(Path(path), threads)
-    tokenize = _tokenizer(source.path)
+    tokenize = _tokenizer(source.path, tokenizer_json)
 
     def encode(texts: list[str]) -> np.ndarray:
         ids = tokenize(texts)
@@ -498,12 +505,13 @@ def verify_onnx(
     except onnx.checker.ValidationError as exc:
         checker = " ".join(str(exc).split())
     source = _sentence_model(model)
+    tokenizer_json = trimmed_tokenizer_json(source.path, table.keep) if isinstance(table, TrimmedTable) else None
     reference = sentence_encoder(source.path, source.sha256)
-    ours = memoize(onnx_encoder(path, source, threads=threads))
-    compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)")
+    ours = memoize(onnx_encoder(path, source, threads=threads, tokenizer_json=tokenizer_json))
+    compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)", tokenizer_json)
     drift = embedding_drift(reference.original, ours, texts)
     max_abs_diff = float(np.abs(ours(texts) - unit_rows(compressed(texts))).max())
-    probe = _probe_in_child([path], _tokenizer(source.path)(texts), threads, rounds)
+    probe = _probe_in_child([path], _tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
     return OnnxVerification(
         path=path,
         file_bytes=path.stat().st_size,
@@ -529,10 +537,15 @@ def compare_latency(
     return _probe_in_child([Path(p) for p in paths], _tokenizer(source.path)(texts), threads, rounds)["p50_ms"]
 
 
-def _tokenizer(path: Path) -> Callable[[list[str]], list[list[int]]]:
-    """texts -> token ids with special tokens, truncated as the sentence-transformers model does."""
+def _tokenizer(path: Path, tokenizer_json: str | None = None) -> Callable[[list[str]], list[list[int]]]:
+    """texts -> token ids with special tokens, truncated as the sentence-transformers model does
+    (with `tokenizer_json`: that tokenizer's ids, a trimmed vocabulary's)."""
+    from edgeemb.export.st import trimmed_tokenizer
+
     st = _sentence_transformer(path)
     tokenizer, longest = st[0].tokenizer, st.max_seq_length
+    if tokenizer_json is not None:
+        tokenizer = trimmed_tokenizer(tokenizer, tokenizer_json)
     return lambda texts: tokenizer(list(texts), truncation="longest_first", max_length=longest)["input_ids"]
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from edgeemb.artifact import refuse_existing, write_dir
 from edgeemb.errors import EdgeembError
 from edgeemb.sources import SourceModel, open_model
-from edgeemb.table import EmbeddingTable
+from edgeemb.sources.hf import trimmed_tokenizer_json
+from edgeemb.table import EmbeddingTable, TrimmedTable
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,30 @@ def export_sentence_transformers(
     source = model if isinstance(model, SourceModel) else open_model(model)
     if source.format != "sentence-transformers":
         raise EdgeembError(f"{source.name} is a {source.format} model, not a sentence-transformers one")
-    if table.shape != source.table.shape:
+    rows = len(table.keep) if isinstance(table, TrimmedTable) else source.table.shape[0]
+    if table.shape != (rows, source.table.shape[1]):
         raise EdgeembError(f"table shape {table.shape} does not match {source.name}'s {source.table.shape}")
     transformers_logging.disable_progress_bar()
     st = SentenceTransformer(os.fspath(source.path), device="cpu", local_files_only=True)
-    st[0].auto_model.get_input_embeddings().weight.data = torch.from_numpy(table.to_dense())
+    model = st[0].auto_model
+    if isinstance(table, TrimmedTable):  # a smaller embedding, and the tokenizer rewritten for it
+        model.set_input_embeddings(torch.nn.Embedding.from_pretrained(torch.from_numpy(table.to_dense()), freeze=True))
+        model.config.vocab_size = rows
+        st[0].processor = trimmed_tokenizer(st[0].tokenizer, trimmed_tokenizer_json(source.path, table.keep))
+    else:
+        model.get_input_embeddings().weight.data = torch.from_numpy(table.to_dense())
 
     write_dir(out, lambda staging: st.save(os.fspath(staging)), force)
     size = sum(file.stat().st_size for file in out.rglob("*") if file.is_file())
     return StExport(out, size, table.describe())
+
+
+def trimmed_tokenizer(tokenizer, tokenizer_json: str):
+    """A copy of a transformers tokenizer whose ids come from `tokenizer_json` (a trimmed vocabulary)."""
+    import copy
+
+    from tokenizers import Tokenizer
+
+    trimmed = copy.copy(tokenizer)
+    trimmed._tokenizer = Tokenizer.from_str(tokenizer_json)  # transformers' fast tokenizers read ids from this backend
+    return trimmed

@@ -32,6 +32,7 @@ from edgeemb.table import (
     LowRankTable,
     MixedTable,
     QuantizedTable,
+    TrimmedTable,
 )
 
 LayoutKind = Literal["single", "ple", "ple-layer"]
@@ -63,6 +64,8 @@ def table_rows(table: EmbeddingTable) -> StoredRows:
         left = table_rows(table.left)
         extra = table.right.nbytes + (table.bias.nbytes if table.bias is not None else 0)
         return StoredRows(left.records, left.resident_bytes + extra, table.describe())
+    if isinstance(table, TrimmedTable):  # fewer rows: a smaller flash file
+        return table_rows(table.rows)
     if isinstance(table, MixedTable):
         raise EdgeembError("a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)")
     raise EdgeembError(f"cannot offload a {type(table).__name__}")

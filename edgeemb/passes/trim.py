@@ -51,7 +51,7 @@ class TrimConfig(StepConfig):
         return scripts
 
     @model_validator(mode="after")
-    def _policy(self) -> "TrimConfig":
+    def _policy(self) -> TrimConfig:
         if not self.scripts and not self.corpus and not self.characters:
             raise ValueError("give a policy: scripts, characters, a corpus, or any of them together")
         chosen = [k for k in ("min_count", "top_k", "coverage") if getattr(self, k) is not None]
