@@ -133,7 +133,7 @@ policy keeps, the bytes the table and the model would take, and, with a corpus, 
 back from it tokenises. Writes nothing; put the same policy in a recipe to compress.
 
 \b
-edgeemb trim gemma3-270m --scripts ascii --characters
+edgeemb trim gemma3-270m --scripts ascii,latin:100000 --characters
 edgeemb trim minilm --corpus my-domain.txt --min-count 2
 edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
 
@@ -142,7 +142,7 @@ edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
 
 @main.command(help=_TRIM_HELP)
 @_model_argument
-@click.option("--scripts", help="Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII and common punctuation along).")
+@click.option("--scripts", help="Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII and common punctuation along); latin:100000 keeps them only among the first 100000 ids.")
 @click.option("--characters", is_flag=True, help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
 @click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path), help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
 @click.option("--min-count", type=int, help="Keep pieces seen at least this often in the corpus (default 1).")
@@ -159,7 +159,7 @@ def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple
     from edgeemb.pipeline import trim_preview
 
     try:
-        config = TrimConfig(scripts=tuple(s.strip() for s in scripts.split(",")) if scripts else (), characters=characters, corpus=corpus,
+        config = TrimConfig(scripts=tuple(_script_entry(s) for s in scripts.split(",")) if scripts else (), characters=characters, corpus=corpus,
                             min_count=min_count, top_k=top_k, coverage=coverage, holdout=holdout, drop=drop)
     except ValidationError as exc:
         raise EdgeembError(f"trim: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -175,6 +175,14 @@ def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple
         ("model", f"{human_bytes(facts['total_bytes'])} -> {human_bytes(preview['model_bytes'])}"),
         ("dropped, e.g.", " ".join(repr(t) for t in preview["examples_dropped"])),
     ])
+
+
+def _script_entry(text: str) -> str | dict[str, int]:
+    """'latin' or 'latin:100000' (only among the first 100000 ids)."""
+    name, _, first_ids = text.strip().partition(":")
+    if first_ids and not first_ids.isdigit():
+        raise EdgeembError(f"trim: --scripts {text!r}: expected NAME or NAME:FIRST_IDS")
+    return {name: int(first_ids)} if first_ids else name
 
 
 _COMPRESS_HELP = """Compress MODEL's embedding table with a recipe and write OUT/: the table

@@ -113,6 +113,13 @@ def test_script_policy_reads_pieces_as_text():
     assert script_mask(vocab, ("cyrillic",)).tolist() == [True, True, False, True, False, False]
 
 
+def test_a_script_can_be_limited_to_the_first_ids(tiny_model):
+    model = open_model(tiny_model)
+    everything = trim_vocab(model.table, TrimConfig(scripts=("latin",)), _context(model))
+    first = trim_vocab(model.table, TrimConfig(scripts=({"latin": 40},)), _context(model))
+    assert set(first.keep) < set(everything.keep) and first.facts["script_rows"] == 40 - 1  # id 5 is a gap ("a" twice)
+
+
 def test_trimmed_table_round_trips_and_counts_only_its_rows(tmp_path):
     rows = DenseTable(np.arange(12, dtype=np.float32).reshape(4, 3))
     table = TrimmedTable(rows, np.array([0, 2, 5, 9], np.int32), {"rows": 4, "source_rows": 10})
@@ -132,6 +139,7 @@ def test_trimmed_table_round_trips_and_counts_only_its_rows(tmp_path):
         ([{"quantize": {"format": "int8"}}, {"trim_vocab": {"scripts": ["latin"]}}], "must be the first step"),
         ([{"trim_vocab": {}}], "give a policy"),
         ([{"trim_vocab": {"scripts": ["latn"]}}], "unknown script 'latn'"),
+        ([{"trim_vocab": {"scripts": [{"latin": 0}]}}], "positive count"),
         ([{"trim_vocab": {"scripts": ["latin"], "min_count": 2}}], "min_count needs a corpus"),
         ([{"trim_vocab": {"corpus": ["a.txt"], "min_count": 2, "top_k": 5}}], "at most one"),
     ],

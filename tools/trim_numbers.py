@@ -5,7 +5,7 @@
 Gemma 3 270M: WikiText-2 (test) is cut at the line nearest its middle. The trims count tokens in
 the second half; every GGUF is scored in llama.cpp on the first 4096 tokens of the first half
 (bits per byte, and perplexity per source token), beside the shipped file and llama.cpp's own
-token_embd Q5_0 in the same sweep. The activation-weighted Q5_0 calibrates on the second half.
+token_embd Q5_0 in the same sweep.
 The lines of the first half that contain letters of other scripts (CJK, Cyrillic, Greek, ...)
 are scored again on their own: text the English trim was not made for.
 
@@ -32,12 +32,17 @@ from edgeemb.vocab import char_script
 
 
 def gemma_recipes(corpus: Path) -> list:
-    english = {"scripts": ["ascii"], "characters": True, "corpus": [str(corpus)]}
+    """Trims counted on `corpus`: alone, and united with script policies; as stored (Q8_0) and
+    with llama.cpp's Q5_0 rule; beside llama.cpp's own token_embd Q5_0 of the whole vocabulary."""
+    corpus_only = {"corpus": [str(corpus)]}
+    english = {"scripts": ["latin"], "characters": True, "corpus": [str(corpus)]}
+    compact = {"scripts": ["ascii", {"latin": 100000}], "characters": True, "corpus": [str(corpus)]}
+    q5_0 = {"quantize": {"format": "Q5_0"}}
     return [
-        parse_recipe({"name": "trim-corpus", "steps": [{"trim_vocab": {"corpus": [str(corpus)]}}], "export": {"format": "gguf", "type": "Q8_0"}}),
+        parse_recipe({"name": "trim-corpus", "steps": [{"trim_vocab": corpus_only}], "export": {"format": "gguf", "type": "Q8_0"}}),
         parse_recipe({"name": "trim-english", "steps": [{"trim_vocab": english}], "export": {"format": "gguf", "type": "Q8_0"}}),
-        parse_recipe({"name": "trim-english-q5_0-act", "steps": [{"trim_vocab": english}, {"quantize": {"format": "Q5_0", "search": True, "importance": "head"}}],
-                      "export": {"format": "gguf"}}),
+        parse_recipe({"name": "trim-english-q5_0", "steps": [{"trim_vocab": english}, q5_0], "export": {"format": "gguf"}}),
+        parse_recipe({"name": "trim-english-compact-q5_0", "steps": [{"trim_vocab": compact}, q5_0], "export": {"format": "gguf"}}),
         load_recipe("peer-llama-q5_0"),
     ]
 
@@ -76,13 +81,14 @@ def main() -> None:
         second.write_text(text[middle:], encoding="utf-8")
         if "gemma" not in args.skip:
             data = EvaluationData(perplexity=first, max_tokens=args.max_tokens)
-            result = sweep("gemma3-270m", gemma_recipes(second), [], args.out / "gemma3-270m", data=data, calibration=second, force=True)
+            result = sweep("gemma3-270m", gemma_recipes(second), [], args.out / "gemma3-270m", data=data, force=True)
             (args.out / "gemma3-270m" / "compare.md").write_text(to_markdown(result.comparison))
             results["gemma3-270m"] = [row(out) for out in result.outs]
             others = Path(folder) / "other-scripts.txt"
             others.write_text(other_script_lines(text[:middle]), encoding="utf-8")
-            runs = measure_ggufs([Path(json.loads((result.outs[0] / "manifest.json").read_text())["source"]["path"]),
-                                  *(out / "model.gguf" for out in result.outs[1:3])], others.read_text(encoding="utf-8"), args.max_tokens)
+            source = Path(json.loads((result.outs[0] / "manifest.json").read_text())["source"]["path"])
+            trims = [out / "model.gguf" for out in result.outs if out.name in ("trim-english", "trim-english-compact-q5_0")]
+            runs = measure_ggufs([source, *trims], others.read_text(encoding="utf-8"), args.max_tokens)
             results["gemma3-270m-other-scripts"] = [
                 {"file": run.path, "tokens_scored": run.perplexity.tokens_scored, "bytes_scored": run.perplexity.bytes_scored,
                  "bits_per_byte": run.perplexity.bits_per_byte, "lines": others.read_text(encoding="utf-8").count("\n")}

@@ -4,6 +4,7 @@
     - trim_vocab: {corpus: [domain.txt], min_count: 2}      # pieces seen twice in the user's text
     - trim_vocab: {scripts: [ascii], corpus: [news.txt]}    # the union of both
     - trim_vocab: {scripts: [ascii], characters: true}      # and every single character, any script
+    - trim_vocab: {scripts: [ascii, {latin: 100000}]}       # accented Latin pieces only among the first 100k ids
 
 Policies unite; the tokenizer's floor (special, control and byte tokens, fallback pieces) is always
 kept, and the result is closed under merge intermediates (see `edgeemb.vocab`). The last
@@ -33,7 +34,7 @@ class TrimConfig(StepConfig):
     """Keep the union of the policies given (at least one); with a corpus, at most one of
     min_count, top_k, coverage (default: min_count 1)."""
 
-    scripts: tuple[str, ...] = Field(default=(), description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation)")
+    scripts: tuple[str | dict[str, int], ...] = Field(default=(), description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)")
     characters: bool = Field(default=False, description="also keep every single-character piece, of any script: other text then falls back to characters, not bytes")
     corpus: tuple[Path, ...] = Field(default=(), description="text whose tokens are counted: plain-text files (a line each) or BEIR folders (their documents)")
     min_count: int | None = Field(default=None, ge=1, description="keep pieces seen at least this often in the corpus")
@@ -44,10 +45,13 @@ class TrimConfig(StepConfig):
 
     @field_validator("scripts")
     @classmethod
-    def _known_scripts(cls, scripts: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [s for s in scripts if s not in known_scripts()]
-        if unknown:
-            raise ValueError(f"unknown script {unknown[0]!r} (e.g. ascii, latin, cyrillic, greek, cjk, arabic)")
+    def _known_scripts(cls, scripts: tuple[str | dict[str, int], ...]) -> tuple[str | dict[str, int], ...]:
+        for entry in scripts:
+            if isinstance(entry, dict) and (len(entry) != 1 or next(iter(entry.values())) < 1):
+                raise ValueError(f"a script entry is a name or {{name: first_ids}} with a positive count, got {entry}")
+            name = next(iter(entry)) if isinstance(entry, dict) else entry
+            if name not in known_scripts():
+                raise ValueError(f"unknown script {name!r} (e.g. ascii, latin, cyrillic, greek, cjk, arabic)")
         return scripts
 
     @model_validator(mode="after")
@@ -86,7 +90,10 @@ def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: PassContext =
     keep = floor.copy()
     facts: dict = {"source_rows": len(vocab), "tokenizer": vocab.model, "floor_rows": int(floor.sum())}
     if config.scripts:
-        by_script = script_mask(vocab, config.scripts)
+        by_script = np.zeros(len(vocab), bool)
+        for entry in config.scripts:
+            name, first_ids = next(iter(entry.items())) if isinstance(entry, dict) else (entry, len(vocab))
+            by_script |= script_mask(vocab, (name,)) & (np.arange(len(vocab)) < first_ids)
         keep |= by_script
         facts["script_rows"] = int(by_script.sum())
     if config.characters:
