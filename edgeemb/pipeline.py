@@ -94,7 +94,7 @@ def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool 
         "ratio_vs_source": model.stored_nbytes / table.nbytes,
         "ratio_vs_fp32": 4 * model.table_params / table.nbytes,
         "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.name, "bytes": a.nbytes} for name, a in table.arrays().items()},
-        **({"vocabulary": {**table.facts, "bytes_saved_vs_source": model.stored_nbytes * (1 - len(table.keep) / model.vocab_size)}}
+        **({"vocabulary": {**table.facts, "source_bytes_of_dropped_rows": model.stored_nbytes * (model.vocab_size - len(table.keep)) // model.vocab_size}}
            if isinstance(table, TrimmedTable) else {}),
     }
 
