@@ -1,6 +1,6 @@
 """Vocabulary trimming on the real models, in one run: issue #8's README numbers.
 
-    python tools/trim_numbers.py --data ../shared/data -o docs/trim
+    python tools/trim_numbers.py --data ../shared/data -o docs/trim --work out/trim
 
 Gemma 3 270M: WikiText-2 (test) is cut at the line nearest its middle. The trims count tokens in
 the second half; every GGUF is scored in llama.cpp on the first 4096 tokens of the first half
@@ -12,8 +12,9 @@ are scored again on their own: text the English trim was not made for.
 MiniLM: trimmed to the pieces of Cranfield's documents (its queries are held out by BEIR's
 layout), then scored on STS-B dev (another domain) and Cranfield retrieval.
 
-Writes OUT/gemma3-270m/ and OUT/minilm/ (one output folder per recipe, and compare.md), and
-OUT/trim.json with the figures the README quotes.
+Each recipe's output folder (GGUF exports included) goes under WORK/gemma3-270m/ and WORK/minilm/;
+OUT/ gets compare-gemma3-270m.md, compare-minilm.md, and trim.md and trim.json: the figures the
+README quotes.
 """
 
 from __future__ import annotations
@@ -59,15 +60,51 @@ def row(out: Path) -> dict:
         "output": out.name, "storage": report["table"]["storage"], "vocabulary": report["table"].get("vocabulary"),
         "file_bytes": export.get("file_bytes"), "source_bytes": export.get("source_bytes"),
         "perplexity": ppl.get("compressed"), "source_perplexity": ppl.get("original"), "bits_per_byte": ppl.get("bits_per_byte"),
-        "tokens_scored": ppl.get("compressed_tokens_scored", ppl.get("tokens_scored")),
+        "tokens_scored": ppl.get("tokens_scored"), "table_bytes": report["table"]["bytes"],
         "sts": report["quality"].get("sts"), "retrieval": report["quality"].get("retrieval"),
     }
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    gemma = results.get("gemma3-270m")
+    if gemma:
+        first = gemma[0]
+        bits = first["bits_per_byte"]["original"]
+        lines += [
+            f"Gemma 3 270M, shipped GGUF {first['source_bytes'] / 1e6:.1f} MB: perplexity {first['source_perplexity']:.3f}, "
+            f"{bits:.4f} bits per byte on the first {first['tokens_scored']} tokens of WikiText-2's first half.", "",
+            "| output | rows | GGUF | vs shipped | bits per byte | perplexity per source token | vs shipped | held-out lines tokenised differently |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in gemma:
+            vocab = row["vocabulary"] or {}
+            held = vocab.get("holdout", {})
+            lines.append(
+                f"| {row['output']} | {vocab.get('rows', 262144):,} | {row['file_bytes'] / 1e6:.1f} MB | {row['file_bytes'] / row['source_bytes'] - 1:+.1%} "
+                f"| {row['bits_per_byte']['compressed']:.4f} | {row['perplexity']:.3f} | {row['perplexity'] / row['source_perplexity'] - 1:+.2%} "
+                f"| {held.get('lines_changed', 0):.1%} |"
+            )
+    others = results.get("gemma3-270m-other-scripts")
+    if others:
+        lines += ["", f"Other scripts: the {others[0]['lines']} lines of the first half with CJK, Cyrillic, Greek, ... letters.", "",
+                  "| file | tokens | bits per byte | vs shipped |", "|---|---|---|---|"]
+        lines += [f"| {Path(o['file']).parent.name or Path(o['file']).name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |" for o in others]
+    minilm = results.get("minilm")
+    if minilm:
+        lines += ["", "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) | held-out documents tokenised differently |", "|---|---|---|---|---|---|"]
+        for row in minilm:
+            sts, ret, vocab = row["sts"], row["retrieval"], row["vocabulary"]
+            lines.append(f"| {row['output']} | {vocab['rows']:,} of {vocab['source_rows']:,} | {row['table_bytes'] / 1e6:.2f} MB | {sts['compressed']:.2f} ({sts['original']:.2f}) "
+                         f"| {ret['compressed']['ndcg_at_10']:.4f} ({ret['original']['ndcg_at_10']:.4f}) | {vocab['holdout']['lines_changed']:.1%} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder (wikitext2/, stsb/, cranfield_beir/)")
-    parser.add_argument("-o", "--out", type=Path, required=True)
+    parser.add_argument("-o", "--out", type=Path, required=True, help="folder for the comparisons and trim.json")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the output folders and their exports (hundreds of MB)")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--skip", choices=["gemma", "minilm"], action="append", default=[])
     args = parser.parse_args()
@@ -81,8 +118,8 @@ def main() -> None:
         second.write_text(text[middle:], encoding="utf-8")
         if "gemma" not in args.skip:
             data = EvaluationData(perplexity=first, max_tokens=args.max_tokens)
-            result = sweep("gemma3-270m", gemma_recipes(second), [], args.out / "gemma3-270m", data=data, force=True)
-            (args.out / "gemma3-270m" / "compare.md").write_text(to_markdown(result.comparison))
+            result = sweep("gemma3-270m", gemma_recipes(second), [], args.work / "gemma3-270m", data=data, force=True)
+            (args.out / "compare-gemma3-270m.md").write_text(to_markdown(result.comparison))
             results["gemma3-270m"] = [row(out) for out in result.outs]
             others = Path(folder) / "other-scripts.txt"
             others.write_text(other_script_lines(text[:middle]), encoding="utf-8")
@@ -98,11 +135,12 @@ def main() -> None:
             beir, sts = args.data / "cranfield_beir", args.data / "stsb" / "stsb_en_dev.tsv"
             recipes = [parse_recipe({"name": "trim-cranfield", "steps": [{"trim_vocab": {"corpus": [str(beir)]}}]}),
                        parse_recipe({"name": "trim-cranfield-int4", "steps": [{"trim_vocab": {"corpus": [str(beir)]}}, {"quantize": {"format": "int4", "block_size": 32}}]})]
-            result = sweep("minilm", recipes, [], args.out / "minilm", data=EvaluationData(sts=sts, beir=beir), force=True)
-            (args.out / "minilm" / "compare.md").write_text(to_markdown(result.comparison))
+            result = sweep("minilm", recipes, [], args.work / "minilm", data=EvaluationData(sts=sts, beir=beir), force=True)
+            (args.out / "compare-minilm.md").write_text(to_markdown(result.comparison))
             results["minilm"] = [row(out) for out in result.outs]
     (args.out / "trim.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    (args.out / "trim.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

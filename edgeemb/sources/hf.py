@@ -160,7 +160,7 @@ def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
     tokenizer = _load_tokenizer(json.dumps(data))
     return Vocabulary(
         kind, tokens, types, special,
-        tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+        tokenize=_encoder(tokenizer),
         retokenizer=lambda keep: _encoder(_load_tokenizer(json.dumps(trim_tokenizer_json(data, keep)))),
         merges=[_merge_pair(m) for m in model.get("merges", [])] if kind == "bpe" else None,
         subword_prefix=model.get("continuing_subword_prefix") or "",
@@ -232,6 +232,7 @@ def _load_tokenizer(text: str):
 
 
 def _encoder(tokenizer) -> Callable[[str], list[int]]:
+    """text -> ids, no special tokens added."""
     return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
 
 
