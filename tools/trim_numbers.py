@@ -89,7 +89,8 @@ def markdown(results: dict) -> str:
     if others:
         lines += ["", f"Other scripts: the {others[0]['lines']} lines of the first half with CJK, Cyrillic, Greek, ... letters.", "",
                   "| file | tokens | bits per byte | vs shipped |", "|---|---|---|---|"]
-        lines += [f"| {Path(o['file']).parent.name or Path(o['file']).name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |" for o in others]
+        lines += [f"| {'shipped' if i == 0 else Path(o['file']).parent.name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |"
+                  for i, o in enumerate(others)]
     minilm = results.get("minilm")
     if minilm:
         lines += ["", "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) | held-out documents tokenised differently |", "|---|---|---|---|---|---|"]
@@ -104,10 +105,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder (wikitext2/, stsb/, cranfield_beir/)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="folder for the comparisons and trim.json")
-    parser.add_argument("--work", type=Path, required=True, help="folder for the output folders and their exports (hundreds of MB)")
+    parser.add_argument("--work", type=Path, help="folder for the output folders and their exports (hundreds of MB)")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--skip", choices=["gemma", "minilm"], action="append", default=[])
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT/trim.md from OUT/trim.json")
     args = parser.parse_args()
+    if args.render:
+        (args.out / "trim.md").write_text(markdown(json.loads((args.out / "trim.json").read_text())))
+        return
+    if args.work is None:
+        parser.error("--work is required (the output folders and their exports go there)")
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="edgeemb-trim-") as folder:
