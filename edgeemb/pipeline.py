@@ -228,8 +228,10 @@ def _llama_perplexity(verify: dict) -> dict:
     A trimmed vocabulary tokenises that text its own way, so the two compare by bits per byte;
     `compressed` is then the export's perplexity per source token (its bits per byte at the
     source's bytes per token), which equals its own perplexity when the tokens are the same."""
+    from edgeemb.evaluate.perplexity import Perplexity
+
     before, after = verify["source"]["perplexity"], verify["export"]["perplexity"]
-    bits = {"original": _bits_per_byte(before), "compressed": _bits_per_byte(after)}
+    bits = {"original": Perplexity(**before).bits_per_byte, "compressed": Perplexity(**after).bits_per_byte}
     source_bytes_per_token = before["bytes_scored"] / before["tokens_scored"]
     compressed = math.exp(bits["compressed"] * math.log(2) * source_bytes_per_token)
     return {
@@ -241,10 +243,6 @@ def _llama_perplexity(verify: dict) -> dict:
     }
 
 
-def _bits_per_byte(perplexity: dict) -> float:
-    return perplexity["nll_per_token"] * perplexity["tokens_scored"] / math.log(2) / perplexity["bytes_scored"]
-
-
 def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> dict:
     """What `trim_vocab` with `config` keeps of `model`'s vocabulary, and the bytes its table
     would take as the source stores it; nothing is written."""
@@ -253,11 +251,12 @@ def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> 
     source = model if isinstance(model, SourceModel) else open_model(model)
     trimmed = trim_vocab(source.table, config, pass_context(source))
     kept_bytes = source.stored_nbytes * len(trimmed.keep) // source.vocab_size
+    dropped = np.setdiff1d(np.arange(source.vocab_size), trimmed.keep)
+    spread = dropped[:: max(1, len(dropped) // 12)][:12]  # a dozen, from across the vocabulary
     return {
         "model": model_facts(source), "policy": config.model_dump(mode="json"), **trimmed.facts,
         "table_bytes": kept_bytes, "model_bytes": source.total_nbytes - source.stored_nbytes + kept_bytes,
-        "examples_dropped": [source.tokens[i] for i in np.setdiff1d(np.arange(source.vocab_size), trimmed.keep)[:: max(1, source.vocab_size // 12)][:12]]
-        if source.tokens else [],
+        "examples_dropped": [source.tokens[i] for i in spread] if source.tokens else [],
     }
 
 
