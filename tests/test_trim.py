@@ -286,3 +286,17 @@ def test_cli_previews_a_trim_and_refuses_bad_policies(tiny_model, tmp_path):
     assert preview["rows"] < preview["source_rows"] == 192 and preview["holdout"]["lines_changed"] == 0
     result = CliRunner().invoke(main, ["trim", str(tiny_model), "--scripts", "latn"])
     assert result.exit_code == 1 and "unknown script 'latn'" in result.output
+
+
+def test_a_trimmed_table_offloads_as_a_smaller_store_streamed_in_its_own_ids(tiny_model, tmp_path):
+    from edgeemb.offload import OffloadConfig
+    from edgeemb.pipeline import compress, offload
+
+    corpus, text = tmp_path / "corpus.txt", tmp_path / "text.txt"
+    corpus.write_text(KEPT_TEXT)
+    text.write_text(KEPT_TEXT + " people")  # 'people' was dropped: it streams as character pieces
+    compress(tiny_model, parse_recipe({"name": "trim", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}]}), tmp_path / "out")
+    report = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(4096,)))["offload"]
+    table = load_table(tmp_path / "out" / "table.safetensors")
+    assert report["rows"] == table.shape[0] < 192
+    assert report["tokens"] == len(KEPT_TEXT.split()) + len("people")
