@@ -16,6 +16,7 @@ validated content (defaults filled in), so two runs of the same recipe are recog
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -107,11 +108,14 @@ class Recipe:
 
 def narrowed(context: PassContext, keep) -> PassContext:
     """`context` for a trimmed vocabulary: token texts and the tokenizer speak the new ids."""
-    vocabulary = context.vocabulary() if context.vocabulary is not None else None
+    tokenize = None
+    if context.vocabulary is not None:  # built on first use: most later steps never tokenise
+        trimmed = functools.cache(lambda: context.vocabulary().retokenizer(keep))
+        tokenize = lambda text: trimmed()(text)  # noqa: E731
     return replace(
         context,
         tokens=[context.tokens[i] for i in keep] if context.tokens is not None else None,
-        tokenize=vocabulary.retokenizer(keep) if vocabulary is not None else None,
+        tokenize=tokenize,
         vocabulary=None,
     )
 

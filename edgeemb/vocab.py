@@ -190,6 +190,12 @@ def _gpt2_byte_decoder() -> dict[str, int]:
 _BYTE_DECODER = _gpt2_byte_decoder()
 
 
+def merge_survives(left: str, right: str, kept: set[str] | dict[str, int]) -> bool:
+    """A BPE merge stays in a trimmed vocabulary only if both parts and the result are kept: a
+    merge whose result is missing fails to load, and one whose part is missing never applies."""
+    return left in kept and right in kept and left + right in kept
+
+
 def renumbering(keep: np.ndarray, size: int) -> np.ndarray:
     """old id -> new id (-1 for a dropped id) for the sorted kept ids `keep`."""
     old_to_new = np.full(size, -1, np.int64)

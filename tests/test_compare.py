@@ -110,3 +110,9 @@ def test_cli_compare_bad_input(outputs, tmp_path):
     assert bad.exit_code != 0 and "not an edgeemb output folder" in bad.output
     metric = CliRunner().invoke(main, ["compare", str(outputs / "int8"), str(outputs / "int4"), "--plot", str(tmp_path / "x.png"), "--metric", "perplexity"])
     assert metric.exit_code != 0 and "no quality column 'perplexity'" in metric.output
+
+
+def test_outputs_of_peer_recipes_are_marked_as_peers(outputs, tiny_model, tmp_path):
+    compress(str(tiny_model), "peer-onnxruntime-arm64", tmp_path / "peer")
+    comparison = compare_outputs([outputs / "int8-nodata", tmp_path / "peer"])
+    assert [row.peer for row in comparison.rows] == [False, True]

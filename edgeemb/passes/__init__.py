@@ -49,14 +49,16 @@ class Step:
     # The step renumbers the vocabulary (returns a TrimmedTable): it comes first, and the steps
     # after it see the kept rows and a context speaking the new ids.
     trims_vocab: bool = False
+    # The step runs another tool's method (a baseline that compare marks apart).
+    peer: bool = False
 
 
 STEPS: dict[str, Step] = {}
 
 
-def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False):
+def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False, peer: bool = False):
     def wrap(function):
-        STEPS[name] = Step(name, config_type, function, replaces_model, trims_vocab)
+        STEPS[name] = Step(name, config_type, function, replaces_model, trims_vocab, peer)
         return function
 
     return wrap

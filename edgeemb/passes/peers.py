@@ -40,7 +40,6 @@ from edgeemb.progress import quiet, silenced_output
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 
 _CHECK_ROWS = 16384
-PEER_STEPS = frozenset({"onnxruntime_dynamic", "onnxruntime_int4", "llama_quantize", "model2vec_distill"})
 
 
 class OnnxruntimeDynamicConfig(StepConfig):
@@ -58,7 +57,7 @@ class LlamaQuantizeConfig(StepConfig):
     )
 
 
-@register("onnxruntime_dynamic", OnnxruntimeDynamicConfig)
+@register("onnxruntime_dynamic", OnnxruntimeDynamicConfig, peer=True)
 def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig, context: PassContext = PassContext()) -> QuantizedTable:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -80,7 +79,7 @@ def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig,
     return _checked(QuantizedTable(get_format("int8-tensor"), arrays, weight.shape[1]), session, "onnxruntime")
 
 
-@register("onnxruntime_int4", OnnxruntimeInt4Config)
+@register("onnxruntime_int4", OnnxruntimeInt4Config, peer=True)
 def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, context: PassContext = PassContext()) -> QuantizedTable:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -119,7 +118,7 @@ def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, conte
     return _checked(QuantizedTable(fmt, arrays, dim), session, "onnxruntime")
 
 
-@register("llama_quantize", LlamaQuantizeConfig)
+@register("llama_quantize", LlamaQuantizeConfig, peer=True)
 def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: PassContext = PassContext()) -> QuantizedTable:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
@@ -149,7 +148,7 @@ class Model2VecConfig(StepConfig):
     pca_dims: int | None = Field(default=256, ge=1, description="PCA width of the static vectors (model2vec's default 256; null keeps the model's width)")
 
 
-@register("model2vec_distill", Model2VecConfig, replaces_model=True)
+@register("model2vec_distill", Model2VecConfig, replaces_model=True, peer=True)
 def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: PassContext = PassContext()) -> DenseTable:
     _own_table(table, "model2vec_distill")
     if context.model_format != "sentence-transformers" or context.model_path is None or context.tokenize is None or context.tokens is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeemb.artifact import load_artifact
 from edgeemb.errors import EdgeembError
-from edgeemb.passes.peers import PEER_STEPS
+from edgeemb.passes import STEPS
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def _row(artifact, metrics: list[Metric]) -> Row:
         manifest["recipe"]["name"], table["storage"],
         {"table bytes": table["bytes"], "model bytes": model_bytes, "bits / param": table["bits_per_param"]},
         {m.label: _value(report, m) for m in metrics},
-        any(name in PEER_STEPS for step in manifest["recipe"]["steps"] for name in step),
+        any(name in STEPS and STEPS[name].peer for step in manifest["recipe"]["steps"] for name in step),
     )
 
 

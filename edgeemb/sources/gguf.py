@@ -32,7 +32,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.progress import silenced_output, track
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
-from edgeemb.vocab import Vocabulary
+from edgeemb.vocab import Vocabulary, merge_survives
 
 TOKEN_EMBD = "token_embd.weight"
 OUTPUT = "output.weight"
@@ -383,8 +383,8 @@ def gguf_vocabulary(path: Path) -> Vocabulary:
         raise EdgeembError(f"{path}: trim_vocab: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r} is not supported (llama, gpt2)")
     tokens = meta[TOKENS_KEY]
     types = np.asarray(meta.get("tokenizer.ggml.token_type", np.ones(len(tokens))), np.uint8)
-    special = {key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): int(value) for key, value in meta.items()
-               if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and 0 <= int(value) < len(tokens)}
+    special = {key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): index
+               for key, index in _special_ids(meta).items() if 0 <= index < len(tokens)}
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])] if kind == "bpe" else None
     tokenize = _llama_tokenizer(path)
     if tokenize is None:
@@ -408,16 +408,18 @@ def trimmed_vocab_metadata(header: GGUFHeader, keep: np.ndarray) -> dict[str, An
             changes[key] = np.asarray(meta[key])[keep]
     if "tokenizer.ggml.merges" in meta:
         kept = set(tokens)
-        changes["tokenizer.ggml.merges"] = [m for m in meta["tokenizer.ggml.merges"]
-                                            if (pair := m.split(" ", 1))[0] in kept and pair[-1] in kept and "".join(pair) in kept]
+        changes["tokenizer.ggml.merges"] = [m for m in meta["tokenizer.ggml.merges"] if merge_survives(*m.split(" ", 1), kept)]
     new_id = {int(old): new for new, old in enumerate(keep)}
-    for key, value in meta.items():
-        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and int(value) in new_id:
-            changes[key] = new_id[int(value)]
+    changes.update({key: new_id[index] for key, index in _special_ids(meta).items() if index in new_id})
     vocab_size = f"{meta.get('general.architecture')}.vocab_size"
     if vocab_size in meta:
         changes[vocab_size] = len(keep)
     return changes
+
+
+def _special_ids(meta: dict[str, Any]) -> dict[str, int]:
+    """The `tokenizer.ggml.*_token_id` keys (bos, eos, unknown, padding, ...) and their ids."""
+    return {key: int(value) for key, value in meta.items() if key.startswith("tokenizer.ggml.") and key.endswith("_token_id")}
 
 
 def _trimmed_tokenizer(path: Path, header: GGUFHeader, keep: np.ndarray) -> Callable[[str], list[int]]:

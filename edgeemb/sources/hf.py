@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from edgeemb.errors import EdgeembError
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
-from edgeemb.vocab import TokenType, Vocabulary
+from edgeemb.vocab import TokenType, Vocabulary, merge_survives
 
 # Preferred first: the names transformers gives the input embedding across common architectures.
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight", "tok_embeddings.weight", "shared.weight")
@@ -191,8 +191,7 @@ def trim_tokenizer_json(data: dict, keep: np.ndarray) -> dict:
         by_id = {index: piece for piece, index in model["vocab"].items()}
         model["vocab"] = {by_id[old]: new for new, old in enumerate(keep) if old in by_id}
         if model["type"] == "BPE":
-            vocab = model["vocab"]
-            model["merges"] = [m for m in model["merges"] if (pair := _merge_pair(m))[0] in vocab and pair[1] in vocab and "".join(pair) in vocab]
+            model["merges"] = [m for m in model["merges"] if merge_survives(*_merge_pair(m), model["vocab"])]
     for added in data.get("added_tokens", []):
         added["id"] = new_id[added["id"]]
     _renumber_post_processor(data.get("post_processor"), new_id)
