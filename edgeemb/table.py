@@ -118,10 +118,10 @@ class QuantizedTable(EmbeddingTable):
         return (rows, self.dim)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
-        picked = {
-            name: array if name in self.format.shared else np.take(array, ids, axis=0) for name, array in self.data.items()
-        }
-        return self.format.dequantize(picked, self.dim)
+        ids = np.asarray(ids)
+        if ids.size == 0:
+            return np.empty((*ids.shape, self.dim), np.float32)
+        return self.format.lookup(self.data, ids.ravel(), self.dim).reshape(*ids.shape, self.dim)
 
     def arrays(self) -> Arrays:
         return dict(self.data)

@@ -182,8 +182,9 @@ def test_error_ranks_as_the_formats_should():
 # --- the table --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q5_0"])
+@pytest.mark.parametrize("name", ALL)
 def test_table_lookup_equals_full_dequantisation(weight, name):
+    """The fused lookup kernel returns exactly gguf's decode of the same rows."""
     table = QuantizedTable.quantize(weight, get_format(name))
     assert table.shape == (600, 1024)
     assert table.nbytes == 600 * 4 * BYTES_PER_256[name]

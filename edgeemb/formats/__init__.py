@@ -40,6 +40,12 @@ class QuantFormat(ABC):
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
         """Named arrays for n rows -> float32 (n, d)."""
 
+    def lookup(self, arrays: Arrays, ids: np.ndarray, dim: int) -> np.ndarray:
+        """float32 rows `ids` of a table stored as `arrays`: the rows' arrays taken, then decoded.
+        Block formats override this with a fused kernel (`edgeemb.formats.kernels`)."""
+        picked = {name: array if name in self.shared else np.take(array, ids, axis=0) for name, array in arrays.items()}
+        return self.dequantize(picked, dim)
+
     def quantize_table(self, weight: np.ndarray) -> Arrays:
         """Quantise a whole table. Row-wise formats work in chunks of rows (bounded temporaries);
         formats that learn from the whole table (codebooks) override this."""

@@ -19,6 +19,7 @@ Every decoder is numpy over whole blocks, written to give the same float32 value
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,7 +27,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, kernels, reciprocal_or_zero, register
 from edgeemb.progress import track
 
 _F32 = np.float32
@@ -41,6 +42,7 @@ _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.u
 @dataclass(frozen=True)
 class _GGMLFormat(QuantFormat):
     qtype: ClassVar[GGMLQuantizationType]
+    kernel: ClassVar[Callable]  # the fused lookup in `kernels`: (blocks, ids, HALF, out) -> None
 
     @property
     def _block(self) -> int:
@@ -68,6 +70,13 @@ class _GGMLFormat(QuantFormat):
         raw = arrays["blocks"]
         return self._decode(raw.reshape(-1, self._block_bytes)).reshape(raw.shape[0], dim)
 
+    def lookup(self, arrays: Arrays, ids: np.ndarray, dim: int) -> np.ndarray:
+        blocks = arrays["blocks"]
+        ids = kernels.row_ids(ids, len(blocks))
+        out = np.empty((len(ids), dim), _F32)
+        type(self).kernel(blocks, ids, kernels.HALF, out)
+        return out
+
     def describe(self) -> str:
         bits = 8 * self._block_bytes / self._block
         return f"GGUF {self.name} ({bits:g} bits/value, blocks of {self._block})"
@@ -89,6 +98,7 @@ class _GGMLFormat(QuantFormat):
 class Q8_0(_GGMLFormat):
     name: ClassVar[str] = "Q8_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q8_0
+    kernel: ClassVar[Callable] = staticmethod(kernels.q8_0)
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         d = np.abs(blocks).max(axis=1, keepdims=True) / 127
@@ -152,6 +162,7 @@ class _Symmetric(_GGMLFormat):
 class Q4_0(_Symmetric):
     name: ClassVar[str] = "Q4_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_0
+    kernel: ClassVar[Callable] = staticmethod(kernels.q4_0)
     bits: ClassVar[int] = 4
 
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -167,6 +178,7 @@ class Q4_0(_Symmetric):
 class Q5_0(_Symmetric):
     name: ClassVar[str] = "Q5_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q5_0
+    kernel: ClassVar[Callable] = staticmethod(kernels.q5_0)
     bits: ClassVar[int] = 5
 
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -185,6 +197,7 @@ class Q5_0(_Symmetric):
 class Q4_1(_GGMLFormat):
     name: ClassVar[str] = "Q4_1"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_1
+    kernel: ClassVar[Callable] = staticmethod(kernels.q4_1)
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         low = blocks.min(axis=1, keepdims=True)
@@ -226,6 +239,7 @@ class Q6_K(_KQuant):
 
     name: ClassVar[str] = "Q6_K"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q6_K
+    kernel: ClassVar[Callable] = staticmethod(kernels.q6_k)
     fallback: ClassVar[str] = "Q8_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
@@ -275,6 +289,7 @@ class Q4_K(_KQuant):
 
     name: ClassVar[str] = "Q4_K"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_K
+    kernel: ClassVar[Callable] = staticmethod(kernels.q4_k)
     fallback: ClassVar[str] = "Q5_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, kernels, reciprocal_or_zero, register
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,18 @@ class _IntBlocks(QuantFormat):
             values -= _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[:, :count, None]
         values *= scales[..., None]
         return values.reshape(n, dim)
+
+    def lookup(self, arrays: Arrays, ids: np.ndarray, dim: int) -> np.ndarray:
+        codes = arrays["codes"]
+        ids = kernels.row_ids(ids, len(codes))
+        scales = np.take(arrays["scales"], ids, axis=0).astype(np.float32)
+        if self.zero_point:
+            zeros = _unpack(np.take(arrays["zero_points"], ids, axis=0), self.bits, scales.shape[1]).astype(np.float32)
+        else:
+            zeros = np.full(scales.shape, 1 << (self.bits - 1), np.float32)
+        out = np.empty((len(ids), dim), np.float32)
+        kernels.int_blocks(codes, ids, scales, zeros, _byte_values(self.bits, 0), out)
+        return out
 
     def describe(self) -> str:
         blocks = "per row" if self.block_size is None else f"blocks of {self.block_size}"
