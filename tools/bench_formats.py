@@ -16,7 +16,8 @@ The table goes to stdout; docs/ holds two runs:
   other processes had the CPUs. Where the `gguf` package has a quantiser for the same type,
   `gguf.quants.quantize` is timed on the same table beside it.
 - lookup: rows/s for batches of 4096 random token ids (`EmbeddingTable.lookup`, decoded to
-  float32 on one thread: every decoder is single-threaded numpy), as a share of an fp32 `np.take`
+  float32 on one thread: block formats through their compiled gather-and-decode kernel
+  (`edgeemb/formats/kernels.py`), codebooks through numpy), as a share of an fp32 `np.take`
   of the same ids from the dense table (also one thread), measured again right before each format
   so that both see the same load.
 
