@@ -105,7 +105,9 @@ class VocabKMeans(_Codebook):
     # with 1024 clusters: 16 per cluster instead of 65536 rows (64) takes half the CPU time for
     # 1.9% more error (relative error 0.788 -> 0.803).
     train_rows: int | None = None
-    iterations: int = 10
+    # Measured on Gemma with 1024 clusters: 8 Lloyd iterations instead of 10 take 9% less time
+    # (8.9 s against 9.8 s) for 0.02% more error (relative error 0.8053 -> 0.8055).
+    iterations: int = 8
 
     def check_width(self, dim: int) -> None:
         if not 2 <= self.clusters <= 65536:
