@@ -634,5 +634,96 @@ def _print_export(out: Path, report: dict) -> None:
     _print_rows(f"{out}: GGUF export, verified in llama.cpp", rows)
 
 
+def _device_names() -> list[str]:
+    from edgeemb.bench.devices import device_names
+
+    return device_names()
+
+
+_BENCH_HELP = """Benchmark a model file in the runtime a device runs it in: load time, latency per sentence
+(ONNX, onnxruntime) or per generated token and per prompt token (GGUF, llama.cpp), throughput,
+and peak memory; for an edgeemb output folder, lookups of its table (numpy).
+
+Each run is a fresh process that starts cold (the file's pages dropped from the page cache).
+--profile applies a device's cores (pinned CPUs) and memory cap (a cgroup of its own as root, an
+RSS watchdog otherwise; the result says which): a run the cap kills is reported as "does not fit".
+Latency here is this host's, not the device's: --baseline runs the uncompressed file in the same
+session and reports ratios. Profiles: """ + ", ".join(_device_names()) + """ (or a YAML file)."""
+
+
+@main.command(help=_BENCH_HELP)
+@click.argument("artifact", type=click.Path(exists=True, path_type=Path))
+@click.option("--backend", type=click.Choice(["onnxruntime", "llama.cpp", "numpy"]), help="Runtime (default: by the file: .onnx, .gguf, output folder).")
+@click.option("--profile", help="Device profile whose cores and memory cap apply (name or YAML file).")
+@click.option("--baseline", type=click.Path(exists=True, path_type=Path), help="The uncompressed file, benchmarked first in the same session; results get ratios.")
+@click.option("--runs", default=3, show_default=True, help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Sentences to run, one per line (default: eight built-in English sentences).")
+@click.option("--tokenizer", default="minilm", show_default=True, help="Sentence model whose tokenizer feeds an ONNX file.")
+@click.option("--generate", default=32, show_default=True, help="Tokens generated per round (GGUF).")
+@click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
+@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How a profile's memory cap is applied.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes).")
+def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int, text: Path | None, tokenizer: str,
+          generate: int, no_mmap: bool, memory_limit: str, as_json: bool) -> None:
+    from edgeemb.bench.devices import load_device
+    from edgeemb.bench.run import bench as run_bench
+    from edgeemb.bench.run import compare_runs
+
+    device = load_device(profile) if profile else None
+    texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
+    options = {"backend": backend, "profile": device, "runs": runs, "texts": texts, "tokenizer": tokenizer, "generate": generate,
+               "mmap": not no_mmap, "memory_limit": memory_limit}
+    results = [run_bench(baseline, **options)] if baseline else []
+    results.append(run_bench(artifact, **options))
+    if baseline:
+        results[1]["vs_baseline"] = compare_runs(results[0], results[1])
+    if as_json:
+        _print_json({"baseline": results[0], "result": results[1]} if baseline else results[0])
+        return
+    _print_bench(results, device)
+
+
+def _print_bench(results: list[dict], device) -> None:
+    def cell(result: dict, key: str) -> str:
+        if not result["fits"]:
+            return result["message"] if key == "latency" else "-"
+        latency = result["latency_ms"]
+        return {
+            "file": human_bytes(result["file_bytes"]),
+            "load": f"{result['load_s']:.2f} s",
+            "latency": f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms per {result['unit']}",
+            "prompt": f"{result['prompt_ms_per_token']:.2f} ms per token ({result['prompt_tokens']} tokens)" if "prompt_ms_per_token" in result else "-",
+            "throughput": f"{format_number(result['throughput']['value'])} {result['throughput']['unit']}",
+            "memory": f"{human_bytes(result['peak_rss_bytes'])} (at the end: {human_bytes(result['rss_anon_bytes'])} anonymous, {human_bytes(result['rss_file_bytes'])} mapped file)",
+            "charged": human_bytes(result["charged_peak_bytes"]) if "charged_peak_bytes" in result else "-",
+            "faults": str(result["major_faults"]),
+        }[key]
+
+    labels = {"file": "file", "load": "load", "latency": "latency", "prompt": "prompt", "throughput": "throughput",
+              "memory": "peak RSS", "charged": "cgroup peak", "faults": "pages read (major faults)"}
+    limits = results[-1]["limits"]
+    title = f"{results[-1]['backend']}" + (f", {device.name} profile: {device.description}" if device else ", no device limits")
+    table = Table(title=title, show_lines=False)
+    table.add_column("")
+    for result in results:
+        table.add_column(Path(result["artifact"]).name)
+    if len(results) == 2:
+        table.add_column("ratio")
+    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token", "throughput": "throughput", "memory": "peak_rss"}
+    for key, label in labels.items():
+        row = [label, *(cell(result, key) for result in results)]
+        if len(results) == 2:
+            ratio = results[1].get("vs_baseline", {}).get(ratio_of.get(key, ""))
+            row.append(f"{ratio:.2f}x" if ratio is not None else "")
+        table.add_row(*row)
+    out_console.print(table)
+    cores = limits["cores"]
+    notes = [f"cores: {cores['applied']} pinned ({cores['how']})" + (f"; {cores['note']}" if "note" in cores else "")]
+    if "memory" in limits:
+        memory = limits["memory"]
+        notes.append(f"memory cap: {memory['cap_mb']} MB by {memory['how']}" + (f"; swap {memory['swap']}" if "swap" in memory else ""))
+    out_console.print("\n".join(notes))
+
+
 if __name__ == "__main__":
     sys.exit(main())

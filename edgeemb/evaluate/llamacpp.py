@@ -51,11 +51,11 @@ class LlamaRun:
     options: dict = field(default_factory=dict)  # Llama() options of the run, e.g. use_mmap
 
 
-def _load(path: Path, n_ctx: int, n_batch: int, **options):
+def load_llama(path: Path, n_ctx: int, n_batch: int, **options):
     """A llama.cpp context on every CPU, decoding up to `n_batch` tokens per call."""
     import llama_cpp
 
-    threads = os.cpu_count() or 1
+    threads = len(os.sched_getaffinity(0))  # the CPUs this process may run on (a bench profile may pin it)
     try:
         with silenced_output():  # llama.cpp logs context set-up from C even with verbose=False
             return llama_cpp.Llama(
@@ -87,7 +87,7 @@ def _tokens(vocab, text: str, max_tokens: int | None = None) -> Tokens:
     return Tokens(ids, bos, lengths[where])
 
 
-class _Decoder:
+class Decoder:
     """One llama.cpp context driven through the C API: decode ids, read logits."""
 
     def __init__(self, llm, capacity: int) -> None:
@@ -121,7 +121,7 @@ class _Decoder:
         return np.ctypeslib.as_array(self._api.llama_get_logits(self.llm.ctx), shape=(rows, self.n_vocab))
 
 
-def _window_nll(decoder: _Decoder, ids: np.ndarray) -> float:
+def _window_nll(decoder: Decoder, ids: np.ndarray) -> float:
     """Summed -log p of ids[1:] given the ids before them, from an empty cache."""
     import torch
 
@@ -136,7 +136,7 @@ def _window_nll(decoder: _Decoder, ids: np.ndarray) -> float:
     return total
 
 
-def gguf_perplexity(decoder: _Decoder, tokens: Tokens, window: int) -> Perplexity:
+def gguf_perplexity(decoder: Decoder, tokens: Tokens, window: int) -> Perplexity:
     ids = tokens.ids
     if len(ids) < 2:
         raise EdgeembError("perplexity needs at least 2 tokens of text")
@@ -154,7 +154,7 @@ def gguf_perplexity(decoder: _Decoder, tokens: Tokens, window: int) -> Perplexit
     return Perplexity(math.exp(total / scored), total / scored, scored, window, scored_bytes)
 
 
-def _greedy(decoder: _Decoder, prompt: np.ndarray, count: int) -> tuple[list[int], float]:
+def _greedy(decoder: Decoder, prompt: np.ndarray, count: int) -> tuple[list[int], float]:
     """Greedy continuation: (ids, decode tokens/s). The prompt is decoded twice, so the first
     touch of the mapped weights is not counted as decode speed."""
     decoder.decode(prompt, 0, all_logits=False)
@@ -196,9 +196,9 @@ def measure_gguf(
     path = Path(path)
     options = dict(options or {})
     begin = time.perf_counter()
-    llm = _load(path, n_ctx=max(window, len(prompt.ids) + generate), n_batch=_BATCH, **options)
+    llm = load_llama(path, n_ctx=max(window, len(prompt.ids) + generate), n_batch=_BATCH, **options)
     load_seconds = time.perf_counter() - begin
-    decoder = _Decoder(llm, _BATCH)
+    decoder = Decoder(llm, _BATCH)
     try:
         greedy_ids, decode_rate = _greedy(decoder, prompt.ids, generate)
         memory = _memory_status()
@@ -245,8 +245,8 @@ def head_input_power(path: Path, text: str, max_tokens: int = 2048, window: int 
     import llama_cpp
 
     tokens = tokenize_text(path, text, max_tokens)
-    llm = _load(path, window, _BATCH, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
-    decoder = _Decoder(llm, _BATCH)
+    llm = load_llama(path, window, _BATCH, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)
+    decoder = Decoder(llm, _BATCH)
     width = llm.n_embd()
     total, count = np.zeros(width), 0
     try:

@@ -464,8 +464,8 @@ def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *
     outputs token states (an optimum export, say) is mean-pooled here; every output row is
     L2-normalised."""
     source = _sentence_model(model)
-    session = _session(Path(path), threads)
-    tokenize = _tokenizer(source.path, tokenizer_json)
+    session = onnx_session(Path(path), threads)
+    tokenize = sentence_tokenizer(source.path, tokenizer_json)
 
     def encode(texts: list[str]) -> np.ndarray:
         ids = tokenize(texts)
@@ -511,7 +511,7 @@ def verify_onnx(
     compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)", tokenizer_json)
     drift = embedding_drift(reference.original, ours, texts)
     max_abs_diff = float(np.abs(ours(texts) - unit_rows(compressed(texts))).max())
-    probe = _probe_in_child([path], _tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
+    probe = _probe_in_child([path], sentence_tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
     return OnnxVerification(
         path=path,
         file_bytes=path.stat().st_size,
@@ -534,10 +534,10 @@ def compare_latency(
     every sentence runs on every session in turn (rotating who goes first), so load from other
     work on the machine falls on all of them alike."""
     source = _sentence_model(model)
-    return _probe_in_child([Path(p) for p in paths], _tokenizer(source.path)(texts), threads, rounds)["p50_ms"]
+    return _probe_in_child([Path(p) for p in paths], sentence_tokenizer(source.path)(texts), threads, rounds)["p50_ms"]
 
 
-def _tokenizer(path: Path, tokenizer_json: str | None = None) -> Callable[[list[str]], list[list[int]]]:
+def sentence_tokenizer(path: Path, tokenizer_json: str | None = None) -> Callable[[list[str]], list[list[int]]]:
     """texts -> token ids with special tokens, truncated as the sentence-transformers model does
     (with `tokenizer_json`: that tokenizer's ids, a trimmed vocabulary's)."""
     from edgeemb.export.st import trimmed_tokenizer
@@ -549,7 +549,7 @@ def _tokenizer(path: Path, tokenizer_json: str | None = None) -> Callable[[list[
     return lambda texts: tokenizer(list(texts), truncation="longest_first", max_length=longest)["input_ids"]
 
 
-def _session(path: Path, threads: int):
+def onnx_session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -561,7 +561,7 @@ def _session(path: Path, threads: int):
         raise EdgeembError(f"{path}: onnxruntime cannot load it ({' '.join(str(exc).split())})") from None
 
 
-def _feed(session, ids: list[list[int]]) -> tuple[dict, np.ndarray]:
+def onnx_feed(session, ids: list[list[int]]) -> tuple[dict, np.ndarray]:
     """Padded inputs for every input the graph declares (token types are zeros), and the mask."""
     width = max(len(row) for row in ids)
     mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], np.int64)
@@ -575,7 +575,7 @@ def _feed(session, ids: list[list[int]]) -> tuple[dict, np.ndarray]:
 
 
 def _run(session, ids: list[list[int]]) -> np.ndarray:
-    feed, mask = _feed(session, ids)
+    feed, mask = onnx_feed(session, ids)
     out = session.run(None, feed)[0].astype(np.float32)
     if out.ndim == 3:  # token states: mean over the real tokens, as sentence-transformers pools them
         weights = mask[..., None].astype(np.float32)
@@ -602,9 +602,9 @@ def _probe() -> None:
     import onnxruntime  # noqa: F401  (loaded before the baseline: the session is what is measured)
 
     request = json.load(sys.stdin)
-    rss_before = _memory("VmRSS")
-    sessions = [_session(Path(p), request["threads"]) for p in request["paths"]]
-    feeds = [[_feed(session, [row])[0] for row in request["ids"]] for session in sessions]
+    rss_before = _status_bytes("VmRSS")
+    sessions = [onnx_session(Path(p), request["threads"]) for p in request["paths"]]
+    feeds = [[onnx_feed(session, [row])[0] for row in request["ids"]] for session in sessions]
     for session, feed in zip(sessions, feeds):
         for sentence in feed[:_WARMUP]:
             session.run(None, sentence)
@@ -616,11 +616,11 @@ def _probe() -> None:
             start = time.perf_counter()
             sessions[which].run(None, feeds[which][sentence])
             times[which].append(time.perf_counter() - start)
-    peak = _memory("VmHWM")
+    peak = _status_bytes("VmHWM")
     json.dump({"p50_ms": [1000 * float(np.median(t)) for t in times], "peak_rss": peak, "rss_before": rss_before}, sys.stdout)
 
 
-def _memory(field: str) -> int:
+def _status_bytes(field: str) -> int:
     """Bytes of a /proc/self/status memory field. VmHWM is this process's own peak RSS; getrusage's
     ru_maxrss is not, since Linux carries it over from the parent across fork and exec."""
     with open("/proc/self/status") as handle:

@@ -1,0 +1,60 @@
+"""Device profiles: the CPU, core count, memory and flash storage of a class of device, as data.
+
+A profile is a YAML file (`edgeemb/bench/profiles/NAME.yaml`, or any path the user gives) citing
+where each figure comes from. `edgeemb bench --profile NAME` applies its cores and memory cap to
+the benchmark on this host; `qemu_cpu` is the CPU model qemu emulates for it; `flash` names the
+flash profile (`edgeemb offload`) of its storage.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgeemb.errors import EdgeembError
+from edgeemb.offload.profiles import Citation, builtin_names
+
+
+class DeviceProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str
+    cpu: str  # the core the device runs inference on, e.g. Cortex-A72
+    qemu_cpu: str  # qemu's model of it (QEMU_CPU=...)
+    cores: int = Field(gt=0)
+    memory_mb: int = Field(gt=0)  # the device's RAM
+    memory_cap_mb: int = Field(gt=0)  # what one model may use there: the benchmark's memory cap
+    flash: str  # a flash profile name (edgeemb/offload/profiles)
+    sources: tuple[Citation, ...] = Field(min_length=1)
+
+    @field_validator("flash")
+    @classmethod
+    def _known_flash(cls, flash: str) -> str:
+        if flash not in builtin_names():
+            raise ValueError(f"unknown flash profile {flash!r} ({', '.join(builtin_names())})")
+        return flash
+
+
+def _builtin() -> dict[str, Path]:
+    folder = resources.files("edgeemb.bench") / "profiles"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def device_names() -> list[str]:
+    return sorted(_builtin())
+
+
+def load_device(spec: str | Path) -> DeviceProfile:
+    """A built-in device profile by name, or a profile YAML file by path."""
+    builtin = _builtin()
+    path = builtin.get(str(spec)) or Path(spec)
+    if not path.is_file():
+        raise EdgeembError(f"unknown device profile {str(spec)!r}: not a built-in ({', '.join(sorted(builtin))}) nor a YAML file")
+    try:
+        return DeviceProfile.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        raise EdgeembError(f"{path}: not a valid device profile ({'; '.join(first[:3])})") from None

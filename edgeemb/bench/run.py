@@ -1,0 +1,138 @@
+"""Benchmark one file: load time, latency, throughput and peak memory in its runtime, optionally
+under a device profile's cores and memory cap on this host.
+
+Each measurement runs in a fresh process (`edgeemb.bench.worker`), so its peak RSS is that model's
+alone, and starts cold: the file's pages are dropped from the page cache first, as after a reboot. A run the memory cap kills is a result, "does not fit in N MB", not an error. Latency on
+this host is this host's: a profile caps what the device caps (cores, memory), not CPU speed;
+compare files by the ratios of runs made side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from edgeemb.bench.devices import DeviceProfile
+from edgeemb.bench.limits import MemoryLimit, evict_page_cache, run_limited
+from edgeemb.errors import EdgeembError
+
+SCHEMA = "edgeemb.bench/1"
+BACKENDS = ("onnxruntime", "llama.cpp", "numpy")
+DEFAULT_TEXTS = (
+    "A man is playing a guitar on the street.",
+    "The new phone has a much better camera than the old one.",
+    "Embedding tables dominate the weights of small language models.",
+    "Rows of the table can stay on flash and stream into a small cache.",
+    "She bought three apples, a loaf of bread and some cheese at the market.",
+    "The committee postponed its decision until the next meeting in March.",
+    "Quantisation trades a little accuracy for a much smaller model.",
+    "How long does the train from Cambridge to London take?",
+)
+
+
+def backend_for(artifact: Path) -> str:
+    """The runtime a file is benchmarked in, by what it is."""
+    if artifact.is_dir():
+        return "numpy"
+    if artifact.suffix == ".onnx":
+        return "onnxruntime"
+    if artifact.suffix == ".gguf":
+        return "llama.cpp"
+    raise EdgeembError(f"{artifact}: cannot tell its runtime (an .onnx file, a .gguf file or an edgeemb output folder); give --backend")
+
+
+def bench(
+    artifact: str | Path,
+    *,
+    backend: str | None = None,
+    profile: DeviceProfile | None = None,
+    runs: int = 3,
+    texts: list[str] | None = None,
+    tokenizer: str = "minilm",
+    prompt_tokens: int = 64,
+    generate: int = 32,
+    batch: int = 4096,
+    mmap: bool = True,
+    memory_limit: MemoryLimit = "auto",
+) -> dict:
+    """Benchmark one file (see the module docstring); returns the JSON-able result (`SCHEMA`).
+    `runs` passes over the texts (onnxruntime), prompt-and-generate rounds of `prompt_tokens` and
+    `generate` tokens (llama.cpp, which maps the file unless `mmap` is False: then the weights are
+    read into memory, as a runtime without mmap holds them), or 20 lookups of `batch` ids each
+    (numpy). `profile` applies its cores and memory cap (MB of 2**20 bytes, as RAM is sized)."""
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise EdgeembError(f"{artifact}: no such file or folder")
+    backend = backend or backend_for(artifact)
+    if backend not in BACKENDS:
+        raise EdgeembError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
+    if runs < 1:
+        raise EdgeembError(f"runs must be at least 1, got {runs}")
+    request = {
+        "artifact": str(artifact), "backend": backend, "runs": runs, "ids": _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens),
+        "generate": generate, "batch": batch, "mmap": mmap,
+    }
+    evict_page_cache(artifact)
+    run = run_limited(
+        [sys.executable, "-m", "edgeemb.bench.worker"], json.dumps(request),
+        cores=profile.cores if profile else None, memory_mb=profile.memory_cap_mb if profile else None, memory_limit=memory_limit,
+    )
+    result = {
+        "schema": SCHEMA, "artifact": str(artifact), "backend": backend,
+        "file_bytes": _size(artifact), "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "profile": profile.name if profile else None, "limits": run.limits,
+    }
+    if run.out_of_memory:
+        cap = profile.memory_cap_mb if profile else 0
+        return {**result, "fits": False, "message": f"does not fit in {cap} MB ({run.limits['memory']['how']} killed it)"}
+    if run.returncode:
+        last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+        raise EdgeembError(f"{artifact}: the {backend} benchmark failed: {last.removeprefix('edgeemb.errors.EdgeembError: ')}")
+    measured = json.loads(run.stdout)
+    if run.charged_peak_bytes is not None:
+        measured["charged_peak_bytes"] = run.charged_peak_bytes
+    return {**result, "fits": True, **measured}
+
+
+def compare_runs(baseline: dict, result: dict) -> dict:
+    """`result` against `baseline`, measured in the same session: ratios (result / baseline)."""
+    if not (baseline.get("fits") and result.get("fits")):
+        return {}
+    ratios = {
+        "file_bytes": result["file_bytes"] / baseline["file_bytes"],
+        "load_s": result["load_s"] / baseline["load_s"],
+        "latency_p50": result["latency_ms"]["p50"] / baseline["latency_ms"]["p50"],
+        "latency_p95": result["latency_ms"]["p95"] / baseline["latency_ms"]["p95"],
+        "throughput": result["throughput"]["value"] / baseline["throughput"]["value"],
+        "peak_rss": result["peak_rss_bytes"] / baseline["peak_rss_bytes"],
+    }
+    if "prompt_ms_per_token" in result and "prompt_ms_per_token" in baseline:
+        ratios["prompt_ms_per_token"] = result["prompt_ms_per_token"] / baseline["prompt_ms_per_token"]
+    return ratios
+
+
+def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, prompt_tokens: int) -> list:
+    """The texts as the model reads them, tokenised here rather than in the measured process: one
+    list of ids per sentence (onnxruntime), one prompt of `prompt_tokens` ids (llama.cpp)."""
+    if backend == "onnxruntime":
+        from edgeemb.export.onnx import sentence_tokenizer
+        from edgeemb.sources import open_model
+
+        beside = artifact.with_suffix(".tokenizer.json")  # written beside a trimmed vocabulary's export
+        return sentence_tokenizer(open_model(tokenizer).path, beside.read_text() if beside.is_file() else None)(texts)
+    if backend == "llama.cpp":
+        from edgeemb.evaluate.llamacpp import tokenize_text
+
+        text = " ".join(texts)
+        ids = tokenize_text(artifact, text, max_tokens=prompt_tokens).ids
+        while len(ids) < prompt_tokens and text:  # a short text is repeated up to the prompt length
+            text = f"{text} {text}"
+            ids = tokenize_text(artifact, text, max_tokens=prompt_tokens).ids
+        return ids.tolist()
+    return []
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
