@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from gguf import GGMLQuantizationType as Q
 
 from edgeemb.artifact import write_artifact

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -45,9 +46,12 @@ class LimitedRun:
 
 
 def run_limited(
-    command: list[str], stdin: str, *, cores: int | None = None, memory_mb: int | None = None, memory_limit: MemoryLimit = "auto"
+    command: list[str], request: dict, *, cores: int | None = None, memory_mb: int | None = None, memory_limit: MemoryLimit = "auto"
 ) -> LimitedRun:
-    """Run `command` with `stdin`, pinned to `cores` CPUs and capped at `memory_mb` (None: no limit)."""
+    """Run the worker `command` on `request` (JSON on its stdin), pinned to `cores` CPUs and capped
+    at `memory_mb` (None: no limit). The worker enters its limits itself (`enter_limits`), first
+    thing: a parent that pinned and moved a forked child before exec (preexec_fn) could deadlock
+    when it has threads of its own."""
     available = sorted(os.sched_getaffinity(0))
     cpus = available[: cores] if cores else available
     limits: dict = {"cores": {"asked": cores, "applied": len(cpus), "cpus": cpus, "how": "sched_setaffinity"}}
@@ -64,17 +68,11 @@ def run_limited(
         if cgroup and cgroup.swap_note:
             limits["memory"]["swap"] = cgroup.swap_note
 
-    def enter() -> None:  # in the child, before exec: nothing it allocates escapes the limits
-        os.sched_setaffinity(0, cpus)
-        if cgroup is not None:
-            cgroup.join()
-
+    request = {**request, "limits": {"cpus": cpus, "cgroup_procs": str(cgroup.path / "cgroup.procs") if cgroup else None}}
     try:
-        child = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=enter
-        )
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         watchdog = _Watchdog(child.pid, memory_mb) if memory_mb and cgroup is None else None
-        stdout, stderr = child.communicate(stdin)
+        stdout, stderr = child.communicate(json.dumps(request))
         if watchdog is not None:
             watchdog.stop()
         run = LimitedRun(child.returncode, stdout, stderr, limits)
@@ -87,6 +85,14 @@ def run_limited(
     finally:
         if cgroup is not None:
             cgroup.remove()
+
+
+def enter_limits(limits: dict) -> None:
+    """The worker's side of `run_limited`: pin this process to its CPUs and join its cgroup, before
+    it loads anything (the interpreter and numpy, ~26 MB, are charged where they started)."""
+    os.sched_setaffinity(0, limits["cpus"])
+    if limits["cgroup_procs"]:
+        Path(limits["cgroup_procs"]).write_text(str(os.getpid()))
 
 
 def memory_cgroups_available() -> bool:
@@ -142,9 +148,6 @@ class _Cgroup:
         except OSError:
             return None
         return None
-
-    def join(self) -> None:
-        (self.path / "cgroup.procs").write_text(str(os.getpid()))
 
     def peak(self) -> int | None:
         name = "memory.peak" if self.version == 2 else "memory.max_usage_in_bytes"

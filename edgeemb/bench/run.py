@@ -76,7 +76,7 @@ def bench(
     }
     evict_page_cache(artifact)
     run = run_limited(
-        [sys.executable, "-m", "edgeemb.bench.worker"], json.dumps(request),
+        [sys.executable, "-m", "edgeemb.bench.worker"], request,
         cores=profile.cores if profile else None, memory_mb=profile.memory_cap_mb if profile else None, memory_limit=memory_limit,
     )
     result = {

@@ -108,7 +108,10 @@ MEASURE = {"onnxruntime": _onnx, "llama.cpp": _gguf, "numpy": _table}
 
 
 def main() -> None:
+    from edgeemb.bench.limits import enter_limits
+
     request = json.load(sys.stdin)
+    enter_limits(request["limits"])
     rss_before = _status_bytes("VmRSS")
     result = MEASURE[request["backend"]](request)
     result.update(
