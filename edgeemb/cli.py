@@ -725,5 +725,47 @@ def _print_bench(results: list[dict], device) -> None:
     out_console.print("\n".join(notes))
 
 
+_CROSS_HELP = """Build llama.cpp's runtime (llama-bench, llama-completion) for a device, from the llama.cpp
+vendored in the llama-cpp-python sdist edgeemb pins, and try it under qemu as the device's CPU.
+
+Targets are device profiles (see `edgeemb bench --help`): Raspberry Pis get static aarch64
+binaries (Debian's gcc-aarch64-linux-gnu; -march from the profile, OpenMP off); Android targets use
+the NDK when given (--ndk or ANDROID_NDK_HOME), else the same static binary for `adb shell`. The
+build is cached (~/.cache/edgeemb/cross); the first takes ~10 minutes on 2 cores. --smoke runs
+llama-bench on a GGUF under qemu; --try-cpu runs it as another CPU (a dot-product build on a
+cortex-a53 is reported as needing a newer CPU)."""
+
+
+@main.command(help=_CROSS_HELP)
+@click.option("--target", required=True, help="Device profile name or YAML file, e.g. rpi5, rpi4, rpi3, android-mid.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Folder for the binaries and BUILD.json. Default: edgeemb-cross/TARGET.")
+@click.option("--ndk", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Android NDK folder (default: ANDROID_NDK_HOME).")
+@click.option("--api", default=28, show_default=True, help="Android API level for an NDK build.")
+@click.option("--smoke", "smoke_model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A GGUF that llama-bench runs under qemu (default: --version only).")
+@click.option("--try-cpu", help="Run the smoke test as this QEMU_CPU instead of the target's (e.g. cortex-a53).")
+@click.option("--force", is_flag=True, help="Replace files in an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
+def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model: Path | None, try_cpu: str | None, force: bool, as_json: bool) -> None:
+    from edgeemb.bench.devices import load_device
+    from edgeemb.cross import cross_build
+
+    device = load_device(target)
+    out = out or Path("edgeemb-cross") / device.name
+    with err_console.status(f"building llama.cpp for {device.name} ({device.arm_arch}); the first build takes ~10 minutes"):
+        build = cross_build(device, out, ndk=ndk, api=api, smoke_model=smoke_model, try_cpu=try_cpu, force=force)
+    if as_json:
+        _print_json(asdict(build))
+    else:
+        smoke = build.smoke
+        _print_rows(f"llama.cpp for {build.target}", [
+            ("binaries", f"{', '.join(build.binaries)} in {out}/ ({'cached build' if build.cached else 'built'})"),
+            ("architecture", f"aarch64, -march={build.arm_arch}; {build.toolchain}; llama.cpp of llama-cpp-python {build.llama_cpp}"),
+            *(("note", note) for note in build.notes),
+            ("under qemu", f"{smoke.cpu}: {'ok' if smoke.ok else 'FAILED'}: {smoke.message}"),
+        ])
+    if not build.smoke.ok:
+        raise click.exceptions.Exit(1)
+
+
 if __name__ == "__main__":
     sys.exit(main())

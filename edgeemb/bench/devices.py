@@ -2,14 +2,16 @@
 
 A profile is a YAML file (`edgeemb/bench/profiles/NAME.yaml`, or any path the user gives) citing
 where each figure comes from. `edgeemb bench --profile NAME` applies its cores and memory cap to
-the benchmark on this host; `qemu_cpu` is the CPU model qemu emulates for it; `flash` names the
-flash profile (`edgeemb offload`) of its storage.
+the benchmark on this host; `edgeemb cross --target NAME` builds llama.cpp for its `arm_arch` and
+tries the build under qemu as its `qemu_cpu`; `flash` names the flash profile (`edgeemb offload`)
+of its storage.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +26,8 @@ class DeviceProfile(BaseModel):
     description: str
     cpu: str  # the core the device runs inference on, e.g. Cortex-A72
     qemu_cpu: str  # qemu's model of it (QEMU_CPU=...)
+    arm_arch: str  # what its llama.cpp build targets (GGML_CPU_ARM_ARCH, gcc's -march)
+    os: Literal["linux", "android"]
     cores: int = Field(gt=0)
     memory_mb: int = Field(gt=0)  # the device's RAM
     memory_cap_mb: int = Field(gt=0)  # what one model may use there: the benchmark's memory cap
