@@ -365,7 +365,7 @@ def offload(
 
 
 @main.command()
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT OUT [OUT ...]")
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="OUT OUT [OUT ...]")
 @click.option("--md", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as an HTML page.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: table size against --metric, with the Pareto frontier.")
@@ -377,11 +377,26 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
             allow_mixed: bool, force: bool, as_json: bool) -> None:
     """Compare output folders side by side: table and whole-model size, bits per parameter and
     every quality figure they all measured on the same data; the best of each column is marked.
+    Given bench results instead (JSON from `edgeemb bench --json` or a bundle's run.sh on a
+    device), show them side by side, the second's ratios to the first when there are two.
 
     \b
     edgeemb compare out/minilm-int8 out/minilm-int4 out/minilm-pq --md compare.md --plot pareto.png
+    edgeemb compare host.json device/bench.json
     """
     from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_markdown
+
+    if all(path.is_file() for path in outs):
+        from edgeemb.bench.run import read_results
+
+        results = [result for path in outs for result in read_results(path)]
+        if as_json:
+            _print_json({"results": results})
+        else:
+            _print_bench(results)
+        return
+    if any(path.is_file() for path in outs):
+        raise EdgeembError("compare takes output folders, or bench result JSON files, not both")
 
     for file in (md, html_file, plot):
         if file is not None:
@@ -680,50 +695,57 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
     if as_json:
         _print_json({"baseline": results[0], "result": results[1]} if baseline else results[0])
         return
-    _print_bench(results, device)
+    _print_bench(results)
 
 
-def _print_bench(results: list[dict], device) -> None:
+def _print_bench(results: list[dict]) -> None:
+    """Bench results side by side; with two, the second's ratios to the first."""
+    from edgeemb.bench.run import compare_runs
+
     def cell(result: dict, key: str) -> str:
         if not result["fits"]:
             return result["message"] if key == "latency" else "-"
         latency = result["latency_ms"]
+        spread = f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms" if latency.get("p50") is not None else f"mean {latency['mean']:.2f} ms"
         return {
+            "where": f"{result['host']['machine']}, {result.get('profile') or 'no profile'}",
             "file": human_bytes(result["file_bytes"]),
-            "load": f"{result['load_s']:.2f} s",
-            "latency": f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms per {result['unit']}",
+            "load": f"{result['load_s']:.2f} s" if "load_s" in result else "-",
+            "latency": f"{spread} per {result['unit']}",
             "prompt": f"{result['prompt_ms_per_token']:.2f} ms per token ({result['prompt_tokens']} tokens)" if "prompt_ms_per_token" in result else "-",
             "throughput": f"{format_number(result['throughput']['value'])} {result['throughput']['unit']}",
-            "memory": f"{human_bytes(result['peak_rss_bytes'])} (at the end: {human_bytes(result['rss_anon_bytes'])} anonymous, {human_bytes(result['rss_file_bytes'])} mapped file)",
+            "memory": human_bytes(result["peak_rss_bytes"]),
             "charged": human_bytes(result["charged_peak_bytes"]) if "charged_peak_bytes" in result else "-",
-            "faults": str(result["major_faults"]),
+            "faults": str(result.get("major_faults", "-")),
         }[key]
 
-    labels = {"file": "file", "load": "load", "latency": "latency", "prompt": "prompt", "throughput": "throughput",
+    labels = {"where": "run on", "file": "file", "load": "load", "latency": "latency", "prompt": "prompt", "throughput": "throughput",
               "memory": "peak RSS", "charged": "cgroup peak", "faults": "pages read (major faults)"}
-    limits = results[-1]["limits"]
-    title = f"{results[-1]['backend']}" + (f", {device.name} profile: {device.description}" if device else ", no device limits")
-    table = Table(title=title, show_lines=False)
+    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token", "throughput": "throughput", "memory": "peak_rss"}
+    ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
+    if "latency_p50" not in ratios and "latency_mean" in ratios:
+        ratio_of["latency"] = "latency_mean"
+    table = Table(title=f"{results[-1]['backend']} benchmark")
     table.add_column("")
     for result in results:
         table.add_column(Path(result["artifact"]).name)
-    if len(results) == 2:
+    if ratios:
         table.add_column("ratio")
-    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token", "throughput": "throughput", "memory": "peak_rss"}
     for key, label in labels.items():
         row = [label, *(cell(result, key) for result in results)]
-        if len(results) == 2:
-            ratio = results[1].get("vs_baseline", {}).get(ratio_of.get(key, ""))
+        if ratios:
+            ratio = ratios.get(ratio_of.get(key, ""))
             row.append(f"{ratio:.2f}x" if ratio is not None else "")
         table.add_row(*row)
     out_console.print(table)
-    cores = limits["cores"]
-    notes = [f"cores: {cores['applied']} pinned ({cores['how']})" + (f"; {cores['note']}" if "note" in cores else "")]
-    if "memory" in limits:
-        memory = limits["memory"]
-        notes.append(f"memory cap: {memory['cap_mb']} MB by {memory['how']}" + (f"; swap {memory['swap']}" if "swap" in memory else ""))
-    out_console.print("\n".join(notes))
-
+    for result in results:
+        limits = result["limits"]
+        cores = limits["cores"]
+        note = f"{Path(result['artifact']).name}: {cores['applied']} cores ({cores['how']})" + (f"; {cores['note']}" if "note" in cores else "")
+        if "memory" in limits:
+            memory = limits["memory"]
+            note += f"; memory cap {memory['cap_mb']} MB by {memory['how']}" + (f", swap {memory['swap']}" if "swap" in memory else "")
+        out_console.print(note)
 
 _CROSS_HELP = """Build llama.cpp's runtime (llama-bench, llama-completion) for a device, from the llama.cpp
 vendored in the llama-cpp-python sdist edgeemb pins, and try it under qemu as the device's CPU.
@@ -765,6 +787,41 @@ def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model
         ])
     if not build.smoke.ok:
         raise click.exceptions.Exit(1)
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--target", required=True, help="Device profile name or YAML file (see `edgeemb cross --help`).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The bundle to write (.tar.gz).")
+@click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length llama-bench processes.")
+@click.option("--generate", default=32, show_default=True, help="Tokens llama-bench generates.")
+@click.option("--runs", default=3, show_default=True, help="llama-bench repetitions.")
+@click.option("--ndk", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Android NDK folder for an Android target.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: int, runs: int, ndk: Path | None, force: bool, as_json: bool) -> None:
+    """Pack a GGUF, llama-bench built for a device (`edgeemb cross`) and run.sh into a tarball. On
+    the device, `sh run.sh` benchmarks the model and writes bench.json in the schema of `edgeemb
+    bench`; `edgeemb compare host.json bench.json` shows it beside this host's run.
+
+    \b
+    edgeemb bundle out/gemma-english-q5_0/model.gguf --target rpi5 -o gemma-rpi5.tar.gz
+    """
+    from edgeemb.bench.devices import load_device
+    from edgeemb.bundle import make_bundle
+
+    device = load_device(target)
+    with err_console.status(f"building llama-bench for {device.name} (cached after the first build, ~10 minutes)"):
+        written = make_bundle(model, device, out, prompt_tokens=prompt_tokens, generate=generate, runs=runs, ndk=ndk, force=force)
+    if as_json:
+        _print_json(written)
+        return
+    _print_rows(f"bundle for {device.name}", [
+        ("written", f"{written['bundle']} ({human_bytes(written['bytes'])}): {written['folder']}/ with {written['model']}, llama-bench, run.sh"),
+        ("llama-bench", f"aarch64 -march={written['llama_bench']['arm_arch']}, {written['llama_bench']['toolchain']}"),
+        *(("note", note) for note in written["notes"]),
+        ("on the device", f"tar xzf {Path(written['bundle']).name} && sh {written['folder']}/run.sh  (writes {written['folder']}/bench.json)"),
+    ])
 
 
 if __name__ == "__main__":

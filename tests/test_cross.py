@@ -59,3 +59,38 @@ def test_rpi5_build_runs_a_gguf_as_cortex_a76_and_is_refused_by_a_cortex_a53(tmp
     assert json.loads((tmp_path / "rpi5" / "BUILD.json").read_text())["target"] == "rpi5"
     old = smoke_test(binary, "cortex-a53", model, built_for="armv8.2-a+dotprod+fp16")
     assert not old.ok and old.message.startswith("this binary needs a newer CPU: it was built for armv8.2-a+dotprod+fp16, and cortex-a53 lacks")
+
+
+@pytest.mark.skipif(not TOOLS, reason="needs gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu, qemu-user and cmake (.ci/run installs them)")
+def test_bundle_runs_end_to_end_under_qemu_and_compares_beside_a_host_run(tmp_path):
+    import os
+    import subprocess
+    import tarfile
+
+    from edgeemb.bench.run import bench
+
+    model = tmp_path / "tiny.gguf"
+    embd = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
+    _write_llama(model, embd, Q.Q4_0, _layer_weights(256, seed=2))
+    runner = CliRunner()
+    out = tmp_path / "tiny-rpi5.tar.gz"
+    done = runner.invoke(main, ["bundle", str(model), "--target", "rpi5", "-o", str(out), "--prompt-tokens", "8", "--generate", "4", "--runs", "1", "--json"])
+    assert done.exit_code == 0, done.output
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["tiny-rpi5/llama-bench", "tiny-rpi5/run.sh", "tiny-rpi5/tiny.gguf"]
+        tar.extractall(tmp_path / "device", filter="data")
+    folder = tmp_path / "device" / "tiny-rpi5"
+    env = {**os.environ, "EDGEEMB_RUNNER": "qemu-aarch64 -cpu cortex-a76", "THREADS": "1"}
+    ran = subprocess.run(["sh", str(folder / "run.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    device = json.loads((folder / "bench.json").read_text())
+    assert device["schema"] == "edgeemb.bench/1" and device["profile"] == "rpi5" and device["fits"] is True
+    assert device["throughput"]["value"] > 0 and device["prompt_ms_per_token"] > 0 and device["peak_rss_bytes"] > 0
+    assert device["file_bytes"] == model.stat().st_size and device["threads"] == 1
+    host = tmp_path / "host.json"
+    host.write_text(json.dumps(bench(model, runs=1, prompt_tokens=8, generate=4, texts=["w1 w2 w3"])))
+    shown = runner.invoke(main, ["compare", str(host), str(folder / "bench.json")])
+    assert shown.exit_code == 0, shown.output
+    assert "mean" in shown.output and "ratio" in shown.output and "llama-bench -t" in shown.output
+    done = runner.invoke(main, ["bundle", str(model), "--target", "rpi5", "-o", str(out)])
+    assert done.exit_code == 1 and "exists" in done.output

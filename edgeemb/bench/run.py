@@ -97,20 +97,34 @@ def bench(
 
 
 def compare_runs(baseline: dict, result: dict) -> dict:
-    """`result` against `baseline`, measured in the same session: ratios (result / baseline)."""
+    """`result` against `baseline` (ratios, result / baseline), for runs that both fit. Latency is
+    compared at p50, or by means where one side has no percentiles (a device's llama-bench run)."""
     if not (baseline.get("fits") and result.get("fits")):
         return {}
+    both = {key for key in ("p50", "p95") if baseline["latency_ms"].get(key) is not None and result["latency_ms"].get(key) is not None}
     ratios = {
         "file_bytes": result["file_bytes"] / baseline["file_bytes"],
-        "load_s": result["load_s"] / baseline["load_s"],
-        "latency_p50": result["latency_ms"]["p50"] / baseline["latency_ms"]["p50"],
-        "latency_p95": result["latency_ms"]["p95"] / baseline["latency_ms"]["p95"],
+        **{f"latency_{key}": result["latency_ms"][key] / baseline["latency_ms"][key] for key in (both or {"mean"})},
         "throughput": result["throughput"]["value"] / baseline["throughput"]["value"],
         "peak_rss": result["peak_rss_bytes"] / baseline["peak_rss_bytes"],
     }
-    if "prompt_ms_per_token" in result and "prompt_ms_per_token" in baseline:
-        ratios["prompt_ms_per_token"] = result["prompt_ms_per_token"] / baseline["prompt_ms_per_token"]
+    for key in ("load_s", "prompt_ms_per_token"):
+        if key in result and key in baseline:
+            ratios[key] = result[key] / baseline[key]
     return ratios
+
+
+def read_results(path: Path) -> list[dict]:
+    """Bench results from a JSON file `edgeemb bench --json` or a device's run.sh wrote."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgeembError(f"{path}: not a readable JSON file ({exc})") from None
+    results = [data["baseline"], data["result"]] if isinstance(data, dict) and "baseline" in data else [data]
+    for result in results:
+        if not isinstance(result, dict) or result.get("schema") != SCHEMA:
+            raise EdgeembError(f"{path}: not an edgeemb bench result (schema {SCHEMA})")
+    return results
 
 
 def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, prompt_tokens: int) -> list:
