@@ -81,7 +81,7 @@ def test_bundle_runs_end_to_end_under_qemu_and_compares_beside_a_host_run(tmp_pa
         tar.extractall(tmp_path / "device", filter="data")
     folder = tmp_path / "device" / "tiny-rpi5"
     env = {**os.environ, "EDGEEMB_RUNNER": "qemu-aarch64 -cpu cortex-a76", "THREADS": "1"}
-    ran = subprocess.run(["sh", str(folder / "run.sh")], env=env, capture_output=True, text=True, timeout=600)
+    ran = subprocess.run(["sh", str(folder / "run.sh")], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert ran.returncode == 0, ran.stderr
     device = json.loads((folder / "bench.json").read_text())
     assert device["schema"] == "edgeemb.bench/1" and device["profile"] == "rpi5" and device["fits"] is True
