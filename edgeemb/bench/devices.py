@@ -9,15 +9,17 @@ of its storage.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgeemb.errors import EdgeembError
-from edgeemb.offload.profiles import Citation, builtin_names
+from edgeemb.offload.profiles import (
+    Citation,
+    builtin_files,
+    builtin_names,
+    load_profile_file,
+)
 
 
 class DeviceProfile(BaseModel):
@@ -42,23 +44,10 @@ class DeviceProfile(BaseModel):
         return flash
 
 
-def _builtin() -> dict[str, Path]:
-    folder = resources.files("edgeemb.bench") / "profiles"
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
-
-
 def device_names() -> list[str]:
-    return sorted(_builtin())
+    return sorted(builtin_files("edgeemb.bench"))
 
 
 def load_device(spec: str | Path) -> DeviceProfile:
-    """A built-in device profile by name, or a profile YAML file by path."""
-    builtin = _builtin()
-    path = builtin.get(str(spec)) or Path(spec)
-    if not path.is_file():
-        raise EdgeembError(f"unknown device profile {str(spec)!r}: not a built-in ({', '.join(sorted(builtin))}) nor a YAML file")
-    try:
-        return DeviceProfile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
-        first = str(exc).splitlines()
-        raise EdgeembError(f"{path}: not a valid device profile ({'; '.join(first[:3])})") from None
+    """A built-in device profile by name, or a device profile YAML file by path."""
+    return load_profile_file(spec, "edgeemb.bench", DeviceProfile, "device profile")

@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeemb.errors import EdgeembError
+
+Profile = TypeVar("Profile", bound=BaseModel)
 
 
 class Citation(BaseModel):
@@ -52,30 +55,36 @@ class FlashProfile(BaseModel):
         return access + nbytes / (self.seq_read_mb_s * 1e6)
 
 
-def _builtin() -> dict[str, Path]:
-    folder = resources.files("edgeemb.offload") / "profiles"
+def builtin_files(package: str) -> dict[str, Path]:
+    """The profile YAML files shipped in `package`/profiles, by name."""
+    folder = resources.files(package) / "profiles"
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
+def load_profile_file(spec: str | Path, package: str, model: type[Profile], kind: str) -> Profile:
+    """A profile shipped in `package` by name, or a YAML file by path, validated as `model`."""
+    builtin = builtin_files(package)
+    path = builtin.get(str(spec)) or Path(spec)
+    if not path.is_file():
+        raise EdgeembError(f"unknown {kind} {str(spec)!r}: not a built-in ({', '.join(sorted(builtin))}) nor a YAML file")
+    try:
+        return model.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        raise EdgeembError(f"{path}: not a valid {kind} ({'; '.join(first[:3])})") from None
+
+
 def builtin_names() -> list[str]:
-    """Built-in profile names, alphabetical (file names only: nothing is read)."""
-    return sorted(_builtin())
+    """Built-in flash profile names, alphabetical (file names only: nothing is read)."""
+    return sorted(builtin_files("edgeemb.offload"))
 
 
 def profile_names() -> list[str]:
-    """Built-in profiles, fastest first (by the time of one 4 KiB read)."""
-    profiles = [load_profile(name) for name in _builtin()]
+    """Built-in flash profiles, fastest first (by the time of one 4 KiB read)."""
+    profiles = [load_profile(name) for name in builtin_names()]
     return [p.name for p in sorted(profiles, key=lambda p: p.read_seconds(1, p.page_size))]
 
 
 def load_profile(spec: str | Path) -> FlashProfile:
-    """A built-in profile by name, or a profile YAML file by path."""
-    builtin = _builtin()
-    path = builtin.get(str(spec)) or Path(spec)
-    if not path.is_file():
-        raise EdgeembError(f"unknown flash profile {str(spec)!r}: not a built-in ({', '.join(sorted(builtin))}) nor a YAML file")
-    try:
-        return FlashProfile.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as exc:
-        first = str(exc).splitlines()
-        raise EdgeembError(f"{path}: not a valid flash profile ({'; '.join(first[:3])})") from None
+    """A built-in flash profile by name, or a flash profile YAML file by path."""
+    return load_profile_file(spec, "edgeemb.offload", FlashProfile, "flash profile")
