@@ -676,10 +676,11 @@ session and reports ratios. Profiles: """ + ", ".join(_device_names()) + """ (or
 @click.option("--tokenizer", default="minilm", show_default=True, help="Sentence model whose tokenizer feeds an ONNX file.")
 @click.option("--generate", default=32, show_default=True, help="Tokens generated per round (GGUF).")
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
-@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How a profile's memory cap is applied.")
+@click.option("--memory-mb", type=int, help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
+@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How the memory cap is applied.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes).")
 def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int, text: Path | None, tokenizer: str,
-          generate: int, no_mmap: bool, memory_limit: str, as_json: bool) -> None:
+          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, as_json: bool) -> None:
     from edgeemb.bench.devices import load_device
     from edgeemb.bench.run import bench as run_bench
     from edgeemb.bench.run import compare_runs
@@ -687,7 +688,7 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
     device = load_device(profile) if profile else None
     texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
     options = {"backend": backend, "profile": device, "runs": runs, "texts": texts, "tokenizer": tokenizer, "generate": generate,
-               "mmap": not no_mmap, "memory_limit": memory_limit}
+               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit}
     results = [run_bench(baseline, **options)] if baseline else []
     results.append(run_bench(artifact, **options))
     if baseline:

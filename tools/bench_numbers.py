@@ -6,7 +6,8 @@
   int8 (`export_onnx(..., quantize_rest=True)`), on the rpi4 profile.
 - Gemma 3 270M GGUF: the shipped file against the `gemma3-270m-english-q5_0` recipe's GGUF
   (vocabulary trimmed to Latin script, token_embd Q5_0), on rpi4; and on rpi-zero2 (350 MB cap),
-  once with the file mapped (llama.cpp's default) and once with the weights read into memory.
+  once with the file mapped (llama.cpp's default) and once with the weights read into memory;
+  and that last again under a 300 MB cap (a Zero 2 W with less left for the model).
 
 Each pair runs baseline first, then the compressed file, each in a fresh cold process (the file
 dropped from the page cache). Latency is this host's, on the profile's cores: read the ratios.
@@ -52,6 +53,7 @@ SCENARIOS = [  # (label, files, profile, bench options)
     ("Gemma 3 270M GGUF, rpi4", gemma_files, "rpi4", {"runs": 2}),
     ("Gemma 3 270M GGUF, rpi-zero2, mmap", gemma_files, "rpi-zero2", {"runs": 2}),
     ("Gemma 3 270M GGUF, rpi-zero2, no mmap", gemma_files, "rpi-zero2", {"runs": 2, "mmap": False}),
+    ("Gemma 3 270M GGUF, rpi-zero2 at 300 MB, no mmap", gemma_files, "rpi-zero2", {"runs": 2, "mmap": False, "memory_mb": 300}),
 ]
 
 

@@ -2,9 +2,12 @@
 under a device profile's cores and memory cap on this host.
 
 Each measurement runs in a fresh process (`edgeemb.bench.worker`), so its peak RSS is that model's
-alone, and starts cold: the file's pages are dropped from the page cache first, as after a reboot. A run the memory cap kills is a result, "does not fit in N MB", not an error. Latency on
+alone, and starts cold: the file's pages are dropped from the page cache first, as after a
+reboot. A run the memory cap kills is a result, "does not fit in N MB", not an error. Latency on
 this host is this host's: a profile caps what the device caps (cores, memory), not CPU speed;
-compare files by the ratios of runs made side by side.
+compare files by the ratios of runs made side by side. llama.cpp's threads spin while they wait
+for each other: another busy process on the pinned cores slows it by orders of magnitude, so
+benchmark on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -55,13 +58,15 @@ def bench(
     generate: int = 32,
     batch: int = 4096,
     mmap: bool = True,
+    memory_mb: int | None = None,
     memory_limit: MemoryLimit = "auto",
 ) -> dict:
     """Benchmark one file (see the module docstring); returns the JSON-able result (`SCHEMA`).
     `runs` passes over the texts (onnxruntime), prompt-and-generate rounds of `prompt_tokens` and
     `generate` tokens (llama.cpp, which maps the file unless `mmap` is False: then the weights are
     read into memory, as a runtime without mmap holds them), or 20 lookups of `batch` ids each
-    (numpy). `profile` applies its cores and memory cap (MB of 2**20 bytes, as RAM is sized)."""
+    (numpy). `profile` applies its cores and memory cap (MB of 2**20 bytes, as RAM is sized);
+    `memory_mb` overrides the cap, or sets one without a profile."""
     artifact = Path(artifact)
     if not artifact.exists():
         raise EdgeembError(f"{artifact}: no such file or folder")
@@ -74,10 +79,11 @@ def bench(
         "artifact": str(artifact), "backend": backend, "runs": runs, "ids": _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens),
         "generate": generate, "batch": batch, "mmap": mmap,
     }
+    cap = memory_mb or (profile.memory_cap_mb if profile else None)
     evict_page_cache(artifact)
     run = run_limited(
         [sys.executable, "-m", "edgeemb.bench.worker"], request,
-        cores=profile.cores if profile else None, memory_mb=profile.memory_cap_mb if profile else None, memory_limit=memory_limit,
+        cores=profile.cores if profile else None, memory_mb=cap, memory_limit=memory_limit,
     )
     result = {
         "schema": SCHEMA, "artifact": str(artifact), "backend": backend,
@@ -85,7 +91,6 @@ def bench(
         "profile": profile.name if profile else None, "limits": run.limits,
     }
     if run.out_of_memory:
-        cap = profile.memory_cap_mb if profile else 0
         return {**result, "fits": False, "message": f"does not fit in {cap} MB ({run.limits['memory']['how']} killed it)"}
     if run.returncode:
         last = (run.stderr.strip().splitlines() or ["no message"])[-1]
