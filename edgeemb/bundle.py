@@ -78,7 +78,7 @@ def make_bundle(model: Path, device: DeviceProfile, out: Path, *, prompt_tokens:
     refuse_existing(out, force)
     folder = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tempfile.TemporaryDirectory() as scratch:
-        build = cross_build(device, Path(scratch) / "bin", ndk=ndk)
+        build = cross_build(device, Path(scratch) / "bin", ndk=ndk, smoke=False)  # the device runs it; qemu is not needed here
         script = RUN_SH.format(target=device.name, model=model.name, schema=SCHEMA, qemu_cpu=device.qemu_cpu, prompt=prompt_tokens, generate=generate, runs=runs)
         staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:

@@ -59,10 +59,10 @@ class CrossBuild:
     smoke: SmokeTest | None
 
 
-def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, api: int = 28, smoke_model: Path | None = None,
-                try_cpu: str | None = None, force: bool = False) -> CrossBuild:
+def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, api: int = 28, smoke: bool = True,
+                smoke_model: Path | None = None, try_cpu: str | None = None, force: bool = False) -> CrossBuild:
     """Build (or take from the cache) llama-bench and llama-completion for `device`, copy them into
-    `out` with BUILD.json, and smoke-test them under qemu as the device's CPU (or `try_cpu`)."""
+    `out` with BUILD.json, and (with `smoke`) try them under qemu as the device's CPU (or `try_cpu`)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgeembError(f"{out} exists and is not empty; pass --force to replace its files")
@@ -81,8 +81,8 @@ def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, ap
     out.mkdir(parents=True, exist_ok=True)
     for name in BINARIES:
         shutil.copy2(build / "bin" / name, out / name)
-    smoke = smoke_test(out / "llama-bench", try_cpu or device.qemu_cpu, smoke_model, built_for=device.arm_arch)
-    result = CrossBuild(device.name, device.arm_arch, toolchain, version, list(BINARIES), cached, notes, smoke)
+    tried = smoke_test(out / "llama-bench", try_cpu or device.qemu_cpu, smoke_model, built_for=device.arm_arch) if smoke else None
+    result = CrossBuild(device.name, device.arm_arch, toolchain, version, list(BINARIES), cached, notes, tried)
     (out / "BUILD.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
