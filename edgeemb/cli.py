@@ -691,10 +691,8 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
                "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit}
     results = [run_bench(baseline, **options)] if baseline else []
     results.append(run_bench(artifact, **options))
-    if baseline:
-        results[1]["vs_baseline"] = compare_runs(results[0], results[1])
     if as_json:
-        _print_json({"baseline": results[0], "result": results[1]} if baseline else results[0])
+        _print_json({"baseline": results[0], "result": {**results[1], "vs_baseline": compare_runs(*results)}} if baseline else results[0])
         return
     _print_bench(results)
 

@@ -376,7 +376,7 @@ def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config:
 def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
                  text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
     from edgeemb.evaluate.data import read_texts
-    from edgeemb.export.onnx import SAMPLE_TEXTS, compress_onnx, export_onnx, verify_onnx
+    from edgeemb.export.onnx import SAMPLE_TEXTS, compress_onnx, export_onnx, tokenizer_beside, verify_onnx
 
     if source.format != "sentence-transformers":
         raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding models (GGUF models export to GGUF)")
@@ -384,7 +384,7 @@ def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config:
         exported = compress_onnx(onnx_source, table, file, quantize_rest=config.quantize_rest, force=force)
     else:
         exported = export_onnx(source, table, file, quantize_rest=config.quantize_rest, force=force)
-    tokenizer_file = file.with_suffix(".tokenizer.json")
+    tokenizer_file = tokenizer_beside(file)
     try:
         verified = verify_onnx(file, source, table, read_texts(text) if text else SAMPLE_TEXTS)
         if verified.checker != "ok":

@@ -21,11 +21,12 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from edgeemb.errors import EdgeembError
+from edgeemb.proc import memory_status
 
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _POLL_SECONDS = 0.02
@@ -42,7 +43,6 @@ class LimitedRun:
     limits: dict  # what was asked and what was applied, for the report
     out_of_memory: bool = False  # killed for going over the memory cap
     charged_peak_bytes: int | None = None  # the cgroup's peak charge (anonymous memory and page cache)
-    notes: list[str] = field(default_factory=list)
 
 
 def run_limited(
@@ -190,10 +190,9 @@ class _Watchdog:
     def _watch(self) -> None:
         while not self._done.wait(_POLL_SECONDS):
             try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
-            except OSError:
+                rss = memory_status(self.pid).get("VmRSS", 0)
+            except OSError:  # the child is gone
                 return
-            rss = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0)
             if rss > self.cap:
                 self.killed = True
                 os.kill(self.pid, signal.SIGKILL)

@@ -136,10 +136,10 @@ def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, p
     """The texts as the model reads them, tokenised here rather than in the measured process: one
     list of ids per sentence (onnxruntime), one prompt of `prompt_tokens` ids (llama.cpp)."""
     if backend == "onnxruntime":
-        from edgeemb.export.onnx import sentence_tokenizer
+        from edgeemb.export.onnx import sentence_tokenizer, tokenizer_beside
         from edgeemb.sources import open_model
 
-        beside = artifact.with_suffix(".tokenizer.json")  # written beside a trimmed vocabulary's export
+        beside = tokenizer_beside(artifact)
         return sentence_tokenizer(open_model(tokenizer).path, beside.read_text() if beside.is_file() else None)(texts)
     if backend == "llama.cpp":
         from edgeemb.evaluate.llamacpp import tokenize_text

@@ -21,11 +21,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(field + ":"))
-
-
 def _latency(seconds: list[float]) -> dict:
     ms = 1000 * np.asarray(seconds)
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()), "count": len(ms)}
@@ -109,15 +104,17 @@ MEASURE = {"onnxruntime": _onnx, "llama.cpp": _gguf, "numpy": _table}
 
 def main() -> None:
     from edgeemb.bench.limits import enter_limits
+    from edgeemb.proc import memory_status
 
     request = json.load(sys.stdin)
     enter_limits(request["limits"])
-    rss_before = _status_bytes("VmRSS")
+    rss_before = memory_status()["VmRSS"]
     result = MEASURE[request["backend"]](request)
+    memory = memory_status()
     result.update(
-        peak_rss_bytes=_status_bytes("VmHWM"), interpreter_rss_bytes=rss_before,
+        peak_rss_bytes=memory["VmHWM"], interpreter_rss_bytes=rss_before,
         # after the run: pages of mapped files (an mmapped model) and anonymous memory (buffers, caches)
-        rss_file_bytes=_status_bytes("RssFile"), rss_anon_bytes=_status_bytes("RssAnon"),
+        rss_file_bytes=memory["RssFile"], rss_anon_bytes=memory["RssAnon"],
         # pages read from storage: a memory cap smaller than a mapped model makes them climb
         major_faults=resource.getrusage(resource.RUSAGE_SELF).ru_majflt,
     )

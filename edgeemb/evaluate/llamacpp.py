@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import Perplexity
+from edgeemb.proc import memory_status
 from edgeemb.progress import silenced_output, track
 from edgeemb.sources.gguf import TOKENS_KEY, llama_vocabulary, read_gguf_header
 
@@ -180,13 +181,6 @@ def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
     return agreed
 
 
-def _memory_status() -> dict[str, int]:
-    """VmHWM (peak RSS), RssFile and RssAnon of this process, in bytes."""
-    wanted = {"VmHWM:", "RssFile:", "RssAnon:"}
-    with open("/proc/self/status") as status:
-        return {fields[0][:-1]: int(fields[1]) * 1024 for fields in map(str.split, status) if fields and fields[0] in wanted}
-
-
 def measure_gguf(
     path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024, options: dict | None = None,
 ) -> LlamaRun:
@@ -201,7 +195,7 @@ def measure_gguf(
     decoder = Decoder(llm, _BATCH)
     try:
         greedy_ids, decode_rate = _greedy(decoder, prompt.ids, generate)
-        memory = _memory_status()
+        memory = memory_status()
         begin = time.perf_counter()
         ppl = gguf_perplexity(decoder, text, window) if text is not None else None
         prefill_rate = len(text.ids) / (time.perf_counter() - begin) if text is not None else None

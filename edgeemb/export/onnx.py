@@ -42,6 +42,7 @@ from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats.codebook import PQ, VocabKMeans
 from edgeemb.formats.integer import Int2, Int4, Int8, Int8Tensor
+from edgeemb.proc import memory_status
 from edgeemb.progress import quiet
 from edgeemb.rows import unit_rows
 from edgeemb.sources import SourceModel, open_model
@@ -458,6 +459,12 @@ class _Builder:
 # --- verify -------------------------------------------------------------------------------------
 
 
+def tokenizer_beside(onnx_file: Path) -> Path:
+    """Where a trimmed vocabulary's tokenizer.json goes beside its ONNX export (model.onnx ->
+    model.tokenizer.json): the graph's ids are the trimmed vocabulary's."""
+    return Path(onnx_file).with_suffix(".tokenizer.json")
+
+
 def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1, tokenizer_json: str | None = None) -> Encode:
     """Encode texts with an ONNX sentence model in onnxruntime, tokenised as the sentence-transformers
     model `model` tokenises them (or by `tokenizer_json`, a trimmed vocabulary's). A graph that
@@ -602,7 +609,7 @@ def _probe() -> None:
     import onnxruntime  # noqa: F401  (loaded before the baseline: the session is what is measured)
 
     request = json.load(sys.stdin)
-    rss_before = _status_bytes("VmRSS")
+    rss_before = memory_status()["VmRSS"]
     sessions = [onnx_session(Path(p), request["threads"]) for p in request["paths"]]
     feeds = [[onnx_feed(session, [row])[0] for row in request["ids"]] for session in sessions]
     for session, feed in zip(sessions, feeds):
@@ -616,13 +623,5 @@ def _probe() -> None:
             start = time.perf_counter()
             sessions[which].run(None, feeds[which][sentence])
             times[which].append(time.perf_counter() - start)
-    peak = _status_bytes("VmHWM")
+    peak = memory_status()["VmHWM"]
     json.dump({"p50_ms": [1000 * float(np.median(t)) for t in times], "peak_rss": peak, "rss_before": rss_before}, sys.stdout)
-
-
-def _status_bytes(field: str) -> int:
-    """Bytes of a /proc/self/status memory field. VmHWM is this process's own peak RSS; getrusage's
-    ru_maxrss is not, since Linux carries it over from the parent across fork and exec."""
-    with open("/proc/self/status") as handle:
-        line = next(line for line in handle if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
