@@ -19,7 +19,6 @@ Every decoder is numpy over whole blocks, written to give the same float32 value
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,7 +26,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, kernels, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 from edgeemb.progress import track
 
 _F32 = np.float32
@@ -42,7 +41,7 @@ _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.u
 @dataclass(frozen=True)
 class _GGMLFormat(QuantFormat):
     qtype: ClassVar[GGMLQuantizationType]
-    kernel: ClassVar[Callable]  # the fused lookup in `kernels`: (blocks, ids, HALF, out) -> None
+    kernel: ClassVar[str]  # its fused lookup in `kernels` (compiled on first use): (blocks, ids, HALF, out) -> None
 
     @property
     def _block(self) -> int:
@@ -71,10 +70,13 @@ class _GGMLFormat(QuantFormat):
         return self._decode(raw.reshape(-1, self._block_bytes)).reshape(raw.shape[0], dim)
 
     def lookup(self, arrays: Arrays, ids: np.ndarray, dim: int) -> np.ndarray:
+        # numba is loaded by the first lookup, not by every import of the formats
+        from edgeemb.formats import kernels
+
         blocks = arrays["blocks"]
         ids = kernels.row_ids(ids, len(blocks))
         out = np.empty((len(ids), dim), _F32)
-        type(self).kernel(blocks, ids, kernels.HALF, out)
+        getattr(kernels, self.kernel)(blocks, ids, kernels.HALF, out)
         return out
 
     def describe(self) -> str:
@@ -98,7 +100,7 @@ class _GGMLFormat(QuantFormat):
 class Q8_0(_GGMLFormat):
     name: ClassVar[str] = "Q8_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q8_0
-    kernel: ClassVar[Callable] = staticmethod(kernels.q8_0)
+    kernel: ClassVar[str] = "q8_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         d = np.abs(blocks).max(axis=1, keepdims=True) / 127
@@ -162,7 +164,7 @@ class _Symmetric(_GGMLFormat):
 class Q4_0(_Symmetric):
     name: ClassVar[str] = "Q4_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_0
-    kernel: ClassVar[Callable] = staticmethod(kernels.q4_0)
+    kernel: ClassVar[str] = "q4_0"
     bits: ClassVar[int] = 4
 
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -178,7 +180,7 @@ class Q4_0(_Symmetric):
 class Q5_0(_Symmetric):
     name: ClassVar[str] = "Q5_0"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q5_0
-    kernel: ClassVar[Callable] = staticmethod(kernels.q5_0)
+    kernel: ClassVar[str] = "q5_0"
     bits: ClassVar[int] = 5
 
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -197,7 +199,7 @@ class Q5_0(_Symmetric):
 class Q4_1(_GGMLFormat):
     name: ClassVar[str] = "Q4_1"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_1
-    kernel: ClassVar[Callable] = staticmethod(kernels.q4_1)
+    kernel: ClassVar[str] = "q4_1"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         low = blocks.min(axis=1, keepdims=True)
@@ -239,7 +241,7 @@ class Q6_K(_KQuant):
 
     name: ClassVar[str] = "Q6_K"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q6_K
-    kernel: ClassVar[Callable] = staticmethod(kernels.q6_k)
+    kernel: ClassVar[str] = "q6_k"
     fallback: ClassVar[str] = "Q8_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
@@ -289,7 +291,7 @@ class Q4_K(_KQuant):
 
     name: ClassVar[str] = "Q4_K"
     qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_K
-    kernel: ClassVar[Callable] = staticmethod(kernels.q4_k)
+    kernel: ClassVar[str] = "q4_k"
     fallback: ClassVar[str] = "Q5_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, kernels, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class _IntBlocks(QuantFormat):
         return values.reshape(n, dim)
 
     def lookup(self, arrays: Arrays, ids: np.ndarray, dim: int) -> np.ndarray:
+        # numba is loaded by the first lookup, not by every import of the formats
+        from edgeemb.formats import kernels
+
         codes = arrays["codes"]
         ids = kernels.row_ids(ids, len(codes))
         scales = np.take(arrays["scales"], ids, axis=0).astype(np.float32)

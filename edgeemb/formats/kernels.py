@@ -9,6 +9,8 @@ with the same float32 operations in the same order (no fast-math, so no fused mu
 so return exactly what `dequantize` returns for the same rows; tests hold them to that.
 
 fp16 scales are read through `HALF`, every fp16 bit pattern's float32 value (numba has no fp16).
+The formats import this module on their first lookup: importing numba costs ~0.5 s and ~85 MB of
+RSS, which a process that never looks rows up (a benchmark worker, most commands) need not pay.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-HALF = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+HALF = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 
 _jit = numba.njit(nogil=True, cache=True, boundscheck=False)
 
@@ -156,7 +158,10 @@ def row_ids(ids: np.ndarray, rows: int) -> np.ndarray:
     """`ids` as intp, refused as np.take refuses them when out of range (the kernels do not check);
     negative ids count from the end, as in np.take."""
     ids = np.asarray(ids, dtype=np.intp)
-    if ids.size and (ids.min() < -rows or ids.max() >= rows):
+    if not ids.size:
+        return ids
+    lowest = ids.min()
+    if lowest < -rows or ids.max() >= rows:
         raise IndexError(f"token id out of range for a table of {rows} rows")
-    return np.where(ids < 0, ids + rows, ids) if ids.size and ids.min() < 0 else ids
+    return np.where(ids < 0, ids + rows, ids) if lowest < 0 else ids
 
