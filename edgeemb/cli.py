@@ -663,7 +663,12 @@ Each run is a fresh process that starts cold (the file's pages dropped from the 
 --profile applies a device's cores (pinned CPUs) and memory cap (a cgroup of its own as root, an
 RSS watchdog otherwise; the result says which): a run the cap kills is reported as "does not fit".
 Latency here is this host's, not the device's: --baseline runs the uncompressed file in the same
-session and reports ratios. Profiles: """ + ", ".join(_device_names()) + """ (or a YAML file)."""
+session and reports ratios.
+
+--emulate counts instructions instead, on the profile's CPU (the rpi5's Cortex-A76 by default)
+under qemu user mode, one thread: per sentence in onnxruntime (an aarch64 Python, fetched once)
+or per generated token in llama-bench (built by `edgeemb cross`). The count is the same in every
+run; qemu's wall time is not the device's and is not reported. Profiles: """ + ", ".join(_device_names()) + """ (or a YAML file)."""
 
 
 @main.command(help=_BENCH_HELP)
@@ -678,9 +683,10 @@ session and reports ratios. Profiles: """ + ", ".join(_device_names()) + """ (or
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
 @click.option("--memory-mb", type=int, help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
 @click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How the memory cap is applied.")
+@click.option("--emulate", is_flag=True, help="Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes).")
 def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int, text: Path | None, tokenizer: str,
-          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, as_json: bool) -> None:
+          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, emulate: bool, as_json: bool) -> None:
     from edgeemb.bench.devices import load_device
     from edgeemb.bench.run import bench as run_bench
     from edgeemb.bench.run import compare_runs
@@ -688,13 +694,40 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
     device = load_device(profile) if profile else None
     texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
     options = {"backend": backend, "profile": device, "runs": runs, "texts": texts, "tokenizer": tokenizer, "generate": generate,
-               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit}
-    results = [run_bench(baseline, **options)] if baseline else []
-    results.append(run_bench(artifact, **options))
+               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit, "emulate": emulate}
+    with err_console.status("counting instructions under qemu (the first run fetches and builds its tools)" if emulate else "benchmarking"):
+        results = [run_bench(baseline, **options)] if baseline else []
+        results.append(run_bench(artifact, **options))
     if as_json:
         _print_json({"baseline": results[0], "result": {**results[1], "vs_baseline": compare_runs(*results)}} if baseline else results[0])
         return
-    _print_bench(results)
+    (_print_emulated if emulate else _print_bench)(results)
+
+
+def _print_emulated(results: list[dict]) -> None:
+    """Emulated runs side by side; with two, the second's ratios to the first."""
+    from edgeemb.bench.run import compare_runs
+
+    ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
+    first = results[-1]["emulated"]
+    table = Table(title=f"{results[-1]['backend']} under qemu {first['qemu'].split()[0]} as {first['cpu']} (one thread)")
+    table.add_column("")
+    for result in results:
+        table.add_column(Path(result["artifact"]).name)
+    if ratios:
+        table.add_column("ratio")
+    rows = [
+        ("file", lambda r: human_bytes(r["file_bytes"]), "file_bytes"),
+        (f"instructions per {results[-1]['unit']}", lambda r: f"{r['instructions_per_unit'] / 1e6:,.2f} M ({r['units']} counted)", "instructions"),
+        ("start-up run", lambda r: f"{r['short_run_instructions'] / 1e6:,.1f} M instructions", None),
+        ("qemu peak RSS", lambda r: human_bytes(r["peak_rss_bytes"]), "peak_rss"),
+    ]
+    for label, value, ratio in rows:
+        table.add_row(label, *(value(result) for result in results), *([f"{ratios[ratio]:.2f}x" if ratio else ""] if ratios else []))
+    out_console.print(table)
+    for result in results:
+        if "other_thread_instructions" in result:
+            out_console.print(f"{Path(result['artifact']).name}: other threads ran {result['other_thread_instructions']} instructions (not counted per unit: they vary)")
 
 
 def _print_bench(results: list[dict]) -> None:

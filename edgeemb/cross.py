@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, require_program
 
 BINARIES = ("llama-bench", "llama-completion")
 TOOLCHAIN = Path(__file__).resolve().parents[1] / "tools" / "toolchains" / "aarch64-linux-gnu.cmake"
@@ -89,7 +89,7 @@ def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, ap
 
 def smoke_test(binary: Path, cpu: str, model: Path | None = None, built_for: str | None = None) -> SmokeTest:
     """Run an aarch64 llama.cpp `binary` under qemu-user as `cpu` (a QEMU_CPU name)."""
-    qemu = _require("qemu-aarch64", "qemu-user (Debian: apt-get install qemu-user)")
+    qemu = require_program("qemu-aarch64", "qemu-user (Debian: apt-get install qemu-user)")
     args = ["-m", str(model), "-p", "8", "-n", "4", "-r", "1", "-t", "1", "-o", "json"] if model else ["--version"]
     command = [qemu, "-cpu", cpu, str(binary), *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
@@ -106,7 +106,7 @@ def _toolchain(ndk: Path | None, api: int) -> tuple[str, list[str]]:
         if not file.is_file():
             raise EdgeembError(f"{ndk}: not an Android NDK (no build/cmake/android.toolchain.cmake)")
         return f"android-ndk (arm64-v8a, API {api})", [f"-DCMAKE_TOOLCHAIN_FILE={file}", "-DANDROID_ABI=arm64-v8a", f"-DANDROID_PLATFORM=android-{api}"]
-    _require("aarch64-linux-gnu-gcc", "the cross compiler (Debian: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)")
+    require_program("aarch64-linux-gnu-gcc", "the cross compiler (Debian: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)")
     if not TOOLCHAIN.is_file():
         raise EdgeembError(f"{TOOLCHAIN}: missing; edgeemb cross runs from a checkout of the edgeemb repository (tools/toolchains)")
     return "gcc-aarch64-linux-gnu (static)", [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_EXE_LINKER_FLAGS=-static"]
@@ -135,7 +135,7 @@ def _source(version: str) -> Path:
 
 
 def _configure_and_build(source: Path, build: Path, arm_arch: str, flags: list[str]) -> None:
-    cmake = _require("cmake", "cmake (Debian: apt-get install cmake)")
+    cmake = require_program("cmake", "cmake (Debian: apt-get install cmake)")
     configure = [
         cmake, "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *flags,
         "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={arm_arch}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
@@ -147,9 +147,3 @@ def _configure_and_build(source: Path, build: Path, arm_arch: str, flags: list[s
             last = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-3:]
             raise EdgeembError(f"llama.cpp build failed ({' '.join(step[:3])} ...): {' | '.join(last) or 'no message'}")
 
-
-def _require(program: str, package: str) -> str:
-    found = shutil.which(program)
-    if found is None:
-        raise EdgeembError(f"{program} not found: install {package}")
-    return found

@@ -60,13 +60,15 @@ def bench(
     mmap: bool = True,
     memory_mb: int | None = None,
     memory_limit: MemoryLimit = "auto",
+    emulate: bool = False,
 ) -> dict:
     """Benchmark one file (see the module docstring); returns the JSON-able result (`SCHEMA`).
     `runs` passes over the texts (onnxruntime), prompt-and-generate rounds of `prompt_tokens` and
     `generate` tokens (llama.cpp, which maps the file unless `mmap` is False: then the weights are
     read into memory, as a runtime without mmap holds them), or 20 lookups of `batch` ids each
     (numpy). `profile` applies its cores and memory cap (MB of 2**20 bytes, as RAM is sized);
-    `memory_mb` overrides the cap, or sets one without a profile."""
+    `memory_mb` overrides the cap, or sets one without a profile. `emulate` counts instructions
+    on the profile's CPU under qemu instead (`edgeemb.bench.emulate`; the rpi5 without a profile)."""
     artifact = Path(artifact)
     if not artifact.exists():
         raise EdgeembError(f"{artifact}: no such file or folder")
@@ -75,8 +77,17 @@ def bench(
         raise EdgeembError(f"unknown backend {backend!r} ({', '.join(BACKENDS)})")
     if runs < 1:
         raise EdgeembError(f"runs must be at least 1, got {runs}")
+    if emulate:
+        from edgeemb.bench.devices import load_device
+        from edgeemb.bench.emulate import emulate as count
+
+        if memory_mb is not None:
+            raise EdgeembError("an emulated run counts instructions; a memory cap applies to runs on this host")
+        ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
+        return count(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
+    ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
     request = {
-        "artifact": str(artifact), "backend": backend, "runs": runs, "ids": _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens),
+        "artifact": str(artifact), "backend": backend, "runs": runs, "ids": ids,
         "generate": generate, "batch": batch, "mmap": mmap,
     }
     cap = memory_mb or (profile.memory_cap_mb if profile else None)
@@ -103,9 +114,13 @@ def bench(
 
 def compare_runs(baseline: dict, result: dict) -> dict:
     """`result` against `baseline` (ratios, result / baseline), for runs that both fit. Latency is
-    compared at p50, or by means where one side has no percentiles (a device's llama-bench run)."""
+    compared at p50, or by means where one side has no percentiles (a device's llama-bench run);
+    emulated runs by instructions per unit."""
     if not (baseline.get("fits") and result.get("fits")):
         return {}
+    if "instructions_per_unit" in baseline and "instructions_per_unit" in result:
+        return {key: result[name] / baseline[name] for key, name in
+                (("file_bytes", "file_bytes"), ("instructions", "instructions_per_unit"), ("peak_rss", "peak_rss_bytes"))}
     both = {key for key in ("p50", "p95") if baseline["latency_ms"].get(key) is not None and result["latency_ms"].get(key) is not None}
     ratios = {
         "file_bytes": result["file_bytes"] / baseline["file_bytes"],
