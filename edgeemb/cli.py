@@ -662,8 +662,9 @@ and peak memory; for an edgeemb output folder, lookups of its table (numpy).
 Each run is a fresh process that starts cold (the file's pages dropped from the page cache).
 --profile applies a device's cores (pinned CPUs) and memory cap (a cgroup of its own as root, an
 RSS watchdog otherwise; the result says which): a run the cap kills is reported as "does not fit".
-Latency here is this host's, not the device's: --baseline runs the uncompressed file in the same
-session and reports ratios.
+--cpu-quota gives it a share of each core's time, --flash reads the model at the profile's flash
+speed (both cgroups, as root; the result says what was applied). Latency here is this host's, not
+the device's: --baseline runs the uncompressed file in the same session and reports ratios.
 
 --emulate counts instructions instead, on the profile's CPU (the rpi5's Cortex-A76 by default)
 under qemu user mode, one thread: per sentence in onnxruntime (an aarch64 Python, fetched once)
@@ -683,10 +684,13 @@ run; qemu's wall time is not the device's and is not reported. Profiles: """ + "
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
 @click.option("--memory-mb", type=int, help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
 @click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How the memory cap is applied.")
+@click.option("--cpu-quota", type=float, help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.")
+@click.option("--flash", is_flag=True, help="Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root).")
 @click.option("--emulate", is_flag=True, help="Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes).")
 def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int, text: Path | None, tokenizer: str,
-          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, emulate: bool, as_json: bool) -> None:
+          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, cpu_quota: float | None, flash: bool, emulate: bool,
+          as_json: bool) -> None:
     from edgeemb.bench.devices import load_device
     from edgeemb.bench.run import bench as run_bench
     from edgeemb.bench.run import compare_runs
@@ -694,7 +698,7 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
     device = load_device(profile) if profile else None
     texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
     options = {"backend": backend, "profile": device, "runs": runs, "texts": texts, "tokenizer": tokenizer, "generate": generate,
-               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit, "emulate": emulate}
+               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit, "cpu_quota": cpu_quota, "flash": flash, "emulate": emulate}
     with err_console.status("counting instructions under qemu (the first run fetches and builds its tools)" if emulate else "benchmarking"):
         results = [run_bench(baseline, **options)] if baseline else []
         results.append(run_bench(artifact, **options))
@@ -777,6 +781,11 @@ def _print_bench(results: list[dict]) -> None:
         if "memory" in limits:
             memory = limits["memory"]
             note += f"; memory cap {memory['cap_mb']} MB by {memory['how']}" + (f", swap {memory['swap']}" if "swap" in memory else "")
+        if "cpu_quota" in limits:
+            note += f"; CPU quota {limits['cpu_quota']['share']:.0%} of each core by {limits['cpu_quota']['how']}"
+        if "reads" in limits:
+            reads = limits["reads"]
+            note += f"; reads of disk {reads['device']} at {reads['bytes_per_s'] / 1e6:.0f} MB/s and {reads['iops']} IOPS by {reads['how']}"
         out_console.print(note)
 
 _CROSS_HELP = """Build llama.cpp's runtime (llama-bench, llama-completion) for a device, from the llama.cpp

@@ -124,3 +124,54 @@ def test_cli_bench_json_and_errors(tmp_path):
     stray.write_bytes(b"0")
     done = runner.invoke(main, ["bench", str(stray)])
     assert done.exit_code == 1 and "cannot tell its runtime" in done.output
+
+
+# A worker that enters its limits, then times what it is told to do: read a file or spin the CPU.
+_TIMER = """
+import json, os, sys, time
+from edgeemb.bench.limits import enter_limits
+request = json.load(sys.stdin)
+enter_limits(request["limits"])
+start, cpu = time.perf_counter(), time.process_time()
+if request["task"] == "read":
+    with open(request["path"], "rb") as file:
+        while file.read(1 << 20):
+            pass
+else:
+    while time.process_time() - cpu < 0.3:
+        pass
+print(json.dumps({"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}))
+"""
+
+
+@pytest.mark.skipif(not CGROUPS, reason="needs root and cgroups")
+def test_flash_throttle_and_cpu_quota_slow_the_run_by_cgroup(tmp_path):
+    import sys
+
+    from edgeemb.bench.limits import ReadThrottle, block_device, evict_page_cache, run_limited
+
+    data = tmp_path / "model.bin"
+    data.write_bytes(np.random.default_rng(0).bytes(6 * 2**20))
+    device = block_device(data)
+    if device is None:
+        pytest.skip("the test folder is on no block device")
+    evict_page_cache(data)
+    run = run_limited([sys.executable, "-c", _TIMER], {"task": "read", "path": str(data)}, read_throttle=ReadThrottle(device, 3 * 2**20, 200))
+    assert run.returncode == 0, run.stderr
+    assert run.limits["reads"]["how"].startswith("cgroup v") and run.limits["reads"]["device"] == device
+    assert json.loads(run.stdout)["wall"] > 1.5  # 6 MiB at 3 MiB/s: two seconds, less what the first tick lets through
+    run = run_limited([sys.executable, "-c", _TIMER], {"task": "spin"}, cores=1, cpu_quota=0.25)
+    assert run.returncode == 0, run.stderr
+    assert run.limits["cpu_quota"]["how"].startswith("cgroup v")
+    spun = json.loads(run.stdout)
+    assert spun["wall"] > 2.5 * spun["cpu"]  # a quarter of each 100 ms period: ~4x the CPU time
+
+
+def test_flash_needs_a_profile_and_a_quota_is_a_share(tmp_path):
+    artifact = _table_artifact(tmp_path / "t", 100)
+    with pytest.raises(EdgeembError, match="give --profile"):
+        bench(artifact, runs=1, flash=True)
+    with pytest.raises(EdgeembError, match=r"CPU quota is a share of each core's time, in \(0, 1\]; got 1.5"):
+        bench(artifact, runs=1, cpu_quota=1.5)
+    with pytest.raises(EdgeembError, match="an emulated run counts instructions"):
+        bench(artifact, runs=1, cpu_quota=0.5, emulate=True)

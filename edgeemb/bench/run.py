@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
-from edgeemb.bench.limits import MemoryLimit, evict_page_cache, run_limited
+from edgeemb.bench.limits import MemoryLimit, ReadThrottle, block_device, evict_page_cache, run_limited
 from edgeemb.errors import EdgeembError
 
 SCHEMA = "edgeemb.bench/1"
@@ -60,6 +60,8 @@ def bench(
     mmap: bool = True,
     memory_mb: int | None = None,
     memory_limit: MemoryLimit = "auto",
+    cpu_quota: float | None = None,
+    flash: bool = False,
     emulate: bool = False,
 ) -> dict:
     """Benchmark one file (see the module docstring); returns the JSON-able result (`SCHEMA`).
@@ -67,7 +69,9 @@ def bench(
     `generate` tokens (llama.cpp, which maps the file unless `mmap` is False: then the weights are
     read into memory, as a runtime without mmap holds them), or 20 lookups of `batch` ids each
     (numpy). `profile` applies its cores and memory cap (MB of 2**20 bytes, as RAM is sized);
-    `memory_mb` overrides the cap, or sets one without a profile. `emulate` counts instructions
+    `memory_mb` overrides the cap, or sets one without a profile. `cpu_quota` gives the run that
+    share of each pinned core's time; `flash` throttles reads of the file's disk to the profile's
+    flash storage (sequential MB/s and random-read IOPS). `emulate` counts instructions
     on the profile's CPU under qemu instead (`edgeemb.bench.emulate`; the rpi5 without a profile)."""
     artifact = Path(artifact)
     if not artifact.exists():
@@ -81,8 +85,8 @@ def bench(
         from edgeemb.bench.devices import load_device
         from edgeemb.bench.emulate import emulate as count
 
-        if memory_mb is not None:
-            raise EdgeembError("an emulated run counts instructions; a memory cap applies to runs on this host")
+        if memory_mb is not None or cpu_quota is not None or flash:
+            raise EdgeembError("an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs on this host")
         ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
         return count(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
     ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
@@ -95,6 +99,7 @@ def bench(
     run = run_limited(
         [sys.executable, "-m", "edgeemb.bench.worker"], request,
         cores=profile.cores if profile else None, memory_mb=cap, memory_limit=memory_limit,
+        cpu_quota=cpu_quota, read_throttle=_flash_throttle(artifact, profile) if flash else None,
     )
     result = {
         "schema": SCHEMA, "artifact": str(artifact), "backend": backend,
@@ -166,6 +171,18 @@ def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, p
             ids = tokenize_text(artifact, text, max_tokens=prompt_tokens).ids
         return ids.tolist()
     return []
+
+
+def _flash_throttle(artifact: Path, profile: DeviceProfile | None) -> ReadThrottle:
+    from edgeemb.offload.profiles import load_profile
+
+    if profile is None:
+        raise EdgeembError("flash throttling reads as a device profile's storage does: give --profile")
+    device = block_device(artifact)
+    if device is None:
+        raise EdgeembError(f"{artifact}: cannot throttle its reads: it is on no block device (tmpfs, overlay or network)")
+    storage = load_profile(profile.flash)
+    return ReadThrottle(device, round(storage.seq_read_mb_s * 1e6), round(storage.rand_read_iops))
 
 
 def _size(path: Path) -> int:
