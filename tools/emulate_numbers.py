@@ -75,8 +75,9 @@ def render(result: dict) -> str:
         lines.append(f"| **{group['group']}** | | | | | | |")
         for row in group["results"]:
             ratios = row["vs_original"]
+            path = Path(row["artifact"])
             lines.append(
-                f"| {Path(row['artifact']).name} | {row['file_bytes'] / 1e6:.1f} MB | {row['instructions_per_unit']:,.0f} "
+                f"| {path.parent.name if path.name == 'model.gguf' else path.name} | {row['file_bytes'] / 1e6:.1f} MB | {row['instructions_per_unit']:,.0f} "
                 f"(over {row['units']}) | {ratios['instructions']:.3f}x | {row['short_run_instructions']:,} | "
                 f"{row['peak_rss_bytes'] / 2**20:.0f} MB | {ratios['peak_rss']:.2f}x |"
             )
