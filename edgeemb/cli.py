@@ -708,18 +708,24 @@ def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Pa
     (_print_emulated if emulate else _print_bench)(results)
 
 
+def _bench_table(title: str, results: list[dict], ratio_column: bool) -> Table:
+    """A table with a column per benchmarked file, and one for the ratios of the second to the first."""
+    table = Table(title=title)
+    table.add_column("")
+    for result in results:
+        table.add_column(Path(result["artifact"]).name)
+    if ratio_column:
+        table.add_column("ratio")
+    return table
+
+
 def _print_emulated(results: list[dict]) -> None:
     """Emulated runs side by side; with two, the second's ratios to the first."""
     from edgeemb.bench.run import compare_runs
 
     ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
     first = results[-1]["emulated"]
-    table = Table(title=f"{results[-1]['backend']} under qemu {first['qemu'].split()[0]} as {first['cpu']} (one thread)")
-    table.add_column("")
-    for result in results:
-        table.add_column(Path(result["artifact"]).name)
-    if ratios:
-        table.add_column("ratio")
+    table = _bench_table(f"{results[-1]['backend']} under qemu {first['qemu'].split()[0]} as {first['cpu']} (one thread)", results, bool(ratios))
     rows = [
         ("file", lambda r: human_bytes(r["file_bytes"]), "file_bytes"),
         (f"instructions per {results[-1]['unit']}", lambda r: f"{r['instructions_per_unit'] / 1e6:,.2f} M ({r['units']} counted)", "instructions"),
@@ -761,12 +767,7 @@ def _print_bench(results: list[dict]) -> None:
     ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
     if "latency_p50" not in ratios and "latency_mean" in ratios:
         ratio_of["latency"] = "latency_mean"
-    table = Table(title=f"{results[-1]['backend']} benchmark")
-    table.add_column("")
-    for result in results:
-        table.add_column(Path(result["artifact"]).name)
-    if ratios:
-        table.add_column("ratio")
+    table = _bench_table(f"{results[-1]['backend']} benchmark", results, bool(ratios))
     for key, label in labels.items():
         row = [label, *(cell(result, key) for result in results)]
         if ratios:

@@ -17,9 +17,10 @@ Writes OUT.md and OUT.json; the compressed files stay in --work.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+
+from report_files import write_report
 
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.run import bench, compare_runs
@@ -105,14 +106,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("out/bench"), help="folder for the compressed files")
     parser.add_argument("--render", action="store_true", help="only re-render OUT.md from OUT.json")
     args = parser.parse_args()
-    if args.render:
-        result = json.loads(args.out.with_suffix(".json").read_text())
-    else:
-        result = measure(args.work)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    write_report(args.out, None if args.render else lambda: measure(args.work), render)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ OUT.md and OUT.json; the compressed files stay in --work.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from bench_numbers import minilm_files
+from report_files import write_report
 
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.run import bench, compare_runs
@@ -87,15 +87,14 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text", type=Path, required=True, help="plain text whose second half fits the SmolLM2 recipes (WikiText-2 raw test)")
+    parser.add_argument("--text", type=Path, help="plain text whose second half fits the SmolLM2 recipes (WikiText-2 raw test)")
     parser.add_argument("-o", "--out", type=Path, default=Path("docs/bench-emulated"), help="writes OUT.md and OUT.json")
     parser.add_argument("--work", type=Path, default=Path("out/bench"), help="folder for the compressed files")
+    parser.add_argument("--render", action="store_true", help="only re-render OUT.md from OUT.json")
     args = parser.parse_args()
-    result = measure(args.work, args.text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+    if not args.render and args.text is None:
+        parser.error("--text is required to measure")
+    write_report(args.out, None if args.render else lambda: measure(args.work, args.text), render)
 
 
 if __name__ == "__main__":

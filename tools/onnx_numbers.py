@@ -22,10 +22,11 @@ Writes OUT.md and OUT.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
+
+from report_files import write_report
 
 from edgeemb.evaluate.data import read_sts
 from edgeemb.evaluate.encoder import memoize, sentence_encoder
@@ -159,17 +160,14 @@ def main() -> None:
     parser.add_argument("--latency-every", type=int, default=10, help="time every Nth STS-B dev sentence")
     parser.add_argument("--render", action="store_true", help="only re-render OUT.md from OUT.json")
     args = parser.parse_args()
-    if args.render:
-        result = json.loads(args.out.with_suffix(".json").read_text())
-    else:
+
+    def measure_in_work() -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             work = args.work or Path(scratch)
             work.mkdir(parents=True, exist_ok=True)
-            result = measure(args.data, work, args.threads, args.latency_every)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
-    print(render(result))
+            return measure(args.data, work, args.threads, args.latency_every)
+
+    write_report(args.out, None if args.render else measure_in_work, render)
 
 
 if __name__ == "__main__":
