@@ -390,10 +390,13 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
         from edgeemb.bench.run import read_results
 
         results = [result for path in outs for result in read_results(path)]
+        emulated = {"instructions_per_unit" in result for result in results}
+        if len(emulated) > 1:
+            raise EdgeembError("instruction counts (bench --emulate) and timed runs measure different things; compare each kind on its own")
         if as_json:
             _print_json({"results": results})
         else:
-            _print_bench(results)
+            (_print_emulated if emulated == {True} else _print_bench)(results)
         return
     if any(path.is_file() for path in outs):
         raise EdgeembError("compare takes output folders, or bench result JSON files, not both")

@@ -128,3 +128,16 @@ def test_minilm_int4_onnx_costs_fewer_instructions_per_sentence(tmp_path):
     # int8 MatMuls with the A76's dot products against fp32: well under half the instructions
     assert ratios["instructions"] < 0.6 and ratios["file_bytes"] < 0.25 and ratios["peak_rss"] < 1
     assert os.path.getsize(small) == after["file_bytes"]
+
+
+def test_compare_keeps_counts_and_timings_apart(tmp_path):
+    counted = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
+               "instructions_per_unit": 5.0, "peak_rss_bytes": 100}
+    timed = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
+             "latency_ms": {"p50": 1.0}, "throughput": {"value": 1.0}, "peak_rss_bytes": 100}
+    assert compare_runs(counted, timed) == {} and compare_runs(timed, counted) == {}
+    assert compare_runs(counted, {**counted, "instructions_per_unit": 2.5, "file_bytes": 5}) == {"file_bytes": 0.5, "instructions": 0.5, "peak_rss": 1.0}
+    (tmp_path / "a.json").write_text(json.dumps(counted))
+    (tmp_path / "b.json").write_text(json.dumps(timed))
+    done = CliRunner().invoke(main, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert done.exit_code == 1 and "instruction counts (bench --emulate) and timed runs measure different things" in done.output

@@ -7,7 +7,8 @@ reboot. A run the memory cap kills is a result, "does not fit in N MB", not an e
 this host is this host's: a profile caps what the device caps (cores, memory), not CPU speed;
 compare files by the ratios of runs made side by side. llama.cpp's threads spin while they wait
 for each other: another busy process on the pinned cores slows it by orders of magnitude, so
-benchmark on an otherwise idle machine.
+benchmark on an otherwise idle machine. `emulate=True` counts instructions on the profile's CPU
+under qemu instead (`edgeemb.bench.emulate`): exact and repeatable, but blind to memory stalls.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import platform
 import sys
 from pathlib import Path
 
-from edgeemb.bench.devices import DeviceProfile
-from edgeemb.bench.limits import MemoryLimit, ReadThrottle, block_device, evict_page_cache, run_limited
+from edgeemb.bench.devices import DeviceProfile, load_device
+from edgeemb.bench.limits import (
+    MemoryLimit,
+    ReadThrottle,
+    block_device,
+    evict_page_cache,
+    run_limited,
+)
 from edgeemb.errors import EdgeembError
 
 SCHEMA = "edgeemb.bench/1"
@@ -82,7 +89,6 @@ def bench(
     if runs < 1:
         raise EdgeembError(f"runs must be at least 1, got {runs}")
     if emulate:
-        from edgeemb.bench.devices import load_device
         from edgeemb.bench.emulate import emulate as count
 
         if memory_mb is not None or cpu_quota is not None or flash:
@@ -123,7 +129,10 @@ def compare_runs(baseline: dict, result: dict) -> dict:
     emulated runs by instructions per unit."""
     if not (baseline.get("fits") and result.get("fits")):
         return {}
-    if "instructions_per_unit" in baseline and "instructions_per_unit" in result:
+    counted = ("instructions_per_unit" in baseline) + ("instructions_per_unit" in result)
+    if counted == 1:  # an instruction count and a timed run have no ratios
+        return {}
+    if counted == 2:
         return {key: result[name] / baseline[name] for key, name in
                 (("file_bytes", "file_bytes"), ("instructions", "instructions_per_unit"), ("peak_rss", "peak_rss_bytes"))}
     both = {key for key in ("p50", "p95") if baseline["latency_ms"].get(key) is not None and result["latency_ms"].get(key) is not None}
