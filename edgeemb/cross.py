@@ -89,15 +89,35 @@ def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, ap
 
 def smoke_test(binary: Path, cpu: str, model: Path | None = None, built_for: str | None = None) -> SmokeTest:
     """Run an aarch64 llama.cpp `binary` under qemu-user as `cpu` (a QEMU_CPU name)."""
-    qemu = require_program("qemu-aarch64", "qemu-user (Debian: apt-get install qemu-user)")
+    qemu, _ = qemu_user()
     args = ["-m", str(model), "-p", "8", "-n", "4", "-r", "1", "-t", "1", "-o", "json"] if model else ["--version"]
     command = [qemu, "-cpu", cpu, str(binary), *args]
+    try:
+        require_qemu_cpu(cpu)
+    except EdgeembError as missing:
+        return SmokeTest(False, cpu, command, f"not tried: {missing}")
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode in (-signal.SIGILL, 128 + signal.SIGILL) or "Illegal instruction" in done.stderr:
         built = f"it was built for {built_for}, and " if built_for else ""
         return SmokeTest(False, cpu, command, f"this binary needs a newer CPU: {built}{cpu} lacks an instruction it uses (SIGILL)", done.stdout)
     tail = "\n".join((done.stdout.strip() or done.stderr.strip()).splitlines()[-3:])
     return SmokeTest(done.returncode == 0, cpu, command, tail if done.returncode == 0 else f"exit status {done.returncode}: {tail}", done.stdout)
+
+
+def qemu_user() -> tuple[str, str]:
+    """qemu-aarch64's path and version line (e.g. "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)")."""
+    qemu = require_program("qemu-aarch64", "qemu-user (Debian: apt-get install qemu-user)")
+    first = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
+    return qemu, (first[0].removeprefix("qemu-aarch64 version ").strip() if first else "unknown")
+
+
+def require_qemu_cpu(cpu: str) -> None:
+    """An error naming the CPUs this qemu models, when `cpu` is not one of them."""
+    qemu, version = qemu_user()
+    listed = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout.split()
+    if cpu not in listed:
+        known = ", ".join(name for name in listed if name not in ("Available", "CPUs:"))
+        raise EdgeembError(f"qemu {version} has no {cpu} model (it has {known}); a newer qemu, or a profile with another qemu_cpu")
 
 
 def _toolchain(ndk: Path | None, api: int) -> tuple[str, list[str]]:

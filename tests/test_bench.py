@@ -42,7 +42,7 @@ def _table_artifact(folder: Path, rows: int, dim: int = 256, quantized: bool = F
 
 def test_builtin_profiles_load_with_sources_and_a_flash_profile():
     names = device_names()
-    assert {"rpi-zero2", "rpi3", "rpi4", "rpi5", "android-mid", "android-high"} <= set(names)
+    assert {"rpi-zero2", "rpi3", "rpi4", "rpi5", "android-arm64", "android-mid", "android-high"} <= set(names)
     for name in names:
         device = load_device(name)
         assert device.cores >= 1 and 0 < device.memory_cap_mb < device.memory_mb

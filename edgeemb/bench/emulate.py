@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
+from edgeemb.cross import qemu_user, require_qemu_cpu
 from edgeemb.errors import EdgeembError, require_program
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeemb" / "emulate"
@@ -88,8 +89,8 @@ def emulate(artifact: str | Path, device: DeviceProfile, *, ids: list | None = N
 
     artifact = Path(artifact)
     backend = backend_for(artifact)
-    qemu, version = _qemu()
-    _check_cpu(qemu, version, device.qemu_cpu)
+    _, version = qemu_user()
+    require_qemu_cpu(device.qemu_cpu)
     with tempfile.TemporaryDirectory(prefix="edgeemb-emulate-") as tmp:
         if backend == "onnxruntime":
             if not ids:
@@ -129,7 +130,7 @@ def run_counted(argv: list[str], device: DeviceProfile, *, sysroot: Path | None 
     """Run an aarch64 program under qemu as `device`'s CPU and count its instructions (see the
     module docstring for what keeps the count the same from run to run). Its input comes on stdin,
     not in files: a temporary file's random name would change what the guest does."""
-    qemu, _ = _qemu()
+    qemu, _ = qemu_user()
     plugin, clock = _helpers()
     with tempfile.TemporaryDirectory(prefix="edgeemb-qemu-") as tmp:
         machine = _fake_machine(Path(tmp), device)
@@ -184,7 +185,7 @@ def python_sysroot() -> Path:
         shutil.rmtree(wheels)
         # Bytecode compiled once, by the guest itself: without it every run compiles (and, writing
         # .pyc files, changes what the next run does).
-        qemu, _ = _qemu()
+        qemu, _ = qemu_user()
         _run([qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON), "-m", "compileall", "-q", "-j", "0",
               str(partial / "root" / "usr" / "lib" / "python3.11"), str(partial / "site")], "cannot compile the guest's Python files")
         partial.rename(folder)
@@ -204,7 +205,7 @@ def plugin_header() -> Path:
     for installed in (Path("/usr/include/qemu-plugin.h"), Path("/usr/include/qemu/qemu-plugin.h")):
         if installed.is_file():
             return installed
-    _, version = _qemu()
+    _, version = qemu_user()
     header = CACHE / f"qemu-{version.split()[0]}" / "qemu-plugin.h"
     if header.is_file():
         return header
@@ -274,19 +275,6 @@ def _llama_bench(device: DeviceProfile, folder: Path) -> tuple[Path, str]:
 
     build = cross_build(device, folder / "cross", smoke=False)
     return folder / "cross" / "llama-bench", build.arm_arch
-
-
-def _qemu() -> tuple[str, str]:
-    qemu = require_program("qemu-aarch64", "qemu-user (Debian: apt-get install qemu-user)")
-    first = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()
-    return qemu, (first[0].removeprefix("qemu-aarch64 version ").strip() if first else "unknown")
-
-
-def _check_cpu(qemu: str, version: str, cpu: str) -> None:
-    listed = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout.split()
-    if cpu not in listed:
-        known = ", ".join(name for name in listed if name not in ("Available", "CPUs:"))
-        raise EdgeembError(f"qemu {version} has no {cpu} model (it has {known}); a newer qemu, or a profile with another qemu_cpu")
 
 
 def _apt(args: list[str], *, arch: str | None = None, source: bool = False, cwd: Path | None = None) -> str:
