@@ -65,6 +65,19 @@ def _wordpiece_tokenizer(vocab: list[str]):
 
 
 @pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory):
+    """The real MiniLM exported once in fp32, and its int4 table (the default recipe)."""
+    from edgeemb.export.onnx import export_onnx
+    from edgeemb.recipe import load_recipe
+    from edgeemb.sources import open_model
+
+    source = open_model("minilm")
+    fp32 = tmp_path_factory.mktemp("minilm") / "fp32.onnx"
+    export_onnx(source, None, fp32)
+    return source, load_recipe("int4").apply(source.table), fp32
+
+
+@pytest.fixture(scope="session")
 def tiny_sts(tmp_path_factory) -> Path:
     """A small STS TSV over the tiny model's words, with scores from word overlap."""
     rng = np.random.default_rng(0)

@@ -247,20 +247,9 @@ def test_sentence_transformers_directory_loads_offline(tiny, tmp_path):
 # --- the real MiniLM -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory):
-    """The real MiniLM exported once in fp32, and its int4 table (the default recipe)."""
-    from edgeemb.recipe import load_recipe
-
-    source = open_model("minilm")
-    fp32 = tmp_path_factory.mktemp("minilm") / "fp32.onnx"
-    export_onnx(source, None, fp32)
-    return source, load_recipe("int4").apply(source.table), fp32
-
-
 @pytest.mark.real
-def test_real_minilm_int4_export_matches_the_reference(minilm, tmp_path):
-    source, table, fp32 = minilm
+def test_real_minilm_int4_export_matches_the_reference(minilm_onnx, tmp_path):
+    source, table, fp32 = minilm_onnx
     result = compress_onnx(fp32, table, tmp_path / "int4.onnx")
     check = verify_onnx(result.path, source, table, rounds=1)
     assert check.checker == "ok"
@@ -271,11 +260,11 @@ def test_real_minilm_int4_export_matches_the_reference(minilm, tmp_path):
 
 
 @pytest.mark.real
-def test_real_minilm_int4_int8_rest_on_stsb_dev(minilm, tmp_path):
+def test_real_minilm_int4_int8_rest_on_stsb_dev(minilm_onnx, tmp_path):
     from edgeemb.evaluate.data import read_sts
     from edgeemb.evaluate.sentence import sts_spearman
 
-    source, table, fp32 = minilm
+    source, table, fp32 = minilm_onnx
     sts = read_sts(data_file("stsb", "stsb_en_dev.tsv"))
     result = compress_onnx(fp32, table, tmp_path / "int4-int8-rest.onnx", quantize_rest=True)
     # Measured 86.54 and 18.32 MB (docs/onnx-minilm.md); the original model scores 86.72.
