@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
-from edgeemb.errors import EdgeembError, require_program
+from edgeemb.errors import EdgeembError, require_program, run_program
 
 BINARIES = ("llama-bench", "llama-completion")
 TOOLCHAIN = Path(__file__).resolve().parents[1] / "tools" / "toolchains" / "aarch64-linux-gnu.cmake"
@@ -141,13 +141,10 @@ def _source(version: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"llama_cpp_python-{version}.tar.gz"
     if not archive.is_file():
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", str(folder)],
-            capture_output=True, text=True, check=False,
-        )
-        if done.returncode or not archive.is_file():
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise EdgeembError(f"cannot download the llama-cpp-python {version} sdist for its llama.cpp source: {last}")
+        failure = f"cannot download the llama-cpp-python {version} sdist for its llama.cpp source"
+        run_program([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", str(folder)], failure)
+        if not archive.is_file():
+            raise EdgeembError(f"{failure}: pip wrote no {archive.name}")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     with tarfile.open(archive) as sdist:
         sdist.extractall(folder, members=[m for m in sdist.getmembers() if m.name.startswith(prefix)], filter="data")

@@ -1,7 +1,9 @@
 """The one exception type the CLI turns into a single readable line and a non-zero exit, and the
-check for an outside program that raises it."""
+two ways an outside program raises it: missing, or failing."""
 
 import shutil
+import subprocess
+from pathlib import Path
 
 
 class EdgeembError(Exception):
@@ -14,3 +16,12 @@ def require_program(program: str, package: str) -> str:
     if found is None:
         raise EdgeembError(f"{program} not found: install {package}")
     return found
+
+
+def run_program(command: list[str], failure: str, cwd: Path | None = None) -> str:
+    """Run `command` and return its stdout; if it fails, an error of `failure` and its last line."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
+    if done.returncode:
+        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
+        raise EdgeembError(f"{failure}: {last[0]}")
+    return done.stdout

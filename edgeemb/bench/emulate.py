@@ -42,7 +42,7 @@ from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
 from edgeemb.cross import qemu_user, require_qemu_cpu
-from edgeemb.errors import EdgeembError, require_program
+from edgeemb.errors import EdgeembError, require_program, run_program
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeemb" / "emulate"
 SOURCES = Path(__file__).with_name("qemu")
@@ -60,13 +60,13 @@ GUEST_ENV = {
     "ORT_DISABLE_TELEMETRY": "1", "LANG": "C.UTF-8",
 }
 # /proc/cpuinfo's "CPU part" (MIDR) and features for the cores qemu models: what cpuinfo parsers
-# (onnxruntime's, llama-bench's report) read to name the core.
-CPU_PARTS = {
-    "cortex-a35": 0xD04, "cortex-a53": 0xD03, "cortex-a55": 0xD05, "cortex-a57": 0xD07, "cortex-a72": 0xD08,
-    "cortex-a76": 0xD0B, "neoverse-n1": 0xD0C, "cortex-a710": 0xD47,
-}
+# (onnxruntime's, llama-bench's report) read to name the core. Others get no part and v8.2's features.
 ARMV8_0 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
 ARMV8_2 = ARMV8_0 + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
+CPUS = {
+    "cortex-a35": (0xD04, ARMV8_0), "cortex-a53": (0xD03, ARMV8_0), "cortex-a57": (0xD07, ARMV8_0), "cortex-a72": (0xD08, ARMV8_0),
+    "cortex-a55": (0xD05, ARMV8_2), "cortex-a76": (0xD0B, ARMV8_2), "neoverse-n1": (0xD0C, ARMV8_2), "cortex-a710": (0xD47, ARMV8_2),
+}
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,9 @@ def python_sysroot() -> Path:
         debs.mkdir()
         _apt(["download", *(f"{name}:arm64" for name in GUEST_PACKAGES)], arch="arm64", cwd=debs)
         for deb in sorted(debs.glob("*.deb")):
-            _run(["dpkg-deb", "-x", str(deb), str(partial / "root")], f"cannot unpack {deb.name}")
+            run_program(["dpkg-deb", "-x", str(deb), str(partial / "root")], f"cannot unpack {deb.name}")
         wheels = partial / "wheels"
-        _run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
+        run_program([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
               "--python-version", "3.11", "--implementation", "cp", "--no-deps", "-d", str(wheels),
               *(f"{name}=={version}" for name, version in versions.items())], "cannot download the aarch64 wheels")
         for wheel in wheels.glob("*.whl"):
@@ -186,7 +186,7 @@ def python_sysroot() -> Path:
         # Bytecode compiled once, by the guest itself: without it every run compiles (and, writing
         # .pyc files, changes what the next run does).
         qemu, _ = qemu_user()
-        _run([qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON), "-m", "compileall", "-q", "-j", "0",
+        run_program([qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON), "-m", "compileall", "-q", "-j", "0",
               str(partial / "root" / "usr" / "lib" / "python3.11"), str(partial / "site")], "cannot compile the guest's Python files")
         partial.rename(folder)
     finally:
@@ -249,7 +249,7 @@ def _helpers() -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, library in zip(sources, libraries, strict=True):
         partial = library.with_suffix(".so.partial")
-        _run([compiler, "-O2", "-shared", "-fPIC", f"-I{header.parent}", "-o", str(partial), str(SOURCES / f"{name}.c")],
+        run_program([compiler, "-O2", "-shared", "-fPIC", f"-I{header.parent}", "-o", str(partial), str(SOURCES / f"{name}.c")],
              f"cannot compile {name}.c against {header}")
         partial.replace(library)
     return libraries
@@ -257,8 +257,7 @@ def _helpers() -> tuple[Path, Path]:
 
 def _fake_machine(folder: Path, device: DeviceProfile) -> Path:
     """/proc/cpuinfo and /sys as the device would show them to one process: its cores, its CPU."""
-    part = CPU_PARTS.get(device.qemu_cpu)
-    features = ARMV8_0 if device.qemu_cpu in ("cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72") else ARMV8_2
+    part, features = CPUS.get(device.qemu_cpu, (None, ARMV8_2))
     processor = f"BogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n" + (
         f"CPU part\t: {part:#05x}\nCPU revision\t: 0\n" if part else "")
     (folder / "cpuinfo").write_text("".join(f"processor\t: {core}\n{processor}\n" for core in range(device.cores)))
@@ -298,8 +297,8 @@ def _apt(args: list[str], *, arch: str | None = None, source: bool = False, cwd:
         *(["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}"] if arch else []),
     ]
     if not any((folder / "lists").glob("*Packages*" if not source else "*Sources*")):
-        _run(["apt-get", *options, "-q", "update"], "apt-get update failed for Debian's package index")
-    return _run(["apt-get", *options, "-q", *args], f"apt-get {args[0]} failed", cwd=cwd)
+        run_program(["apt-get", *options, "-q", "update"], "apt-get update failed for Debian's package index")
+    return run_program(["apt-get", *options, "-q", *args], f"apt-get {args[0]} failed", cwd=cwd)
 
 
 def _os_release() -> dict[str, str]:
@@ -308,12 +307,3 @@ def _os_release() -> dict[str, str]:
     except OSError:
         return {}
     return {key: value.strip('"') for key, _, value in (line.partition("=") for line in lines) if value}
-
-
-def _run(command: list[str], failure: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
-    if done.returncode:
-        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
-        raise EdgeembError(f"{failure}: {last[0]}")
-    return done.stdout
-

@@ -176,6 +176,7 @@ class _Cgroup:
     @classmethod
     def create(cls, memory_mb: int | None, cpu: tuple[float, int] | None, reads: ReadThrottle | None) -> _Cgroup | None:
         name = f"edgeemb-bench-{os.getpid()}-{next(_names)}"
+        quota_us = cpu and str(round(cpu[0] * cpu[1] * cls._PERIOD_US))  # the share of each core, over all pinned cores
         v2 = _CGROUP_ROOT / "cgroup.controllers"
         if v2.is_file():
             group = cls(2)
@@ -187,7 +188,7 @@ class _Cgroup:
             available = v2.read_text().split()
             settings = {
                 "memory": memory_mb and [("memory.max", str(memory_mb * 2**20)), ("memory.swap.max", "0")],
-                "cpu": cpu and [("cpu.max", f"{round(cpu[0] * cpu[1] * cls._PERIOD_US)} {cls._PERIOD_US}")],
+                "cpu": cpu and [("cpu.max", f"{quota_us} {cls._PERIOD_US}")],
                 "io": reads and [("io.max", f"{reads.device} rbps={reads.bytes_per_s} riops={reads.iops}")],
             }
             for controller, files in settings.items():
@@ -207,7 +208,7 @@ class _Cgroup:
             elif group.memory:
                 group.swap_note = "not limited: this kernel does not account swap to cgroups"
         if cpu and (path := group._make("cpu", name)):
-            group.cpu = group._write(path, [("cpu.cfs_period_us", str(cls._PERIOD_US)), ("cpu.cfs_quota_us", str(round(cpu[0] * cpu[1] * cls._PERIOD_US)))])
+            group.cpu = group._write(path, [("cpu.cfs_period_us", str(cls._PERIOD_US)), ("cpu.cfs_quota_us", quota_us)])
         if reads and (path := group._make("blkio", name)):
             group.io = group._write(path, [("blkio.throttle.read_bps_device", f"{reads.device} {reads.bytes_per_s}"),
                                            ("blkio.throttle.read_iops_device", f"{reads.device} {reads.iops}")])
