@@ -187,15 +187,16 @@ class _Cgroup:
             group.paths.append(_CGROUP_ROOT / name)
             available = v2.read_text().split()
             settings = {
-                "memory": memory_mb and [("memory.max", str(memory_mb * 2**20)), ("memory.swap.max", "0")],
+                "memory": memory_mb and [("memory.max", str(memory_mb * 2**20))],
                 "cpu": cpu and [("cpu.max", f"{quota_us} {cls._PERIOD_US}")],
                 "io": reads and [("io.max", f"{reads.device} rbps={reads.bytes_per_s} riops={reads.iops}")],
             }
             for controller, files in settings.items():
                 if files and controller in available:
                     setattr(group, controller, group._write(group.paths[0], files))
-            if group.memory:
-                group.swap_note = "off (memory.swap.max 0)"
+            if group.memory:  # swap is a separate file, absent where the kernel does not account it
+                swapped = group._write(group.paths[0], [("memory.swap.max", "0")])
+                group.swap_note = "off (memory.swap.max 0)" if swapped else "not limited: this kernel does not account swap to cgroups"
             return group
         group = cls(1)
         if memory_mb and (path := group._make("memory", name)):
