@@ -95,12 +95,9 @@ class _IntBlocks(QuantFormat):
         codes = arrays["codes"]
         ids = kernels.row_ids(ids, len(codes))
         scales = np.take(arrays["scales"], ids, axis=0).astype(np.float32)
-        if self.zero_point:
-            zeros = _unpack(np.take(arrays["zero_points"], ids, axis=0), self.bits, scales.shape[1]).astype(np.float32)
-        else:
-            zeros = np.full(scales.shape, 1 << (self.bits - 1), np.float32)
+        zero_points = arrays["zero_points"] if self.zero_point else np.empty((0, 0), np.uint8)
         out = np.empty((len(ids), dim), np.float32)
-        kernels.int_blocks(codes, ids, scales, zeros, _byte_values(self.bits, 0), out)
+        kernels.int_blocks(codes, ids, scales, zero_points, self.bits, out)
         return out
 
     def describe(self) -> str:

