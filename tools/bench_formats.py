@@ -10,8 +10,9 @@ The table goes to stdout; docs/ holds two runs:
     python tools/bench_formats.py --model random:163840x1024 --formats Q8_0,Q4_0,Q6_K,Q4_K \
         --json docs/bench-formats-kquants.json > docs/bench-formats-kquants.md
 
-- quantise: wall seconds and MB/s (fp32 input) for the whole table, and the CPU seconds of all
-  threads. PQ's assignment runs on one thread per CPU and vocab k-means' matmuls on BLAS threads:
+- quantise: wall seconds and MB/s (fp32 input) for the whole table, the fastest of `--repeats`
+  runs (3; as timeit reports, since other processes only ever add time), and the CPU seconds of all
+  threads in that run; the JSON keeps every run's seconds. PQ's assignment runs on one thread per CPU and vocab k-means' matmuls on BLAS threads:
   CPU seconds above wall seconds is that parallelism, and wall seconds above CPU seconds means
   other processes had the CPUs. Where the `gguf` package has a quantiser for the same type,
   `gguf.quants.quantize` is timed on the same table beside it.
@@ -70,13 +71,13 @@ def lookup_rate(lookup, rows: int, seconds: float = 1.0) -> float:
     return done * BATCH / (time.perf_counter() - start)
 
 
-def gguf_quantize_seconds(weight: np.ndarray, name: str) -> float | None:
+def gguf_quantize_seconds(weight: np.ndarray, name: str, repeats: int) -> float | None:
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
     qtype = getattr(GGMLQuantizationType, name, None)
     try:
-        return best_of(lambda: quantize(weight, qtype), 1) if qtype is not None else None
+        return best_of(lambda: quantize(weight, qtype), repeats) if qtype is not None else None
     except NotImplementedError:  # gguf has no quantiser for this type (the K-quants)
         return None
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m", help="a model, or random:ROWSxDIM for a seeded Gaussian table")
     parser.add_argument("--formats", help="comma-separated format names to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--repeats", type=int, default=3, help="quantise each format this many times and report the fastest (default 3)")
     args = parser.parse_args()
     if args.model.startswith("random:"):
         rows, dim = (int(v) for v in args.model.removeprefix("random:").split("x"))
@@ -98,7 +100,7 @@ def main() -> None:
     results = []
     print(f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n")
-    print("| format | quantise s | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
+    print(f"| format | quantise s (best of {args.repeats}) | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
     print("|---|---|---|---|---|---|---|")
     chosen = set(args.formats.split(",")) if args.formats else None
     for name, options in FORMATS:
@@ -114,13 +116,16 @@ def main() -> None:
             print(f"| {label} | not applicable: {exc} | | | | | |")
             results.append({"format": label, "skipped": str(exc)})
             continue
-        start, cpu_start = time.perf_counter(), time.process_time()
-        table = QuantizedTable.quantize(weight, fmt)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        reference = gguf_quantize_seconds(weight, name) if not options else None
+        runs = []
+        for _ in range(args.repeats):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            table = QuantizedTable.quantize(weight, fmt)
+            runs.append((time.perf_counter() - start, time.process_time() - cpu_start))
+        seconds, cpu_seconds = min(runs)
+        reference = gguf_quantize_seconds(weight, name, args.repeats) if not options else None
         dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
         rate = lookup_rate(table.lookup, rows)
-        row = {"format": label, "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds, "quantize_mb_per_s": megabytes / seconds,
+        row = {"format": label, "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds, "quantize_seconds_all": [r[0] for r in runs], "quantize_mb_per_s": megabytes / seconds,
                "gguf_quantize_seconds": reference, "lookup_rows_per_s": rate, "lookup_vs_fp32": rate / dense_rate,
                "bits_per_param": table.bits_per_param}
         results.append(row)
