@@ -19,6 +19,8 @@ Every decoder is numpy over whole blocks, written to give the same float32 value
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,7 +35,7 @@ _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
 # Values encoded at a time. Encoders make many passes over their input (K-quants ~7 per candidate
 # scale); at this size their temporaries stay in cache (Q8_0: 3x faster than 16384-row chunks).
-_TILE_VALUES = 1 << 17
+_TILE_VALUES = 1 << 18
 # Q5_0's fifth bits: byte value -> its 8 bits, low first, each as 0x10 (the bit's place in a code).
 _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.uint8)
 
@@ -59,9 +61,12 @@ class _GGMLFormat(QuantFormat):
         n, dim = rows.shape
         self.check_width(dim)
         blocks = rows.astype(_F32, copy=False).reshape(-1, self._block)
-        # Tiles of whole blocks, each encoded at once: their temporaries stay in cache.
+        # Tiles of whole blocks, each encoded at once: their temporaries stay in cache. numpy
+        # releases the GIL in each pass, so tiles are shared out to one thread per CPU (measured on
+        # 32768 x 1024 with two CPUs: Q6_K 2.35 -> 1.70 s, Q4_K 3.21 -> 2.70 s, bytes unchanged).
         step = _TILE_VALUES // self._block
-        tiles = [self._encode(blocks[start : start + step]) for start in range(0, len(blocks), step)]
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+            tiles = list(pool.map(self._encode, (blocks[start : start + step] for start in range(0, len(blocks), step))))
         encoded = np.concatenate(tiles) if tiles else np.empty((0, self._block_bytes), np.uint8)
         return {"blocks": encoded.reshape(n, dim // self._block * self._block_bytes)}
 
