@@ -11,9 +11,10 @@ The table goes to stdout; docs/ holds two runs:
         --json docs/bench-formats-kquants.json > docs/bench-formats-kquants.md
 
 - quantise: wall seconds and MB/s (fp32 input) for the whole table, the fastest of `--repeats`
-  runs (3; as timeit reports, since other processes only ever add time), and the CPU seconds of all
-  threads in that run; the JSON keeps every run's seconds. PQ's assignment runs on one thread per CPU and vocab k-means' matmuls on BLAS threads:
-  CPU seconds above wall seconds is that parallelism, and wall seconds above CPU seconds means
+  runs (3; as timeit reports, since other processes only ever add time), and the CPU seconds of
+  all threads in that run; the JSON keeps every run's seconds. PQ's assignment and the GGUF
+  encoders run on one thread per CPU and vocab k-means' matmuls on BLAS threads: CPU seconds
+  above wall seconds is that parallelism, and wall seconds above CPU seconds means
   other processes had the CPUs. Where the `gguf` package has a quantiser for the same type,
   `gguf.quants.quantize` is timed on the same table beside it.
 - lookup: rows/s for batches of 4096 random token ids (`EmbeddingTable.lookup`, decoded to

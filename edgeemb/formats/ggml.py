@@ -34,7 +34,9 @@ from edgeemb.progress import track
 _F32 = np.float32
 _GROUP_MAX_EPS = 1e-15  # llama.cpp: a (sub-)block whose largest magnitude is below this is zero
 # Values encoded at a time. Encoders make many passes over their input (K-quants ~7 per candidate
-# scale); at this size their temporaries stay in cache (Q8_0: 3x faster than 16384-row chunks).
+# scale): tiles keep their temporaries near the CPU (Q8_0: 3x faster than 16384-row chunks), but
+# each pass is a numpy call, whose fixed cost holds the GIL. Measured with two threads on 32768 x
+# 1024: Q4_K 19.6 s in tiles of 2^14 values, 3.0 s in 2^17, 2.5 s in 2^18 and 2^19.
 _TILE_VALUES = 1 << 18
 # Q5_0's fifth bits: byte value -> its 8 bits, low first, each as 0x10 (the bit's place in a code).
 _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.uint8)
@@ -61,9 +63,9 @@ class _GGMLFormat(QuantFormat):
         n, dim = rows.shape
         self.check_width(dim)
         blocks = rows.astype(_F32, copy=False).reshape(-1, self._block)
-        # Tiles of whole blocks, each encoded at once: their temporaries stay in cache. numpy
-        # releases the GIL in each pass, so tiles are shared out to one thread per CPU (measured on
-        # 32768 x 1024 with two CPUs: Q6_K 2.35 -> 1.70 s, Q4_K 3.21 -> 2.70 s, bytes unchanged).
+        # Tiles of whole blocks, each encoded at once, shared out to one thread per CPU: numpy
+        # releases the GIL in each pass (on 163840 x 1024 with two CPUs: Q6_K 11.0 -> 8.1 s, Q4_K
+        # 16.3 -> 11.3 s; every block is encoded on its own, so the bytes do not change).
         step = _TILE_VALUES // self._block
         with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
             tiles = list(pool.map(self._encode, (blocks[start : start + step] for start in range(0, len(blocks), step))))
