@@ -159,8 +159,5 @@ def _configure_and_build(source: Path, build: Path, arm_arch: str, flags: list[s
         "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
     ]
     for step in (configure, [cmake, "--build", str(build), "--target", *BINARIES, "-j", str(len(os.sched_getaffinity(0)))]):
-        done = subprocess.run(step, capture_output=True, text=True, check=False)
-        if done.returncode:
-            last = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-3:]
-            raise EdgeembError(f"llama.cpp build failed ({' '.join(step[:3])} ...): {' | '.join(last) or 'no message'}")
+        run_program(step, f"llama.cpp build failed ({' '.join(step[:3])} ...)", lines=3)
 

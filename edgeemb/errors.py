@@ -18,10 +18,11 @@ def require_program(program: str, package: str) -> str:
     return found
 
 
-def run_program(command: list[str], failure: str, cwd: Path | None = None) -> str:
-    """Run `command` and return its stdout; if it fails, an error of `failure` and its last line."""
+def run_program(command: list[str], failure: str, cwd: Path | None = None, lines: int = 1) -> str:
+    """Run `command` and return its stdout; if it fails, an error of `failure` and its last
+    `lines` non-blank lines of output (a compiler's error needs a few), joined by " | "."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
     if done.returncode:
-        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
-        raise EdgeembError(f"{failure}: {last[0]}")
+        last = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()][-lines:]
+        raise EdgeembError(f"{failure}: {' | '.join(last) or 'no message'}")
     return done.stdout
