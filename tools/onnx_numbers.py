@@ -81,10 +81,10 @@ def measure(data: Path, work: Path, threads: int, latency_every: int) -> dict:
         recipe = parse_recipe(spec) if isinstance(spec, dict) else load_recipe(spec)
         if recipe.name not in tables:
             tables[recipe.name] = recipe.apply(source.table, PassContext(source.tokens, source.tokenize))
-        recipe = recipe.name
-        path = work / f"{recipe}{'-int8-rest' if rest else ''}.onnx"
-        compress_onnx(fp32, tables[recipe], path, quantize_rest=rest, force=True)
-        rows.append({"row": label, "path": path, "table": tables[recipe], "storage": tables[recipe].describe(), "rest": "int8" if rest else "fp32", "recipe": recipe})
+        table = tables[recipe.name]
+        path = work / f"{recipe.name}{'-int8-rest' if rest else ''}.onnx"
+        compress_onnx(fp32, table, path, quantize_rest=rest, force=True)
+        rows.append({"row": label, "path": path, "table": table, "storage": table.describe(), "rest": "int8" if rest else "fp32", "recipe": recipe.name})
 
     original_spearman = sts_spearman(reference.original, sts)
     for row in rows:
