@@ -6,22 +6,22 @@
     OUT/report.md           the same, short, for people
     OUT/model.gguf, ...     the recipe's export, if it asks for one
 
-Writes are atomic: everything goes to a temporary sibling folder that is renamed into place, so
-a failure leaves no half-written OUT/. An existing OUT/ is replaced only with `force`. Nothing in
-these files depends on the clock, so the same recipe on the same model gives identical bytes.
+Writes are atomic: everything, the recipe's export included, goes to a temporary sibling folder
+that is renamed into place once complete and verified, so a failure leaves no half-written OUT/
+and an existing OUT/ exactly as it was. An existing OUT/ is replaced only with `force`, and only
+if its manifest says edgeemb wrote it. Nothing in these files depends on the clock, so the same
+recipe on the same model gives identical bytes.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import staged
 from edgeemb.table import EmbeddingTable, load_table, save_table
 
 TABLE_FILE = "table.safetensors"
@@ -42,65 +42,23 @@ class Artifact:
         return load_table(self.path / TABLE_FILE)
 
 
-def refuse_existing(path: Path, force: bool) -> None:
-    """No output replaces an existing file or folder without `force`; checked before any work."""
-    if path.exists() and not force:
-        raise EdgeembError(f"{path} already exists; pass --force to replace it")
-
-
-def check_writable(out: Path, force: bool) -> None:
-    """Fail early, before any work, if OUT exists and may not be replaced."""
-    refuse_existing(out, force)
-    if out.exists() and not out.is_dir():
-        raise EdgeembError(f"{out} exists and is not a folder")
-
-
-def write_dir(out: Path, fill: Callable[[Path], None], force: bool) -> None:
-    """Write a folder atomically: `fill(staging)` writes into a temporary sibling, which is then
-    renamed to `out` (an existing `out` is replaced only with `force`, and kept on failure)."""
-    out = Path(out)
-    check_writable(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    retired = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        fill(staging)
-        if out.exists():
-            out.rename(retired)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if retired.exists() and not out.exists():
-            retired.rename(out)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str, force: bool) -> None:
-    def fill(staging: Path) -> None:
-        staging.mkdir()
-        save_table(table, staging / TABLE_FILE)
-        (staging / MANIFEST_FILE).write_text(_dumps(manifest))
-        (staging / REPORT_FILE).write_text(_dumps(report))
-        (staging / REPORT_MD_FILE).write_text(report_md)
-
-    write_dir(out, fill, force)
+    """Write OUT/ whole or not at all (see `edgeemb.outputs.staged`)."""
+    with staged(Path(out), force) as staging:
+        write_artifact_files(staging, table, manifest, report, report_md)
 
 
-def update_report(out: Path, report: dict, report_md: str) -> None:
-    """Replace OUT/'s reports (after an export into it), each file atomically."""
-    write_text_atomic(out / REPORT_FILE, _dumps(report))
-    write_text_atomic(out / REPORT_MD_FILE, report_md)
+def write_artifact_files(folder: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str) -> None:
+    """OUT/'s files, written into `folder` (a staging folder: `staged` puts it in place)."""
+    folder.mkdir(exist_ok=True)
+    save_table(table, folder / TABLE_FILE)
+    (folder / MANIFEST_FILE).write_text(_dumps(manifest))
+    write_report_files(folder, report, report_md)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary sibling renamed into place: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)
+def write_report_files(folder: Path, report: dict, report_md: str) -> None:
+    (folder / REPORT_FILE).write_text(_dumps(report))
+    (folder / REPORT_MD_FILE).write_text(report_md)
 
 
 def load_artifact(out: Path) -> Artifact:

@@ -11,16 +11,15 @@ latency has a mean and no percentiles.
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import tempfile
 from pathlib import Path
 
-from edgeemb.artifact import refuse_existing
 from edgeemb.bench.devices import DeviceProfile
 from edgeemb.bench.run import SCHEMA
 from edgeemb.cross import cross_build
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import check_target, register_mark, staged
 
 RUN_SH = """#!/bin/sh
 # edgeemb bundle for {target}: benchmark {model} with llama.cpp's llama-bench on this device and
@@ -69,27 +68,33 @@ echo "wrote bench.json"
 """
 
 
+@register_mark(".tar.gz", ".tgz")
+def _marked(path: Path) -> bool:
+    """A bundle's run.sh opens with edgeemb's comment."""
+    with tarfile.open(path, "r:gz") as bundle:
+        for member in bundle:
+            if member.name.endswith("/run.sh") and member.isfile():
+                script = bundle.extractfile(member)
+                return script is not None and script.read(200).startswith(b"#!/bin/sh\n# edgeemb bundle for ")
+    return False
+
+
 def make_bundle(model: Path, device: DeviceProfile, out: Path, *, prompt_tokens: int = 64, generate: int = 32, runs: int = 3,
                 ndk: Path | None = None, force: bool = False) -> dict:
     """Write `out` (.tar.gz): `model`, llama-bench for `device` and run.sh, in one folder."""
     model, out = Path(model), Path(out)
     if model.suffix != ".gguf" or not model.is_file():
         raise EdgeembError(f"{model}: a bundle carries a GGUF file (llama.cpp); this is not one")
-    refuse_existing(out, force)
+    check_target(out, force)
     folder = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tempfile.TemporaryDirectory() as scratch:
         build = cross_build(device, Path(scratch) / "bin", ndk=ndk, smoke=False)  # the device runs it; qemu is not needed here
         script = RUN_SH.format(target=device.name, model=model.name, schema=SCHEMA, qemu_cpu=device.qemu_cpu, prompt=prompt_tokens, generate=generate, runs=runs)
-        staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
-            with tarfile.open(staging, "w:gz") as bundle:
-                bundle.add(model, f"{folder}/{model.name}")
-                bundle.add(Path(scratch) / "bin" / "llama-bench", f"{folder}/llama-bench")
-                entry = tarfile.TarInfo(f"{folder}/run.sh")
-                entry.size, entry.mode = len(script.encode()), 0o755
-                bundle.addfile(entry, io.BytesIO(script.encode()))
-            os.replace(staging, out)
-        finally:
-            staging.unlink(missing_ok=True)
+        with staged(out, force) as staging, tarfile.open(staging, "w:gz") as bundle:
+            bundle.add(model, f"{folder}/{model.name}")
+            bundle.add(Path(scratch) / "bin" / "llama-bench", f"{folder}/llama-bench")
+            entry = tarfile.TarInfo(f"{folder}/run.sh")
+            entry.size, entry.mode = len(script.encode()), 0o755
+            bundle.addfile(entry, io.BytesIO(script.encode()))
     return {"bundle": str(out), "folder": folder, "target": device.name, "model": model.name, "bytes": out.stat().st_size,
             "llama_bench": {"arm_arch": build.arm_arch, "toolchain": build.toolchain, "llama_cpp": build.llama_cpp}, "notes": build.notes}

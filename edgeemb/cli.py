@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeemb import __version__
-from edgeemb.artifact import refuse_existing, write_text_atomic
+from edgeemb.outputs import check_target, write_text
 from edgeemb.errors import EdgeembError
 from edgeemb.offload.profiles import builtin_names
 from edgeemb.progress import reporting
@@ -111,7 +111,7 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
     from edgeemb.sources import open_model
 
     if plot is not None:
-        refuse_existing(plot, force)
+        check_target(plot, force)
     with _progress_bars():
         source = open_model(model)
         analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
@@ -334,7 +334,7 @@ def offload(
     from edgeemb.pipeline import offload as run_offload, offload_plan
 
     if plot is not None:
-        refuse_existing(plot, force)
+        check_target(plot, force)
     plan = offload_plan(model)
     if plan is not None:  # the recipe's device plan, where the command line leaves an option unset
         source = click.get_current_context().get_parameter_source
@@ -403,7 +403,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
 
     for file in (md, html_file, plot):
         if file is not None:
-            refuse_existing(file, force)
+            check_target(file, force)
     comparison = compare_outputs(list(outs), allow_mixed)
     if plot is not None:
         from edgeemb.report.plots import plot_pareto
@@ -414,7 +414,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
         plot_pareto(comparison, chosen, plot)
     for file, render in ((md, to_markdown), (html_file, to_html)):
         if file is not None:
-            write_text_atomic(file, render(comparison))
+            write_text(file, render(comparison), force)
     if as_json:
         _print_json(asdict(comparison))
         return
@@ -448,12 +448,12 @@ def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], ou
     from edgeemb.sweep import sweep as run_sweep
 
     for report in ("compare.md", "pareto.png"):
-        refuse_existing(out_dir / report, force)
+        check_target(out_dir / report, force)
     data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
     with _progress_bars():
         result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
     comparison = result.comparison
-    write_text_atomic(out_dir / "compare.md", to_markdown(comparison))
+    write_text(out_dir / "compare.md", to_markdown(comparison), force)
     metric = default_metric(comparison)
     plot_pareto(comparison, metric, out_dir / "pareto.png")
     if as_json:

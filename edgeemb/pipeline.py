@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeemb import __version__
-from edgeemb.artifact import MANIFEST_FILE, Artifact, check_writable, load_artifact, update_report, write_artifact, write_text_atomic
+from edgeemb.artifact import MANIFEST_FILE, Artifact, load_artifact, write_artifact_files, write_report_files
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import check_target, staged
 from edgeemb.passes import PassContext
 from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe, parse_recipe
 from edgeemb.report.markdown import render_report
@@ -187,7 +189,7 @@ def compress(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     source = model if isinstance(model, SourceModel) else open_model(model)
     out = Path(out) if out is not None else default_out(source, recipe)
-    check_writable(out, force)
+    check_target(out, force)
     data = data.merged_over(recipe)
 
     table = recipe.apply(source.table, pass_context(source, calibration, calibration_tokens))
@@ -209,17 +211,26 @@ def compress(
         "source_table": {"tensor": source.tensor_name, "dtype": source.stored_dtype, "bytes": source.stored_nbytes},
         **({"calibration": {**_data_facts(calibration), "max_tokens": calibration_tokens}} if calibration else {}),
     }
-    write_artifact(out, table, manifest, report, render_report(report), force)
     exported = None
-    if recipe.export is not None:
-        # The source and table in hand: no second load of the model, nor of OUT/.
-        text = data.perplexity if recipe.export.format == "gguf" else data.texts
-        exported = export_table(source, table, out / _EXPORT_FILES[recipe.export.format], recipe.export, text=text, max_tokens=data.max_tokens)
-        report["export"] = exported
-        if gguf_perplexity:
-            report["quality"]["perplexity"] = _llama_perplexity(exported["verify"])
-        update_report(out, report, render_report(report))
+    # OUT/ is written aside and put in place only once complete, its export written and verified:
+    # a failure at any step leaves nothing, and an OUT/ it was to replace as it was.
+    with staged(out, force) as staging:
+        write_artifact_files(staging, table, manifest, report, render_report(report))
+        if recipe.export is not None:
+            # The source and table in hand: no second load of the model, nor of OUT/.
+            text = data.perplexity if recipe.export.format == "gguf" else data.texts
+            file = staging / _EXPORT_FILES[recipe.export.format]
+            exported = _moved(export_table(source, table, file, recipe.export, text=text, max_tokens=data.max_tokens), staging, out)
+            report["export"] = exported
+            if gguf_perplexity:
+                report["quality"]["perplexity"] = _llama_perplexity(exported["verify"])
+            write_report_files(staging, report, render_report(report))
     return CompressResult(out, manifest, report, exported)
+
+
+def _moved(data: dict, old: Path, new: Path) -> dict:
+    """`data` with the paths under `old` (an output being staged) as they are once it is `new`."""
+    return json.loads(json.dumps(data).replace(json.dumps(str(old))[1:-1], json.dumps(str(new))[1:-1]))
 
 
 def _llama_perplexity(verify: dict) -> dict:
@@ -355,13 +366,10 @@ def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config:
             f"{source.name} is a {source.format} model: GGUF export rewrites a source GGUF "
             "(make one with llama.cpp's convert_hf_to_gguf.py, then compress that file)"
         )
-    exported = export_gguf(source.path, table, file, config.type, force)
-    try:
-        source_run, export_run = measure_ggufs([source.path, file], read_text(text) if text else None, max_tokens)
-    except BaseException:
-        file.unlink(missing_ok=True)
-        raise
-    return {
+    with staged(file, force) as staging:  # the file replaces an earlier one only once verified
+        exported = export_gguf(source.path, table, staging, config.type)
+        source_run, export_run = measure_ggufs([source.path, staging], read_text(text) if text else None, max_tokens)
+    return _moved({
         "export": {"format": "gguf", **asdict(exported)},
         "verify": {
             "runtime": "llama.cpp (llama-cpp-python)",
@@ -370,7 +378,7 @@ def _export_gguf(source: SourceModel, table: EmbeddingTable, file: Path, config:
             "export": asdict(export_run),
             **({"text": _data_facts(text)} if text else {}),
         },
-    }
+    }, staging, file)
 
 
 def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
@@ -380,32 +388,26 @@ def _export_onnx(source: SourceModel, table: EmbeddingTable, file: Path, config:
 
     if source.format != "sentence-transformers":
         raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding models (GGUF models export to GGUF)")
-    if onnx_source is not None:
-        exported = compress_onnx(onnx_source, table, file, quantize_rest=config.quantize_rest, force=force)
-    else:
-        exported = export_onnx(source, table, file, quantize_rest=config.quantize_rest, force=force)
-    tokenizer_file = tokenizer_beside(file)
-    try:
-        verified = verify_onnx(file, source, table, read_texts(text) if text else SAMPLE_TEXTS)
+    with staged(file, force) as staging:  # the file replaces an earlier one only once verified
+        if onnx_source is not None:
+            exported = compress_onnx(onnx_source, table, staging, quantize_rest=config.quantize_rest)
+        else:
+            exported = export_onnx(source, table, staging, quantize_rest=config.quantize_rest)
+        verified = verify_onnx(staging, source, table, read_texts(text) if text else SAMPLE_TEXTS)
         if verified.checker != "ok":
             raise EdgeembError(f"{file}: onnx.checker rejects the export: {verified.checker}")
         if isinstance(table, TrimmedTable):  # the graph's ids are the trimmed vocabulary's
-            write_text_atomic(tokenizer_file, _tokenizer_json(source, table))
-            exported = replace(exported, tokenizer=tokenizer_file)
-    except BaseException:
-        file.unlink(missing_ok=True)
-        raise
-    return {
+            tokenizer_beside(staging).write_text(_tokenizer_json(source, table))
+            exported = replace(exported, tokenizer=tokenizer_beside(file))  # where it is once in place
+    return _moved({
         "export": {"format": "onnx", **asdict(exported), "path": str(exported.path), "tokenizer": exported.tokenizer and str(exported.tokenizer),
                    **({"from": str(onnx_source)} if onnx_source else {})},
         "verify": {"runtime": "onnxruntime", **asdict(verified), "path": str(verified.path), **({"text": _data_facts(text)} if text else {})},
-    }
+    }, staging, file)
 
 
 def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: ExportConfig, force: bool,
                text: Path | None, max_tokens: int, onnx_source: Path | None) -> dict:
-    import shutil
-
     from sentence_transformers import SentenceTransformer
 
     from edgeemb.evaluate.data import read_texts
@@ -413,19 +415,16 @@ def _export_st(source: SourceModel, table: EmbeddingTable, file: Path, config: E
     from edgeemb.export.onnx import SAMPLE_TEXTS
     from edgeemb.export.st import export_sentence_transformers
 
-    exported = export_sentence_transformers(source, table, file, force=force)
-    try:
+    with staged(file, force) as staging:  # the folder replaces an earlier one only once verified
+        exported = export_sentence_transformers(source, table, staging)
         texts = read_texts(text) if text else list(SAMPLE_TEXTS)
-        loaded = SentenceTransformer(str(file), device="cpu", local_files_only=True)
+        loaded = SentenceTransformer(str(staging), device="cpu", local_files_only=True)
         got = loaded.encode(texts, convert_to_numpy=True, show_progress_bar=False)
         want = sentence_encoder(source.path, source.sha256).encoder(table.to_dense(), "encode (compressed)", _tokenizer_json(source, table))(texts)
-    except BaseException:
-        shutil.rmtree(file, ignore_errors=True)
-        raise
-    return {
+    return _moved({
         "export": {"format": "st", "path": str(exported.path), "file_bytes": exported.bytes, "table": exported.table},
         "verify": {"runtime": "sentence-transformers", "texts": len(texts), "max_abs_diff": float(np.abs(got - want).max())},
-    }
+    }, staging, file)
 
 
 def offload(

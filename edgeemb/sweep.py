@@ -24,7 +24,7 @@ from typing import Protocol
 
 import yaml
 
-from edgeemb.artifact import check_writable
+from edgeemb.outputs import check_target
 from edgeemb.errors import EdgeembError
 from edgeemb.pipeline import EvaluationData, compress
 from edgeemb.progress import track
@@ -127,7 +127,7 @@ def sweep(
         raise EdgeembError(f"two variants would share the output folder {repeated[0]!r}: give each recipe its own name")
     outs = [out_dir / name for name in names]
     for out in outs:
-        check_writable(out, force)
+        check_target(out, force)
     executor = executor or LocalPool(jobs)
     work = [(model, r.to_dict(), out, data, force, calibration) for r, out in zip(runs, outs)]
     for _ in track(executor.map(_compress_variant, work), "sweep variants", len(work)):

@@ -14,8 +14,9 @@ from gguf.quants import dequantize
 
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
-from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd, rewrite_gguf
+from edgeemb.export.gguf import MARK_KEY, export_gguf, llama_quantize_token_embd, rewrite_gguf
 from edgeemb.formats import get_format
+from edgeemb.outputs import MARK, owned
 from edgeemb.sources.gguf import OUTPUT, TOKEN_EMBD, read_gguf_header, tensor_bytes
 from edgeemb.recipe import ExportConfig
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
@@ -28,11 +29,12 @@ def _table_bytes(path: Path, name: str) -> np.ndarray:
     return np.asarray(tensor_bytes(path, header.tensor(name)))
 
 
-def _everything_but(path: Path, replaced: set[str]) -> tuple[bytes, dict[str, bytes]]:
-    """The metadata section's bytes and every other tensor's bytes, by name."""
+def _everything_but(path: Path, replaced: set[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """Each metadata pair's bytes but edgeemb's mark, by key, and every other tensor's bytes, by name."""
     header = read_gguf_header(path)
     with open(path, "rb") as handle:
-        metadata = handle.read(header.infos_offset)
+        raw = handle.read(header.infos_offset)
+    metadata = {key: raw[span.start : span.end] for key, span in header.spans.items() if key != MARK_KEY}
     tensors = {t.name: (t.type_name, t.shape, _table_bytes(path, t.name).tobytes()) for t in header.tensors if t.name not in replaced}
     return metadata, tensors
 
@@ -41,7 +43,11 @@ def test_requantising_to_the_same_type_gives_the_same_file(tmp_path):
     weight = write_gguf(tmp_path / "source.gguf", Q.Q8_0)
     decoded = dequantize(_table_bytes(tmp_path / "source.gguf", TOKEN_EMBD), Q.Q8_0)
     export = export_gguf(tmp_path / "source.gguf", QuantizedTable.quantize(decoded, get_format("Q8_0")), tmp_path / "out.gguf")
-    assert (tmp_path / "out.gguf").read_bytes() == (tmp_path / "source.gguf").read_bytes()
+    assert _everything_but(tmp_path / "out.gguf", set()) == _everything_but(tmp_path / "source.gguf", set())
+    # The only addition is edgeemb's mark, which llama.cpp ignores and `--force` looks for.
+    out, source = read_gguf_header(tmp_path / "out.gguf"), read_gguf_header(tmp_path / "source.gguf")
+    assert set(out.metadata) == {*source.metadata, MARK_KEY} and out.metadata[MARK_KEY] == MARK and owned(tmp_path / "out.gguf")
+    assert not owned(tmp_path / "source.gguf")
     assert not export.rebuilt and export.replaced == [TOKEN_EMBD] and weight.shape == decoded.shape
 
 

@@ -222,10 +222,14 @@ def test_an_existing_output_needs_force(fp32_onnx, tiny, tmp_path):
     table = quantized(tiny.table.weight, "int4")
     with pytest.raises(EdgeembError, match="already exists"):
         compress_onnx(fp32_onnx, table, out)
+    with pytest.raises(EdgeembError, match="edgeemb did not write this file"):  # --force replaces only edgeemb's own
+        compress_onnx(fp32_onnx, table, out, force=True)
     assert out.read_text() == "mine"
-    compress_onnx(fp32_onnx, table, out, force=True)
-    assert "GatherBlockQuantized" in op_types(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+    ours = tmp_path / "ours.onnx"
+    compress_onnx(fp32_onnx, quantized(tiny.table.weight, "int8"), ours)
+    compress_onnx(fp32_onnx, table, ours, force=True)
+    assert "GatherBlockQuantized" in op_types(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.onnx", "out.onnx"]
 
 
 # --- sentence-transformers directory ------------------------------------------------------------

@@ -24,6 +24,7 @@ from edgeemb.offload import (
     write_store,
 )
 from edgeemb.offload.replay import INDEX_BYTES_PER_ENTRY, plan
+from edgeemb.offload.store import TRAILER
 from edgeemb.sources import open_model
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
 from tests.conftest import data_file
@@ -48,7 +49,7 @@ def test_store_file_holds_every_row_where_the_layout_says(tmp_path, kind, layers
     rows = _rows(rows=1000, dim=64)  # Q8_0: 2 blocks of 34 bytes = 68-byte records
     layout = Layout(kind, 1000, rows.records.shape[1], PAGE, layers)
     write_store(tmp_path / "t.store", rows, layout)
-    assert (tmp_path / "t.store").stat().st_size == layout.file_bytes
+    assert (tmp_path / "t.store").stat().st_size == layout.file_bytes + len(TRAILER)  # edgeemb's mark follows the pages
     ids = np.array([0, 1, 59, 60, 61, 999])
     np.testing.assert_array_equal(_file_extents(tmp_path / "t.store", layout, ids), rows.records[ids])
     offsets, sizes = layout.extents(np.arange(1000))
@@ -71,10 +72,13 @@ def test_store_refuses_to_overwrite_without_force(tmp_path):
     (tmp_path / "t.store").write_text("precious")
     with pytest.raises(EdgeembError, match="already exists"):
         write_store(tmp_path / "t.store", rows, layout)
+    with pytest.raises(EdgeembError, match="edgeemb did not write this file"):  # --force replaces only edgeemb's own
+        write_store(tmp_path / "t.store", rows, layout, force=True)
     assert (tmp_path / "t.store").read_text() == "precious"
-    write_store(tmp_path / "t.store", rows, layout, force=True)
-    assert (tmp_path / "t.store").stat().st_size == layout.file_bytes
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    write_store(tmp_path / "s.store", rows, Layout("ple", 1000, rows.records.shape[1], PAGE, 2))
+    write_store(tmp_path / "s.store", rows, layout, force=True)
+    assert (tmp_path / "s.store").stat().st_size == layout.file_bytes + len(TRAILER)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.store", "t.store"]  # no temporary left behind
 
 
 def test_table_rows_keep_shared_parts_resident():

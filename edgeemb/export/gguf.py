@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format, names
+from edgeemb.outputs import MARK, check_target, register_mark, staged
 from edgeemb.progress import silenced_output
 from edgeemb.sources.gguf import (
     ARRAY_DTYPES,
@@ -42,6 +42,13 @@ from edgeemb.table import EmbeddingTable, QuantizedTable, TrimmedTable
 
 _DENSE = {"F32": np.float32, "F16": np.float16}
 _COPY_CHUNK = 1 << 24
+# The metadata key that marks a GGUF as edgeemb's (llama.cpp ignores keys it does not know).
+MARK_KEY = "edgeemb.version"
+
+
+@register_mark(".gguf")
+def _marked(path: Path) -> bool:
+    return read_gguf_header(path).metadata.get(MARK_KEY, "").startswith("edgeemb ")
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def encode_ggml(weight: np.ndarray, tensor_type: str) -> np.ndarray:
 def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str | None = None, force: bool = False) -> GGUFExport:
     """Write `out`: the GGUF `source` with its token embedding replaced by `table`."""
     source, out = Path(source), Path(out)
-    refuse_existing(out, force)
+    check_target(out, force)
     header = read_gguf_header(source)
     embd = header.tensor(TOKEN_EMBD)
     if embd is None:
@@ -112,7 +119,7 @@ def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str
         notes.append(f"the untied {OUTPUT} was quantised from the source to {type_name} as well")
     if keep is not None:
         notes.append(f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: the tokenizer in the metadata and the tied output head follow")
-    rewrite_gguf(source, header, out, replacements, trimmed_vocab_metadata(header, keep) if keep is not None else None)
+    rewrite_gguf(source, header, out, replacements, trimmed_vocab_metadata(header, keep) if keep is not None else None, force=force)
     return GGUFExport(
         str(out), str(source), type_name, rebuilt, sorted(replacements), header.file_size, out.stat().st_size,
         embd.nbytes, blocks.nbytes, notes,
@@ -121,11 +128,12 @@ def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str
 
 def rewrite_gguf(
     source: Path, header: GGUFHeader, out: Path, replacements: dict[str, tuple[str, np.ndarray]],
-    metadata: dict[str, Any] | None = None, tensors: bool = True,
+    metadata: dict[str, Any] | None = None, tensors: bool = True, force: bool = False,
 ) -> None:
     """Copy `source` to `out` with the named tensors' types and bytes replaced (a replaced matrix
     may have fewer rows: a trimmed vocabulary) and the `metadata` values changed, every other byte
-    copied; atomic. Without `tensors`, a metadata-only file (a vocabulary for llama.cpp)."""
+    copied, and edgeemb's mark added (`MARK_KEY`); atomic. Without `tensors`, a metadata-only file
+    (a vocabulary for llama.cpp)."""
     infos, plan, offset = bytearray(), [], 0
     alignment = header.alignment
     for tensor in header.tensors if tensors else ():
@@ -142,25 +150,18 @@ def rewrite_gguf(
         plan.append((tensor, data))
         offset += _padded(nbytes, alignment)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        with open(source, "rb") as src, open(staging, "wb") as dst:
-            dst.write(_metadata_section(src, header, metadata or {}, len(plan)))
-            dst.write(infos)
-            dst.write(bytes(_padded(dst.tell(), alignment) - dst.tell()))
-            for tensor, data in plan:
-                start = dst.tell()
-                if data is None:
-                    src.seek(tensor.offset)
-                    _copy(src, dst, tensor.nbytes)
-                else:
-                    dst.write(np.ascontiguousarray(data).data)
-                dst.write(bytes(_padded(dst.tell() - start, alignment) - (dst.tell() - start)))
-        os.replace(staging, out)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
+    with staged(out, force) as staging, open(source, "rb") as src, open(staging, "wb") as dst:
+        dst.write(_metadata_section(src, header, {**(metadata or {}), MARK_KEY: MARK}, len(plan)))
+        dst.write(infos)
+        dst.write(bytes(_padded(dst.tell(), alignment) - dst.tell()))
+        for tensor, data in plan:
+            start = dst.tell()
+            if data is None:
+                src.seek(tensor.offset)
+                _copy(src, dst, tensor.nbytes)
+            else:
+                dst.write(np.ascontiguousarray(data).data)
+            dst.write(bytes(_padded(dst.tell() - start, alignment) - (dst.tell() - start)))
 
 
 def write_vocab_gguf(source: Path, header: GGUFHeader, out: Path, metadata: dict[str, Any]) -> None:
@@ -172,15 +173,16 @@ def _metadata_section(src, header: GGUFHeader, changes: dict[str, Any], tensor_c
     """Magic, version, counts and the metadata pairs: each copied verbatim, or re-encoded with
     its original types where `changes` gives it a new value."""
     src.seek(0)
-    if not changes and tensor_count == len(header.tensors):
-        return src.read(header.infos_offset)
-    head = bytearray(src.read(8)) + struct.pack("<QQ", tensor_count, len(header.spans))
+    added = {key: value for key, value in changes.items() if key not in header.spans}  # new keys: strings
+    head = bytearray(src.read(8)) + struct.pack("<QQ", tensor_count, len(header.spans) + len(added))
     for key, span in header.spans.items():
         if key in changes:
             head += _encode_kv(key, span, changes[key])
         else:
             src.seek(span.start)
             head += src.read(span.end - span.start)
+    for key, value in added.items():
+        head += _gguf_string(key) + struct.pack("<I", GGUFValueType.STRING) + _gguf_string(value)
     return bytes(head)
 
 
@@ -227,20 +229,15 @@ def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: 
     import llama_cpp
 
     source, out = Path(source), Path(out)
-    refuse_existing(out, force)
+    check_target(out, force)
     header = read_gguf_header(source)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(header.metadata.get("general.file_type", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0))
     params.token_embedding_type = int(GGMLQuantizationType[tensor_type])
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
+    with staged(out, force) as staging:
         with silenced_output():  # llama.cpp logs every tensor it copies to stderr
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), ctypes.byref(params))
         if status != 0:
             raise EdgeembError(f"{source}: llama.cpp's quantiser failed for token_embd {tensor_type}")
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)

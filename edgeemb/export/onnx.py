@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
 from edgeemb.formats.codebook import PQ, VocabKMeans
 from edgeemb.formats.integer import Int2, Int4, Int8, Int8Tensor
+from edgeemb.outputs import MARK, check_target, register_mark, staged
 from edgeemb.proc import memory_status
 from edgeemb.progress import quiet
 from edgeemb.rows import unit_rows
@@ -119,12 +119,12 @@ def export_onnx(
     `sentence_embedding`, mean-pooled and L2-normalised. `table` replaces the word embedding inside
     the graph (None: the model's own fp32 table, a plain export)."""
     out = Path(out)
-    refuse_existing(out, force)
+    check_target(out, force)
     source = _sentence_model(model)
     if table is not None:  # fail before the slow export, not after it
         _check_shape(table, source.table.shape, str(source.name))
         _Builder("input_ids").lookup(table, "table")  # raises for storages with no ONNX mapping
-    return _finish(_torch_export(source.path), table, out, quantize_rest)
+    return _finish(_torch_export(source.path), table, out, quantize_rest, force)
 
 
 def compress_onnx(
@@ -142,21 +142,21 @@ def compress_onnx(
     from google.protobuf.message import DecodeError
 
     source, out = Path(source), Path(out)
-    refuse_existing(out, force)
+    check_target(out, force)
     if not source.is_file():
         raise EdgeembError(f"{source}: no such ONNX file")
     try:
         graph = onnx.load(os.fspath(source))
     except (DecodeError, ValueError, OSError) as exc:
         raise EdgeembError(f"{source}: not a readable ONNX file ({' '.join(str(exc).split()) or type(exc).__name__})") from None
-    return _finish(graph, table, out, quantize_rest, origin=str(source))
+    return _finish(graph, table, out, quantize_rest, force, origin=str(source))
 
 
-def _finish(graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool, origin: str = "the exported model") -> OnnxExport:
+def _finish(graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool, force: bool, origin: str = "the exported model") -> OnnxExport:
     if table is None:
-        _write(graph, out, quantize_rest, keep=[])
+        _write(graph, out, quantize_rest, [], force)
         return OnnxExport(out, out.stat().st_size, "original", 0, quantize_rest)
-    _write(graph, out, quantize_rest, keep=_rewrite(graph, table, origin))
+    _write(graph, out, quantize_rest, _rewrite(graph, table, origin), force)
     return OnnxExport(out, out.stat().st_size, table.describe(), table.nbytes, quantize_rest)
 
 
@@ -235,13 +235,12 @@ def _torch_export(path: Path):
     return graph
 
 
-def _write(graph, out: Path, quantize_rest: bool, keep: list[str]) -> None:
-    """Save atomically: a temporary sibling, renamed into place; nothing is left on failure."""
+def _write(graph, out: Path, quantize_rest: bool, keep: list[str], force: bool) -> None:
+    """Save atomically, with edgeemb's mark in the model's metadata: nothing is left on failure."""
     import onnx
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
+    _set_mark(graph)
+    with staged(out, force) as staging:
         if quantize_rest:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -254,9 +253,26 @@ def _write(graph, out: Path, quantize_rest: bool, keep: list[str]) -> None:
                 )
         else:
             onnx.save(graph, os.fspath(staging))
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)
+
+
+# The metadata_props key that marks an ONNX file as edgeemb's.
+MARK_KEY = "edgeemb.version"
+
+
+def _set_mark(graph) -> None:
+    props = {prop.key: prop for prop in graph.metadata_props}
+    if MARK_KEY in props:
+        props[MARK_KEY].value = MARK
+    else:
+        graph.metadata_props.add(key=MARK_KEY, value=MARK)
+
+
+@register_mark(".onnx")
+def _marked(path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    return any(prop.key == MARK_KEY and prop.value.startswith("edgeemb ") for prop in model.metadata_props)
 
 
 # --- the embedding subgraph ---------------------------------------------------------------------

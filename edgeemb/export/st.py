@@ -11,12 +11,14 @@ which keep the compressed storage itself.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeemb.artifact import refuse_existing, write_dir
+from edgeemb import __version__
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import FOLDER_MANIFESTS, VERSION_KEY, check_target, staged
 from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.hf import trimmed_tokenizer_json
 from edgeemb.table import EmbeddingTable, TrimmedTable
@@ -33,14 +35,15 @@ def export_sentence_transformers(
     model: str | Path | SourceModel, table: EmbeddingTable, out: str | Path, *, force: bool = False
 ) -> StExport:
     """Save `model` with its word embeddings replaced by `table`'s decoded rows, atomically: the
-    directory is written beside OUT and renamed into place."""
+    directory is written beside OUT and renamed into place, with an `edgeemb.json` saying what
+    it holds (and that edgeemb wrote it)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
     out = Path(out)
-    refuse_existing(out, force)
+    check_target(out, force)
     source = model if isinstance(model, SourceModel) else open_model(model)
     if source.format != "sentence-transformers":
         raise EdgeembError(f"{source.name} is a {source.format} model, not a sentence-transformers one")
@@ -57,7 +60,10 @@ def export_sentence_transformers(
     else:
         model.get_input_embeddings().weight.data = torch.from_numpy(table.to_dense())
 
-    write_dir(out, lambda staging: st.save(os.fspath(staging)), force)
+    with staged(out, force) as staging:
+        st.save(os.fspath(staging))
+        provenance = {VERSION_KEY: __version__, "source": {"name": source.name, "sha256": source.sha256}, "table": table.describe()}
+        (staging / FOLDER_MANIFESTS[1]).write_text(json.dumps(provenance, indent=2) + "\n")
     size = sum(file.stat().st_size for file in out.rglob("*") if file.is_file())
     return StExport(out, size, table.describe())
 

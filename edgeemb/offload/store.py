@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from edgeemb.artifact import refuse_existing
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import MARK, check_target, register_mark, staged
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import (
     DenseTable,
@@ -155,25 +154,32 @@ def _packed_bytes(rows: int, size: int, page: int) -> int:
     return rows * (-(-size // page) * page)
 
 
+# A store ends with this trailer after its last page: readers never reach it (they read pages at
+# the layout's offsets), and it marks the file as edgeemb's.
+TRAILER = f"\n{MARK} flash store\n".encode()
+
+
 def write_store(path: Path, rows: StoredRows, layout: Layout, force: bool = False) -> None:
     """Write the store file for `layout` atomically (a temporary sibling, then renamed)."""
     path = Path(path)
-    refuse_existing(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_target(path, force)
     bounds = np.concatenate([[0], np.cumsum(layout.slice_bytes)])
     # ple-layer stores one packed table per layer; the token-major layouts pack whole records
     columns = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)] if layout.kind == "ple-layer" else [(0, layout.record_bytes)]
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-        try:
-            for first, last in columns:
-                _write_packed(handle, rows.records, first, last, layout.page_size)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    os.replace(temporary, path)
+    with staged(path, force) as temporary, open(temporary, "wb") as handle:
+        for first, last in columns:
+            _write_packed(handle, rows.records, first, last, layout.page_size)
+        handle.write(TRAILER)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@register_mark(".store", "*")  # a store may have any name: its trailer is the mark
+def _marked(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 64))
+        last = handle.read().rsplit(b"\n", 2)
+    return len(last) == 3 and last[1].startswith(b"edgeemb ") and last[1].endswith(b" flash store") and not last[2]
 
 
 def _write_packed(handle, records: np.ndarray, first: int, last: int, page: int) -> None:

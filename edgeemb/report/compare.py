@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeemb.artifact import load_artifact
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import TEXT_MARK
 from edgeemb.passes import STEPS
 
 
@@ -164,7 +165,7 @@ def cell(comparison: Comparison, index: int, column: str) -> str:
 def to_markdown(comparison: Comparison) -> str:
     """A Markdown table; the best value of each column is in bold."""
     heads = ["output", "recipe", "storage", *columns(comparison)]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines = [TEXT_MARK, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for i, row in enumerate(comparison.rows):
         cells = [_mark(cell(comparison, i, c), i in comparison.best[c], "**") for c in columns(comparison)]
         lines.append("| " + " | ".join([row.label, row.recipe, row.storage, *cells]) + " |")
@@ -182,7 +183,7 @@ def to_html(comparison: Comparison) -> str:
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     notes = "".join(f"<p>{html.escape(n)}.</p>" for n in comparison.notes)
     return (
-        "<!doctype html><meta charset='utf-8'><title>edgeemb compare</title>"
+        f"<!doctype html>{TEXT_MARK}<meta charset='utf-8'><title>edgeemb compare</title>"
         "<style>body{font-family:sans-serif}td,th{padding:4px 10px;text-align:right;border-bottom:1px solid #ddd}"
         "td:nth-child(-n+3){text-align:left}</style>"
         f"<table><tr>{heads}</tr>{''.join(body)}</table>{notes}\n"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from edgeemb.analysis import TableAnalysis
+from edgeemb.outputs import png_metadata, staged
 
 _LEVEL_COLOURS = {"0.90": "tab:green", "0.95": "tab:orange", "0.99": "tab:red"}
 
@@ -170,15 +169,7 @@ def plot_pareto(comparison, metric: str, path: Path) -> None:
     _save_atomic(figure, Path(path))
 
 
-def _save_atomic(figure: Figure, path: Path) -> None:
+def _save_atomic(figure: Figure, path: Path, force: bool = True) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see a partial PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png", dpi=110)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make the report private
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with staged(path, force) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, metadata=png_metadata())
