@@ -19,14 +19,33 @@ from edgeemb.errors import EdgeembError
 
 Arrays = dict[str, np.ndarray]
 _CHUNK_ROWS = 16384
+_REGISTRY: dict[str, type[QuantFormat]] = {}
 
 
 @dataclass(frozen=True)
 class QuantFormat(ABC):
-    """A row-wise quantisation format. Subclasses set `name` and implement the two transforms."""
+    """A row-wise quantisation format, declared once and registered by its class line:
+
+        class Int4(_IntBlocks, name="int4", bits=4): ...
+
+    `name` registers the class (abstract families pass none); every other keyword sets one of
+    the family's declared class traits (`bits`, `qtype`, `kernel`, ...)."""
 
     name: ClassVar[str]
     shared: ClassVar[frozenset[str]] = frozenset()  # arrays not indexed by row (e.g. codebooks)
+
+    def __init_subclass__(cls, name: str | None = None, **traits: object) -> None:
+        super().__init_subclass__()
+        declared = {key for klass in cls.__mro__ for key in getattr(klass, "__annotations__", {})}
+        for key, value in traits.items():
+            if key not in declared:
+                raise TypeError(f"{cls.__name__}: {key!r} is not a trait of this format family")
+            setattr(cls, key, value)
+        if name is not None:
+            if name in _REGISTRY:
+                raise TypeError(f"two formats are named {name!r}: {_REGISTRY[name].__name__} and {cls.__name__}")
+            cls.name = name
+            _REGISTRY[name] = cls
 
     @abstractmethod
     def check_width(self, dim: int) -> None:
@@ -70,14 +89,6 @@ def reciprocal_or_zero(values: np.ndarray) -> np.ndarray:
     return np.divide(np.float32(1), values, out=np.zeros_like(values), where=values != 0)
 
 
-_REGISTRY: dict[str, type[QuantFormat]] = {}
-
-
-def register(cls: type[QuantFormat]) -> type[QuantFormat]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -100,6 +111,15 @@ def format_from_spec(spec: dict) -> QuantFormat:
     return get_format(spec.pop("name"), **spec)
 
 
-from edgeemb.formats import integer as _integer  # noqa: E402,F401  (registers the formats)
-from edgeemb.formats import ggml as _ggml  # noqa: E402,F401  (registers the GGUF formats)
-from edgeemb.formats import codebook as _codebook  # noqa: E402,F401  (registers the codebook formats)
+def _register_builtin_formats() -> None:
+    """Import every module of this package: each format registers itself by being declared, so a
+    new format is one new file here."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "kernels":  # numba: loaded by the first lookup, not by every import
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_builtin_formats()

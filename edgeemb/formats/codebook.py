@@ -29,7 +29,7 @@ import scipy.sparse
 from threadpoolctl import threadpool_limits
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, register
+from edgeemb.formats import Arrays, QuantFormat
 from edgeemb.progress import track
 from edgeemb.rows import unit_rows
 
@@ -47,10 +47,8 @@ class _Codebook(QuantFormat):
         return self.quantize(weight)
 
 
-@register
 @dataclass(frozen=True)
-class PQ(_Codebook):
-    name: ClassVar[str] = "pq"
+class PQ(_Codebook, name="pq"):
     shared: ClassVar[frozenset[str]] = frozenset({"codebooks"})
     subspaces: int = 48
     centroids: int = 256
@@ -94,10 +92,8 @@ class PQ(_Codebook):
         return f"pq, {self.subspaces} sub-spaces x {self.centroids} centroids, fp16 codebooks"
 
 
-@register
 @dataclass(frozen=True)
-class VocabKMeans(_Codebook):
-    name: ClassVar[str] = "vocab_kmeans"
+class VocabKMeans(_Codebook, name="vocab_kmeans"):
     shared: ClassVar[frozenset[str]] = frozenset({"centroids"})
     clusters: int = 4096
     seed: int = 0

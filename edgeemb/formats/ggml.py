@@ -20,6 +20,7 @@ Every decoder is numpy over whole blocks, written to give the same float32 value
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,7 +29,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
 from edgeemb.progress import track
 
 _F32 = np.float32
@@ -44,8 +45,18 @@ _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.u
 
 @dataclass(frozen=True)
 class _GGMLFormat(QuantFormat):
+    """A GGML block type, declared by its type: `class Q8_0(_GGMLFormat, qtype=..., kernel="q8_0")`
+    (its name is the type's). `kernel` is its fused lookup (blocks, ids, HALF, out) -> None: the
+    name of a function in `kernels`, or, for a format in a file of its own, a function that
+    returns the compiled kernel (numba loads on the first lookup, not on import)."""
+
     qtype: ClassVar[GGMLQuantizationType]
-    kernel: ClassVar[str]  # its fused lookup in `kernels` (compiled on first use): (blocks, ids, HALF, out) -> None
+    kernel: ClassVar[str | Callable[[], Callable[..., None]]]
+
+    def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **traits: object) -> None:
+        if qtype is not None:
+            traits = {"name": qtype.name, "qtype": qtype, **traits}
+        super().__init_subclass__(**traits)  # type: ignore[arg-type]
 
     @property
     def _block(self) -> int:
@@ -83,7 +94,9 @@ class _GGMLFormat(QuantFormat):
         blocks = arrays["blocks"]
         ids = kernels.row_ids(ids, len(blocks))
         out = np.empty((len(ids), dim), _F32)
-        getattr(kernels, self.kernel)(blocks, ids, kernels.HALF, out)
+        declared = type(self).kernel  # from the class: a function there would bind to the instance
+        kernel = getattr(kernels, declared) if isinstance(declared, str) else declared()
+        kernel(blocks, ids, kernels.HALF, out)
         return out
 
     def describe(self) -> str:
@@ -102,13 +115,7 @@ class _GGMLFormat(QuantFormat):
 # --- legacy formats: blocks of 32 --------------------------------------------------------------
 
 
-@register
-@dataclass(frozen=True)
-class Q8_0(_GGMLFormat):
-    name: ClassVar[str] = "Q8_0"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q8_0
-    kernel: ClassVar[str] = "q8_0"
-
+class Q8_0(_GGMLFormat, qtype=GGMLQuantizationType.Q8_0, kernel="q8_0"):
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         d = np.abs(blocks).max(axis=1, keepdims=True) / 127
         q = _round_half_away(blocks * reciprocal_or_zero(d))
@@ -166,14 +173,7 @@ class _Symmetric(_GGMLFormat):
         return super().describe() + (", least-squares scales" if self.search else "")
 
 
-@register
-@dataclass(frozen=True)
-class Q4_0(_Symmetric):
-    name: ClassVar[str] = "Q4_0"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_0
-    kernel: ClassVar[str] = "q4_0"
-    bits: ClassVar[int] = 4
-
+class Q4_0(_Symmetric, qtype=GGMLQuantizationType.Q4_0, kernel="q4_0", bits=4):
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         d, q = self._codes(blocks, weights)
         return np.concatenate([_fp16_bytes(d), _pack_nibbles(q)], axis=1)
@@ -182,14 +182,7 @@ class Q4_0(_Symmetric):
         return _scaled(_unpack_nibbles(raw[:, 2:]), 8, raw[:, :2])
 
 
-@register
-@dataclass(frozen=True)
-class Q5_0(_Symmetric):
-    name: ClassVar[str] = "Q5_0"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q5_0
-    kernel: ClassVar[str] = "q5_0"
-    bits: ClassVar[int] = 5
-
+class Q5_0(_Symmetric, qtype=GGMLQuantizationType.Q5_0, kernel="q5_0", bits=5):
     def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         d, q = self._codes(blocks, weights)
         high = np.packbits(q >> 4, axis=1, bitorder="little")  # bit j of a little-endian u32: value j's 5th bit
@@ -201,13 +194,7 @@ class Q5_0(_Symmetric):
         return _scaled(q, 16, raw[:, :2])
 
 
-@register
-@dataclass(frozen=True)
-class Q4_1(_GGMLFormat):
-    name: ClassVar[str] = "Q4_1"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_1
-    kernel: ClassVar[str] = "q4_1"
-
+class Q4_1(_GGMLFormat, qtype=GGMLQuantizationType.Q4_1, kernel="q4_1"):
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         low = blocks.min(axis=1, keepdims=True)
         d = (blocks.max(axis=1, keepdims=True) - low) / 15
@@ -241,15 +228,9 @@ class _KQuant(_GGMLFormat):
         return super().describe().replace("blocks of", "super-blocks of")
 
 
-@register
-@dataclass(frozen=True)
-class Q6_K(_KQuant):
+class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K, kernel="q6_k", fallback="Q8_0"):
     """ql (128 B: low 4 bits), qh (64 B: high 2 bits), 16 int8 sub-block scales, fp16 d."""
 
-    name: ClassVar[str] = "Q6_K"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q6_K
-    kernel: ClassVar[str] = "q6_k"
-    fallback: ClassVar[str] = "Q8_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         n = len(blocks)
@@ -291,15 +272,9 @@ class Q6_K(_KQuant):
         return _scaled(q.reshape(n * 16, 16), 32, step.reshape(n * 16, 1)).reshape(n, 256)
 
 
-@register
-@dataclass(frozen=True)
-class Q4_K(_KQuant):
+class Q4_K(_KQuant, qtype=GGMLQuantizationType.Q4_K, kernel="q4_k", fallback="Q5_0"):
     """fp16 d, fp16 dmin, 8 six-bit scales and 8 six-bit mins in 12 bytes, 128 B of nibbles."""
 
-    name: ClassVar[str] = "Q4_K"
-    qtype: ClassVar[GGMLQuantizationType] = GGMLQuantizationType.Q4_K
-    kernel: ClassVar[str] = "q4_k"
-    fallback: ClassVar[str] = "Q5_0"
 
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         n = len(blocks)

@@ -28,7 +28,7 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero, register
+from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
 
 
 @dataclass(frozen=True)
@@ -107,37 +107,25 @@ class _IntBlocks(QuantFormat):
         return f"{self.name}, {blocks}, {kind}"
 
 
-@register
-@dataclass(frozen=True)
-class Int8(_IntBlocks):
-    name: ClassVar[str] = "int8"
-    bits: ClassVar[int] = 8
+class Int8(_IntBlocks, name="int8", bits=8):
+    """int8 codes; one block per row by default."""
 
 
-@register
 @dataclass(frozen=True)
-class Int4(_IntBlocks):
-    name: ClassVar[str] = "int4"
-    bits: ClassVar[int] = 4
+class Int4(_IntBlocks, name="int4", bits=4):
     block_size: int | None = 32
 
 
-@register
 @dataclass(frozen=True)
-class Int2(_IntBlocks):
-    name: ClassVar[str] = "int2"
-    bits: ClassVar[int] = 2
+class Int2(_IntBlocks, name="int2", bits=2):
     block_size: int | None = 32
 
 
-@register
-@dataclass(frozen=True)
-class Int8Tensor(QuantFormat):
+class Int8Tensor(QuantFormat, name="int8-tensor"):
     """uint8 codes with one float32 scale and one zero point for the whole table: onnxruntime's
     dynamic quantisation of a Gather's table (`scale = (max - min) / 255` over a range that
     includes 0, `zero_point = round(-min / scale)`), decoded as its DequantizeLinear does."""
 
-    name: ClassVar[str] = "int8-tensor"
     shared: ClassVar[frozenset[str]] = frozenset({"scale", "zero_point"})
 
     def check_width(self, dim: int) -> None:
