@@ -155,7 +155,7 @@ def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple
          coverage: float | None, holdout: float, drop: tuple[str, ...], as_json: bool) -> None:
     from pydantic import ValidationError
 
-    from edgeemb.passes.trim import TrimConfig
+    from edgeemb.steps.trim import TrimConfig
     from edgeemb.pipeline import trim_preview
 
     try:
@@ -814,7 +814,7 @@ cortex-a53 is reported as needing a newer CPU)."""
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
 def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model: Path | None, try_cpu: str | None, force: bool, as_json: bool) -> None:
     from edgeemb.bench.devices import load_device
-    from edgeemb.cross import cross_build
+    from edgeemb.bench.cross import cross_build
 
     device = load_device(target)
     out = out or Path("edgeemb-cross") / device.name
@@ -853,7 +853,7 @@ def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: in
     edgeemb bundle out/gemma-english-q5_0/model.gguf --target rpi5 -o gemma-rpi5.tar.gz
     """
     from edgeemb.bench.devices import load_device
-    from edgeemb.bundle import make_bundle
+    from edgeemb.bench.bundle import make_bundle
 
     device = load_device(target)
     with err_console.status(f"building llama-bench for {device.name} (cached after the first build, ~10 minutes)"):

@@ -21,7 +21,7 @@ from edgeemb import __version__
 from edgeemb.artifact import MANIFEST_FILE, Artifact, load_artifact, write_artifact_files, write_report_files
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import check_target, staged
-from edgeemb.passes import PassContext
+from edgeemb.steps import StepContext
 from edgeemb.recipe import ExportConfig, OffloadPlan, Recipe, load_recipe, parse_recipe
 from edgeemb.report.markdown import render_report
 from edgeemb.sources import SourceModel, open_model
@@ -30,7 +30,7 @@ from edgeemb.table import EmbeddingTable, TrimmedTable
 
 if TYPE_CHECKING:
     from edgeemb.offload import OffloadConfig, OffloadReport
-    from edgeemb.passes.trim import TrimConfig
+    from edgeemb.steps.trim import TrimConfig
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def compress(
     check_target(out, force)
     data = data.merged_over(recipe)
 
-    table = recipe.apply(source.table, pass_context(source, calibration, calibration_tokens))
+    table = recipe.apply(source.table, step_context(source, calibration, calibration_tokens))
     # A GGUF export is verified in llama.cpp, perplexity included: that figure, from the runtime
     # the file is for, replaces the transformers one (and saves running both).
     gguf_perplexity = recipe.export is not None and recipe.export.format == "gguf" and data.perplexity is not None
@@ -257,10 +257,10 @@ def _llama_perplexity(verify: dict) -> dict:
 def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> dict:
     """What `trim_vocab` with `config` keeps of `model`'s vocabulary, and the bytes its table
     would take as the source stores it; nothing is written."""
-    from edgeemb.passes.trim import trim_vocab
+    from edgeemb.steps.trim import trim_vocab
 
     source = model if isinstance(model, SourceModel) else open_model(model)
-    trimmed = trim_vocab(source.table, config, pass_context(source))
+    trimmed = trim_vocab(source.table, config, step_context(source))
     kept_bytes = source.stored_nbytes * len(trimmed.keep) // source.vocab_size
     dropped = np.setdiff1d(np.arange(source.vocab_size), trimmed.keep)
     spread = dropped[:: max(1, len(dropped) // 12)][:12]  # a dozen, from across the vocabulary
@@ -271,7 +271,7 @@ def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> 
     }
 
 
-def pass_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> PassContext:
+def step_context(source: SourceModel, calibration: Path | None = None, calibration_tokens: int = 2048) -> StepContext:
     """What the steps may know of `source` beyond its table, with calibration text if given."""
     head_importance = None
     if calibration is not None and source.head_input_power is not None:
@@ -279,7 +279,7 @@ def pass_context(source: SourceModel, calibration: Path | None = None, calibrati
 
         text = read_text(calibration)
         head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
-    return PassContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format, source.vocabulary)
+    return StepContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format, source.vocabulary)
 
 
 def open_source(artifact: Artifact) -> SourceModel:
@@ -440,7 +440,7 @@ def offload(
     table's own size or, with `head_type`, quantised to that format. With `runtime`, the GGUF
     (the model itself, or OUT/model.gguf) is also run in llama.cpp with mmap on and off."""
     from edgeemb.evaluate.data import read_text
-    from edgeemb.offload import Layout, emulate, load_profile, source_rows, table_rows, write_store
+    from edgeemb.offload import Layout, emulate_offload, load_profile, source_rows, table_rows, write_store
 
     artifact = load_artifact(Path(model)) if model is not None and (Path(model) / MANIFEST_FILE).is_file() else None
     source = open_source(artifact) if artifact else open_model(model)
@@ -463,7 +463,7 @@ def offload(
     head_bytes, head = _offloaded_head(source, table, rows.nbytes, head_type)
 
     def run(store_file: Path | None) -> OffloadReport:
-        return emulate(rows, shape, tokens, config, head_bytes=head_bytes, head=head, calibration=calibration_ids, store=store_file)
+        return emulate_offload(rows, shape, tokens, config, head_bytes=head_bytes, head=head, calibration=calibration_ids, store=store_file)
 
     if config.mode == "real" and store is None:  # real mode reads a store; without --store, a temporary one
         import tempfile

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import STEPS, PassContext, StepConfig
+from edgeemb.steps import STEPS, StepContext, StepConfig
 from edgeemb.table import EmbeddingTable, TrimmedTable
 
 DEFAULT_RECIPE = "int4"
@@ -96,7 +96,7 @@ class Recipe:
         """The recipe distils a static model (its table is the whole model, not its input table)."""
         return any(STEPS[name].replaces_model for name, _ in self.steps)
 
-    def apply(self, table: EmbeddingTable, context: PassContext = PassContext()) -> EmbeddingTable:
+    def apply(self, table: EmbeddingTable, context: StepContext = StepContext()) -> EmbeddingTable:
         trimmed = None
         for name, config in self.steps:
             table = STEPS[name].apply(table, config, context)
@@ -106,7 +106,7 @@ class Recipe:
         return table if trimmed is None else TrimmedTable(table, trimmed.keep, trimmed.facts)
 
 
-def narrowed(context: PassContext, keep) -> PassContext:
+def narrowed(context: StepContext, keep) -> StepContext:
     """`context` for a trimmed vocabulary: token texts and the tokenizer speak the new ids."""
     tokenize = None
     if context.vocabulary is not None:  # built on first use: most later steps never tokenise

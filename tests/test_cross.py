@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as Q
 
 from edgeemb.bench.devices import load_device
 from edgeemb.cli import main
-from edgeemb.cross import cross_build, smoke_test
+from edgeemb.bench.cross import cross_build, smoke_test
 from edgeemb.errors import EdgeembError
 from tests.test_formats_ggml import _layer_weights, _write_llama
 

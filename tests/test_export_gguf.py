@@ -221,14 +221,14 @@ def test_importance_weighted_q4_0_lowers_the_weighted_error():
 
 
 def test_importance_needs_a_format_and_a_model_that_take_it():
-    from edgeemb.passes import PassContext
+    from edgeemb.steps import StepContext
     from edgeemb.recipe import parse_recipe
 
     weight = DenseTable(np.ones((8, 32), np.float32))
     with pytest.raises(EdgeembError, match="format int4 does not take importance weights"):
         parse_recipe({"steps": [{"quantize": {"format": "int4", "importance": "head"}}]}).apply(weight)
     with pytest.raises(EdgeembError, match="needs calibration text"):
-        parse_recipe({"steps": [{"quantize": {"format": "Q4_0", "importance": "head"}}]}).apply(weight, PassContext())
+        parse_recipe({"steps": [{"quantize": {"format": "Q4_0", "importance": "head"}}]}).apply(weight, StepContext())
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "st"])

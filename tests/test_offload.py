@@ -16,7 +16,7 @@ from edgeemb.formats import get_format
 from edgeemb.offload import (
     Layout,
     OffloadConfig,
-    emulate,
+    emulate_offload,
     load_profile,
     profile_names,
     source_rows,
@@ -151,7 +151,7 @@ def test_hot_set_serves_first_occurrences():
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     tokens = np.array([4, 4, 9, 4, 9, 300])
     config = OffloadConfig(("ufs-3.1",), cache_bytes=(0,), hot_bytes=2 * (rows.records.shape[1] + INDEX_BYTES_PER_ENTRY))
-    report = emulate(rows, layout, tokens, config, calibration=np.array([9, 4, 4, 9, 4, 1]))
+    report = emulate_offload(rows, layout, tokens, config, calibration=np.array([9, 4, 4, 9, 4, 1]))
     assert report.hot_set["tokens"] == 2
     # only token 300, not in the hot set, is read
     assert report.points[0].hit_rate == pytest.approx(5 / 6)
@@ -164,7 +164,7 @@ def test_sim_and_real_read_the_same_bytes_and_order_the_profiles_alike(tmp_path)
     write_store(tmp_path / "t.store", rows, layout)
     tokens = np.random.default_rng(2).integers(0, 20000, 200)
     config = OffloadConfig(("nvme", "emmc-5.1", "microsd-a2"), cache_bytes=(0, 20000), mode="real")
-    report = emulate(rows, layout, tokens, config, store=tmp_path / "t.store")
+    report = emulate_offload(rows, layout, tokens, config, store=tmp_path / "t.store")
     assert report.real["host_reads"] > 0
     for point in report.points:
         assert point.bytes_per_token > 0
@@ -181,13 +181,13 @@ def test_bad_input_gets_a_clear_error(tmp_path):
     rows = _rows()
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     with pytest.raises(EdgeembError, match="larger than the table"):
-        emulate(rows, layout, np.array([1, 2]), OffloadConfig(cache_bytes=(rows.records.nbytes + 1,)))
+        emulate_offload(rows, layout, np.array([1, 2]), OffloadConfig(cache_bytes=(rows.records.nbytes + 1,)))
     with pytest.raises(EdgeembError, match="unknown flash profile 'ufs-9'"):
-        emulate(rows, layout, np.array([1, 2]), OffloadConfig(profiles=("ufs-9",), cache_bytes=(0,)))
+        emulate_offload(rows, layout, np.array([1, 2]), OffloadConfig(profiles=("ufs-9",), cache_bytes=(0,)))
     with pytest.raises(EdgeembError, match="token stream is empty"):
-        emulate(rows, layout, np.array([], dtype=np.int64), OffloadConfig(cache_bytes=(0,)))
+        emulate_offload(rows, layout, np.array([], dtype=np.int64), OffloadConfig(cache_bytes=(0,)))
     with pytest.raises(EdgeembError, match="calibration"):
-        emulate(rows, layout, np.array([1]), OffloadConfig(cache_bytes=(0,), hot_bytes=10_000))
+        emulate_offload(rows, layout, np.array([1]), OffloadConfig(cache_bytes=(0,), hot_bytes=10_000))
     with pytest.raises(EdgeembError, match="per-layer lookups need --layout ple"):
         Layout("single", 1000, 68, PAGE, 4)
     broken = tmp_path / "broken.yaml"
@@ -284,7 +284,7 @@ def test_o_direct_is_used_on_this_filesystem(tmp_path):
     rows = _rows()
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     write_store(tmp_path / "t.store", rows, layout)
-    report = emulate(rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store")
+    report = emulate_offload(rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store")
     assert report.real["o_direct"] is True and report.real["page_cache"] is False
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes.quantize import QuantizeConfig, quantize
-from edgeemb.passes.svd import SVDConfig, svd
+from edgeemb.steps.quantize import QuantizeConfig, quantize
+from edgeemb.steps.svd import SVDConfig, svd
 from edgeemb.recipe import builtin_recipes, load_recipe, parse_recipe
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
 
@@ -122,14 +122,14 @@ def test_recipe_files_unreadable_or_unknown(tmp_path):
 
 
 def test_mixed_precision_keeps_frequent_rows_at_higher_precision(tmp_path):
-    from edgeemb.passes import PassContext
-    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+    from edgeemb.steps import StepContext
+    from edgeemb.steps.quantize import MixedPrecisionConfig, mixed_precision
     from edgeemb.table import MixedTable, load_table, save_table
 
     weight = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("7 7 7 42\n42 99 7\n\n")  # token 7 three... four times, 42 twice, 99 once
-    context = PassContext(tokenize=lambda text: [int(t) for t in text.split()])
+    context = StepContext(tokenize=lambda text: [int(t) for t in text.split()])
     config = MixedPrecisionConfig(frequent={"format": "int8"}, rare={"format": "int2", "block_size": 32}, frequent_fraction=0.03, corpus=corpus)
     table = mixed_precision(DenseTable(weight), config, context)
     assert isinstance(table, MixedTable)
@@ -142,7 +142,7 @@ def test_mixed_precision_keeps_frequent_rows_at_higher_precision(tmp_path):
 
 
 def test_mixed_precision_without_corpus_uses_id_order_and_composes_with_svd():
-    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+    from edgeemb.steps.quantize import MixedPrecisionConfig, mixed_precision
 
     weight = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
     low_rank = svd(DenseTable(weight), SVDConfig(rank=32))
@@ -153,8 +153,8 @@ def test_mixed_precision_without_corpus_uses_id_order_and_composes_with_svd():
 
 
 def test_mixed_precision_needs_a_tokenizer_and_text(tmp_path):
-    from edgeemb.passes import PassContext
-    from edgeemb.passes.quantize import MixedPrecisionConfig, mixed_precision
+    from edgeemb.steps import StepContext
+    from edgeemb.steps.quantize import MixedPrecisionConfig, mixed_precision
 
     table = DenseTable(np.zeros((10, 32), np.float32))
     corpus = tmp_path / "c.txt"
@@ -162,4 +162,4 @@ def test_mixed_precision_needs_a_tokenizer_and_text(tmp_path):
     with pytest.raises(EdgeembError, match="needs the model's tokenizer"):
         mixed_precision(table, MixedPrecisionConfig(corpus=corpus))
     with pytest.raises(EdgeembError, match="has no text"):
-        mixed_precision(table, MixedPrecisionConfig(corpus=corpus), PassContext(tokenize=lambda t: []))
+        mixed_precision(table, MixedPrecisionConfig(corpus=corpus), StepContext(tokenize=lambda t: []))

@@ -8,8 +8,8 @@ import pytest
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
-from edgeemb.passes import PassContext
-from edgeemb.passes.peers import (
+from edgeemb.steps import StepContext
+from edgeemb.steps.peers import (
     LlamaQuantizeConfig,
     OnnxruntimeDynamicConfig,
     OnnxruntimeInt4Config,
@@ -75,7 +75,7 @@ def test_peers_take_only_the_models_own_table(table):
     with pytest.raises(EdgeembError, match="does not divide the row width 256"):
         onnxruntime_int4(table, OnnxruntimeInt4Config(block_size=96))
     with pytest.raises(EdgeembError, match="give a GGUF model"):
-        llama_quantize(table, LlamaQuantizeConfig(type="Q4_0"), PassContext())
+        llama_quantize(table, LlamaQuantizeConfig(type="Q4_0"), StepContext())
 
 
 def test_peer_recipes_are_one_peer_step_each():
@@ -90,11 +90,11 @@ def test_llama_quantize_keeps_llama_cpps_own_bytes_for_smollm2():
     """On the real SmolLM2 GGUF: llama.cpp's quantiser re-encodes token_embd (Q8_0 -> Q4_0); the
     step keeps its bytes (576 x 49152 in Q4_0 is 18 B per 32 values) and they match edgeemb's own
     Q4_0 encoding of the same dequantised table, since both are byte-compatible with ggml."""
-    from edgeemb.pipeline import pass_context
+    from edgeemb.pipeline import step_context
     from edgeemb.sources import open_model
 
     source = open_model("smollm2-135m")
-    peer = llama_quantize(source.table, LlamaQuantizeConfig(type="Q4_0"), pass_context(source))
+    peer = llama_quantize(source.table, LlamaQuantizeConfig(type="Q4_0"), step_context(source))
     assert peer.format == get_format("Q4_0") and peer.nbytes == 49152 * 576 // 32 * 18
     ours = QuantizedTable.quantize(source.table.weight[:2048], get_format("Q4_0"))
     assert np.array_equal(peer.data["blocks"][:2048], ours.data["blocks"])
@@ -125,7 +125,7 @@ def test_model2vec_distills_a_static_model_scored_as_one(tiny_model, tiny_sts, t
 
 
 def test_model2vec_needs_a_sentence_model(table):
-    from edgeemb.passes.peers import Model2VecConfig, model2vec_distill
+    from edgeemb.steps.peers import Model2VecConfig, model2vec_distill
 
     with pytest.raises(EdgeembError, match="distils a sentence-transformers model"):
-        model2vec_distill(table, Model2VecConfig(), PassContext(model_format="gguf"))
+        model2vec_distill(table, Model2VecConfig(), StepContext(model_format="gguf"))

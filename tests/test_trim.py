@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import PassContext
-from edgeemb.passes.trim import TrimConfig, trim_vocab
+from edgeemb.steps import StepContext
+from edgeemb.steps.trim import TrimConfig, trim_vocab
 from edgeemb.recipe import parse_recipe
 from edgeemb.sources import open_model
 from edgeemb.sources.hf import tokenizer_vocabulary
@@ -23,8 +23,8 @@ from tests.conftest import WORDS, data_file
 KEPT_TEXT = "the water was long and very little"
 
 
-def _context(model) -> PassContext:
-    return PassContext(model.tokens, model.tokenize, vocabulary=model.vocabulary)
+def _context(model) -> StepContext:
+    return StepContext(model.tokens, model.tokenize, vocabulary=model.vocabulary)
 
 
 def _trim(model, tmp_path: Path, corpus_text: str, **options) -> TrimmedTable:

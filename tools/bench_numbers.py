@@ -25,7 +25,7 @@ from report_files import write_report
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.run import bench, compare_runs
 from edgeemb.export.onnx import export_onnx
-from edgeemb.passes import PassContext
+from edgeemb.steps import StepContext
 from edgeemb.pipeline import compress
 from edgeemb.recipe import load_recipe
 from edgeemb.sources import open_model
@@ -37,7 +37,7 @@ def minilm_files(work: Path) -> tuple[Path, Path]:
     if not fp32.exists():
         export_onnx(source, None, fp32)
     if not small.exists():
-        table = load_recipe("int4").apply(source.table, PassContext(source.tokens, source.tokenize))
+        table = load_recipe("int4").apply(source.table, StepContext(source.tokens, source.tokenize))
         export_onnx(source, table, small, quantize_rest=True)
     return fp32, small
 

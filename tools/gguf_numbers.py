@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
 from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
-from edgeemb.pipeline import pass_context
+from edgeemb.pipeline import step_context
 from edgeemb.recipe import load_recipe
 from edgeemb.sources import open_model
 
@@ -60,7 +60,7 @@ def main() -> None:
             path = work / f"llama-{qtype}.gguf"
             llama_quantize_token_embd(model.path, path, qtype)
             files.append((f"llama.cpp token_embd {qtype}", qtype, path, None))
-        context = pass_context(model, calibration, args.calibration_tokens)  # one calibration for all recipes
+        context = step_context(model, calibration, args.calibration_tokens)  # one calibration for all recipes
         for name in args.recipes.split(","):
             recipe = load_recipe(name)
             export = export_gguf(model.path, recipe.apply(model.table, context), work / f"{name}.gguf")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgeemb.export.gguf import export_gguf
 from edgeemb.offload import OffloadConfig, profile_names
-from edgeemb.pipeline import offload, pass_context
+from edgeemb.pipeline import offload, step_context
 from edgeemb.recipe import load_recipe
 from edgeemb.report.plots import plot_offload
 from edgeemb.sources import open_model
@@ -66,7 +66,7 @@ def main() -> None:
 
         compressed = work / f"{args.recipe}.gguf"
         recipe = load_recipe(args.recipe)
-        export_gguf(source.path, recipe.apply(source.table, pass_context(source, calibration)), compressed)
+        export_gguf(source.path, recipe.apply(source.table, step_context(source, calibration)), compressed)
         runtime = {
             "shipped": offload(args.model, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common),
             args.recipe: offload(compressed, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common),

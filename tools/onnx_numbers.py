@@ -32,7 +32,7 @@ from edgeemb.evaluate.data import read_sts
 from edgeemb.evaluate.encoder import memoize, sentence_encoder
 from edgeemb.evaluate.sentence import embedding_drift, sts_spearman
 from edgeemb.export.onnx import compare_latency, compress_onnx, export_onnx, onnx_encoder, verify_onnx
-from edgeemb.passes import PassContext
+from edgeemb.steps import StepContext
 from edgeemb.recipe import load_recipe, parse_recipe
 from edgeemb.sources import open_model
 
@@ -80,7 +80,7 @@ def measure(data: Path, work: Path, threads: int, latency_every: int) -> dict:
     for label, spec, rest in EDGEEMB_ROWS:
         recipe = parse_recipe(spec) if isinstance(spec, dict) else load_recipe(spec)
         if recipe.name not in tables:
-            tables[recipe.name] = recipe.apply(source.table, PassContext(source.tokens, source.tokenize))
+            tables[recipe.name] = recipe.apply(source.table, StepContext(source.tokens, source.tokenize))
         table = tables[recipe.name]
         path = work / f"{recipe.name}{'-int8-rest' if rest else ''}.onnx"
         compress_onnx(fp32, table, path, quantize_rest=rest, force=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import CausalLM
-from edgeemb.passes import PassContext
+from edgeemb.steps import StepContext
 from edgeemb.pipeline import EvaluationData, evaluate_quality
 from edgeemb.recipe import parse_recipe
 from edgeemb.sources import open_model
@@ -73,7 +73,7 @@ def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
 
 def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list[dict]:
     source = open_model(model_name)
-    context = PassContext(source.tokens, source.tokenize)
+    context = StepContext(source.tokens, source.tokenize)
     sentence_data = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv") if source.format == "sentence-transformers" else EvaluationData()
     lm = ids = None
     rows = []

@@ -1,5 +1,5 @@
 """The measured program of `edgeemb bench --emulate` for an ONNX file: run inside the aarch64
-Python of edgeemb.bench.emulate, where only numpy and onnxruntime are installed (no edgeemb).
+Python of edgeemb.bench.instructions, where only numpy and onnxruntime are installed (no edgeemb).
 
     python guest.py MODEL.onnx PASSES < IDS.json
 

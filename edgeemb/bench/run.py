@@ -8,7 +8,7 @@ this host is this host's: a profile caps what the device caps (cores, memory), n
 compare files by the ratios of runs made side by side. llama.cpp's threads spin while they wait
 for each other: another busy process on the pinned cores slows it by orders of magnitude, so
 benchmark on an otherwise idle machine. `emulate=True` counts instructions on the profile's CPU
-under qemu instead (`edgeemb.bench.emulate`): exact and repeatable, but blind to memory stalls.
+under qemu instead (`edgeemb.bench.instructions`): exact and repeatable, but blind to memory stalls.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def bench(
     `memory_mb` overrides the cap, or sets one without a profile. `cpu_quota` gives the run that
     share of each pinned core's time; `flash` throttles reads of the file's disk to the profile's
     flash storage (sequential MB/s and random-read IOPS). `emulate` counts instructions
-    on the profile's CPU under qemu instead (`edgeemb.bench.emulate`; the rpi5 without a profile)."""
+    on the profile's CPU under qemu instead (`edgeemb.bench.instructions`; the rpi5 without a profile)."""
     artifact = Path(artifact)
     if not artifact.exists():
         raise EdgeembError(f"{artifact}: no such file or folder")
@@ -89,12 +89,12 @@ def bench(
     if runs < 1:
         raise EdgeembError(f"runs must be at least 1, got {runs}")
     if emulate:
-        from edgeemb.bench.emulate import emulate as count
+        from edgeemb.bench.instructions import count_instructions
 
         if memory_mb is not None or cpu_quota is not None or flash:
             raise EdgeembError("an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs on this host")
         ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
-        return count(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
+        return count_instructions(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
     ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
     request = {
         "artifact": str(artifact), "backend": backend, "runs": runs, "ids": ids,

@@ -3,7 +3,7 @@ a small cache, and what that costs per token, as Gemma 3n does with its per-laye
 
     rows = table_rows(table)                      # or source_rows(model): the bytes on flash
     layout = Layout("single", *rows.records.shape, page_size=4096)
-    report = emulate(rows, layout, tokens, OffloadConfig(profiles=("ufs-3.1",), cache_bytes=(1 << 20,)))
+    report = emulate_offload(rows, layout, tokens, OffloadConfig(profiles=("ufs-3.1",), cache_bytes=(1 << 20,)))
 
 The emulation is deterministic (`sim`): every token's lookups go through an LRU cache and a
 pinned hot set, and the pages its misses touch are priced by a flash profile's read model. In
@@ -45,7 +45,7 @@ from edgeemb.offload.store import (
 from edgeemb.progress import track
 
 __all__ = [
-    "LAYOUTS", "FlashProfile", "Layout", "OffloadConfig", "OffloadReport", "StoredRows", "emulate", "load_profile",
+    "LAYOUTS", "FlashProfile", "Layout", "OffloadConfig", "OffloadReport", "StoredRows", "emulate_offload", "load_profile",
     "profile_names", "source_rows", "sweep_budgets", "table_rows", "write_store",
 ]
 
@@ -145,7 +145,7 @@ def hot_units(calibration: np.ndarray, layout: Layout, budget_bytes: int) -> fro
     return frozenset(pinned)
 
 
-def emulate(
+def emulate_offload(
     rows: StoredRows, layout: Layout, tokens: np.ndarray, config: OffloadConfig, *,
     head_bytes: int = 0, head: dict | None = None, calibration: np.ndarray | None = None, store: Path | None = None,
 ) -> OffloadReport:

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgeemb.artifact import load_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import TEXT_MARK
-from edgeemb.passes import STEPS
+from edgeemb.steps import STEPS
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-/* Preloaded into qemu-aarch64 (not the guest) by edgeemb.bench.emulate: every clock read advances
+/* Preloaded into qemu-aarch64 (not the guest) by edgeemb.bench.instructions: every clock read advances
  * a per-thread clock by one microsecond from a fixed start. A guest that prints or branches on
  * the time (llama.cpp's timings, log stamps) then runs the same instructions in every run. */
 #define _GNU_SOURCE

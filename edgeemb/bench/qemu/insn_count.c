@@ -5,7 +5,7 @@
  * that spin or wake each other add a number that depends on the host's scheduling.
  * Argument: out=PATH, the JSON file written at exit: {"threads": [main, second, ...],
  * "peak_rss_kb": N}, the last being the qemu process's VmHWM (the guest's memory and qemu's own).
- * Built by edgeemb.bench.emulate against qemu's public plugin header (plugin API version 1+). */
+ * Built by edgeemb.bench.instructions against qemu's public plugin header (plugin API version 1+). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>

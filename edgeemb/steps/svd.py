@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import PassContext, StepConfig, register
+from edgeemb.steps import StepContext, StepConfig, register
 from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable
 
@@ -63,7 +63,7 @@ def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> in
 
 
 @register("svd", SVDConfig)
-def svd(table: EmbeddingTable, config: SVDConfig, context: PassContext = PassContext()) -> LowRankTable:
+def svd(table: EmbeddingTable, config: SVDConfig, context: StepContext = StepContext()) -> LowRankTable:
     if isinstance(table, LowRankTable):
         raise EdgeembError("svd: the table is already low-rank")
     weight = table.to_dense()

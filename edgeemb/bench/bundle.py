@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
 from edgeemb.bench.run import SCHEMA
-from edgeemb.cross import cross_build
+from edgeemb.bench.cross import cross_build
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import check_target, register_mark, staged
 

@@ -1,6 +1,6 @@
 """Recipe steps. Each step is a config (a frozen pydantic model: data) and a function
 `(EmbeddingTable, config, context) -> EmbeddingTable` (the work). No step knows a file format or
-the CLI: what a step may know of the model beyond its table comes in a `PassContext`.
+the CLI: what a step may know of the model beyond its table comes in a `StepContext`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class StepConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class PassContext:
+class StepContext:
     """The model around the table, when known: token texts by id, a tokenizer (text -> ids), the
     importance of the table's columns to a tied output head, measured on the user's calibration
     text (mean square of the head's inputs; computed on first use), and the source model's file
@@ -42,7 +42,7 @@ class PassContext:
 class Step:
     name: str
     config_type: type[StepConfig]
-    apply: Callable[[EmbeddingTable, StepConfig, PassContext], EmbeddingTable]
+    apply: Callable[[EmbeddingTable, StepConfig, StepContext], EmbeddingTable]
     # The step's table is a whole static model (model2vec), not the model's input table: it is
     # evaluated on its own, and no later step may need the model's own table.
     replaces_model: bool = False
@@ -64,4 +64,4 @@ def register(name: str, config_type: type[StepConfig], *, replaces_model: bool =
     return wrap
 
 
-from edgeemb.passes import peers as _peers, quantize as _quantize, svd as _svd, trim as _trim  # noqa: E402,F401  (register the steps)
+from edgeemb.steps import peers as _peers, quantize as _quantize, svd as _svd, trim as _trim  # noqa: E402,F401  (register the steps)

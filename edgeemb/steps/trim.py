@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import PassContext, StepConfig, register
+from edgeemb.steps import StepContext, StepConfig, register
 from edgeemb.progress import track
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 from edgeemb.vocab import Vocabulary, require_kept, script_mask, single_characters
@@ -78,7 +78,7 @@ def known_scripts() -> frozenset[str]:
 
 
 @register("trim_vocab", TrimConfig, trims_vocab=True)
-def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: PassContext = PassContext()) -> TrimmedTable:
+def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: StepContext = StepContext()) -> TrimmedTable:
     if context.vocabulary is None:
         raise EdgeembError("trim_vocab: this model has no tokenizer edgeemb can rewrite (it reads tokenizer.json and GGUF vocabularies)")
     if not isinstance(table, DenseTable):

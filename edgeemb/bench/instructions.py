@@ -41,7 +41,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeemb.bench.devices import DeviceProfile
-from edgeemb.cross import qemu_user, require_qemu_cpu
+from edgeemb.bench.cross import qemu_user, require_qemu_cpu
 from edgeemb.errors import EdgeembError, require_program, run_program
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeemb" / "emulate"
@@ -78,7 +78,7 @@ class Count:
     peak_rss_bytes: int
 
 
-def emulate(artifact: str | Path, device: DeviceProfile, *, ids: list | None = None, generate: int = 32, mmap: bool = True) -> dict:
+def count_instructions(artifact: str | Path, device: DeviceProfile, *, ids: list | None = None, generate: int = 32, mmap: bool = True) -> dict:
     """Count the instructions per sentence (ONNX; `ids`: the sentences as token ids) or per
     generated token (GGUF; `generate` tokens beyond the first 4, the file mapped unless `mmap` is
     False) of `artifact` on `device`'s CPU. Returns a bench result (schema edgeemb.bench/1) with
@@ -270,7 +270,7 @@ def _fake_machine(folder: Path, device: DeviceProfile) -> Path:
 
 def _llama_bench(device: DeviceProfile, folder: Path) -> tuple[Path, str]:
     """The llama-bench that `edgeemb cross` builds for `device` (from its cache after the first)."""
-    from edgeemb.cross import cross_build
+    from edgeemb.bench.cross import cross_build
 
     build = cross_build(device, folder / "cross", smoke=False)
     return folder / "cross" / "llama-bench", build.arm_arch

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from gguf import GGMLQuantizationType as Q
 
 from edgeemb.bench.devices import load_device
-from edgeemb.bench.emulate import _fake_machine, emulate, run_counted
+from edgeemb.bench.instructions import _fake_machine, count_instructions, run_counted
 from edgeemb.bench.run import bench, compare_runs
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
@@ -43,7 +43,7 @@ def test_missing_qemu_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (tmp_path / "m.onnx").write_bytes(b"0")
     with pytest.raises(EdgeembError, match=r"qemu-aarch64 not found: install qemu-user \(Debian: apt-get install qemu-user\)"):
-        emulate(tmp_path / "m.onnx", RPI5, ids=[[1, 2]])
+        count_instructions(tmp_path / "m.onnx", RPI5, ids=[[1, 2]])
 
 
 def test_the_guest_sees_the_profiles_cpu(tmp_path):
@@ -75,7 +75,7 @@ def test_a_cpu_qemu_does_not_model_is_named(tmp_path):
         pytest.skip("this qemu models the Cortex-A710")
     (tmp_path / "m.onnx").write_bytes(b"0")
     with pytest.raises(EdgeembError, match=r"qemu \S+ .*has no cortex-a710 model \(it has .*cortex-a76"):
-        emulate(tmp_path / "m.onnx", load_device("android-high"), ids=[[1, 2]])
+        count_instructions(tmp_path / "m.onnx", load_device("android-high"), ids=[[1, 2]])
 
 
 @NEEDS_QEMU
@@ -106,7 +106,7 @@ def test_gguf_counts_per_token_repeat(tmp_path):
     assert result["unit"] == "generated token" and result["units"] == 4 and result["emulated"]["arm_arch"] == "armv8.2-a+dotprod+fp16"
     assert result["instructions"] > 0 and "other_thread_instructions" not in result
     assert result["vs_baseline"]["file_bytes"] == small.stat().st_size / big.stat().st_size
-    again = emulate(big, RPI5, generate=4)
+    again = count_instructions(big, RPI5, generate=4)
     assert again["instructions"] == baseline["instructions"] and again["short_run_instructions"] == baseline["short_run_instructions"]
 
 

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from edgeemb import formats
 from edgeemb.errors import EdgeembError
-from edgeemb.passes import PassContext, StepConfig, register
+from edgeemb.steps import StepContext, StepConfig, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
 
 
@@ -57,7 +57,7 @@ def _on_rows(table: EmbeddingTable, factor_dtype: str, store) -> EmbeddingTable:
 
 
 @register("quantize", QuantizeConfig)
-def quantize(table: EmbeddingTable, config: QuantizeConfig, context: PassContext = PassContext()) -> EmbeddingTable:
+def quantize(table: EmbeddingTable, config: QuantizeConfig, context: StepContext = StepContext()) -> EmbeddingTable:
     fmt = config.build_format()
     if config.importance is None:
         return _on_rows(table, config.factor_dtype, lambda weight: QuantizedTable.quantize(weight, fmt))
@@ -80,7 +80,7 @@ class MixedPrecisionConfig(StepConfig):
     factor_dtype: Literal["float16", "float32"] = "float16"
 
 
-def token_frequency(rows: int, context: PassContext, corpus: Path | None) -> np.ndarray:
+def token_frequency(rows: int, context: StepContext, corpus: Path | None) -> np.ndarray:
     """A frequency score per row: corpus counts, or, without a corpus, decreasing with token id
     (BPE vocabularies number tokens in merge order, which follows frequency)."""
     if corpus is None:
@@ -98,7 +98,7 @@ def token_frequency(rows: int, context: PassContext, corpus: Path | None) -> np.
 
 
 @register("mixed_precision", MixedPrecisionConfig)
-def mixed_precision(table: EmbeddingTable, config: MixedPrecisionConfig, context: PassContext = PassContext()) -> EmbeddingTable:
+def mixed_precision(table: EmbeddingTable, config: MixedPrecisionConfig, context: StepContext = StepContext()) -> EmbeddingTable:
     rows = table.shape[0]
     frequency = token_frequency(rows, context, config.corpus)
     # Most frequent first; ties broken by lower id (stable sort on the negated score).

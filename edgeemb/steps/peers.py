@@ -35,7 +35,7 @@ from pydantic import Field
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.formats.integer import pack_codes
-from edgeemb.passes import PassContext, StepConfig, register
+from edgeemb.steps import StepContext, StepConfig, register
 from edgeemb.progress import quiet, silenced_output
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 
@@ -58,7 +58,7 @@ class LlamaQuantizeConfig(StepConfig):
 
 
 @register("onnxruntime_dynamic", OnnxruntimeDynamicConfig, peer=True)
-def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig, context: PassContext = PassContext()) -> QuantizedTable:
+def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig, context: StepContext = StepContext()) -> QuantizedTable:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight = _own_table(table, "onnxruntime_dynamic")
@@ -80,7 +80,7 @@ def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig,
 
 
 @register("onnxruntime_int4", OnnxruntimeInt4Config, peer=True)
-def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, context: PassContext = PassContext()) -> QuantizedTable:
+def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, context: StepContext = StepContext()) -> QuantizedTable:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     weight = _own_table(table, "onnxruntime_int4")
@@ -119,7 +119,7 @@ def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, conte
 
 
 @register("llama_quantize", LlamaQuantizeConfig, peer=True)
-def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: PassContext = PassContext()) -> QuantizedTable:
+def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: StepContext = StepContext()) -> QuantizedTable:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -149,7 +149,7 @@ class Model2VecConfig(StepConfig):
 
 
 @register("model2vec_distill", Model2VecConfig, replaces_model=True, peer=True)
-def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: PassContext = PassContext()) -> DenseTable:
+def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: StepContext = StepContext()) -> DenseTable:
     _own_table(table, "model2vec_distill")
     if context.model_format != "sentence-transformers" or context.model_path is None or context.tokenize is None or context.tokens is None:
         raise EdgeembError("model2vec_distill distils a sentence-transformers model: give one (e.g. minilm)")
