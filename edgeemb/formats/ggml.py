@@ -44,8 +44,8 @@ _FIFTH_BITS = (((np.arange(256)[:, None] >> np.arange(8)) & 1) << 4).astype(np.u
 
 
 @dataclass(frozen=True)
-class _GGMLFormat(QuantFormat):
-    """A GGML block type, declared by its type: `class Q8_0(_GGMLFormat, qtype=..., kernel="q8_0")`
+class GGMLFormat(QuantFormat):
+    """A GGML block type, declared by its type: `class Q8_0(GGMLFormat, qtype=..., kernel="q8_0")`
     (its name is the type's). `kernel` is its fused lookup (blocks, ids, HALF, out) -> None: the
     name of a function in `kernels`, or, for a format in a file of its own, a function that
     returns the compiled kernel (numba loads on the first lookup, not on import)."""
@@ -115,7 +115,7 @@ class _GGMLFormat(QuantFormat):
 # --- legacy formats: blocks of 32 --------------------------------------------------------------
 
 
-class Q8_0(_GGMLFormat, qtype=GGMLQuantizationType.Q8_0, kernel="q8_0"):
+class Q8_0(GGMLFormat, qtype=GGMLQuantizationType.Q8_0, kernel="q8_0"):
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         d = np.abs(blocks).max(axis=1, keepdims=True) / 127
         q = _round_half_away(blocks * reciprocal_or_zero(d))
@@ -128,7 +128,7 @@ class Q8_0(_GGMLFormat, qtype=GGMLQuantizationType.Q8_0, kernel="q8_0"):
 
 
 @dataclass(frozen=True)
-class _Symmetric(_GGMLFormat):
+class _Symmetric(GGMLFormat):
     """Q4_0, Q5_0: the block's largest-magnitude value lands on the lowest code, -2**(bits-1).
 
     `search=True` keeps the layout (llama.cpp reads it unchanged) but picks each block's scale by
@@ -194,7 +194,7 @@ class Q5_0(_Symmetric, qtype=GGMLQuantizationType.Q5_0, kernel="q5_0", bits=5):
         return _scaled(q, 16, raw[:, :2])
 
 
-class Q4_1(_GGMLFormat, qtype=GGMLQuantizationType.Q4_1, kernel="q4_1"):
+class Q4_1(GGMLFormat, qtype=GGMLQuantizationType.Q4_1, kernel="q4_1"):
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         low = blocks.min(axis=1, keepdims=True)
         d = (blocks.max(axis=1, keepdims=True) - low) / 15
@@ -212,7 +212,7 @@ class Q4_1(_GGMLFormat, qtype=GGMLQuantizationType.Q4_1, kernel="q4_1"):
 
 
 @dataclass(frozen=True)
-class _KQuant(_GGMLFormat):
+class _KQuant(GGMLFormat):
     fallback: ClassVar[str]  # what llama-quantize stores instead when a row is not whole super-blocks
 
     def check_width(self, dim: int) -> None:
