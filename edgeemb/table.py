@@ -1,8 +1,14 @@
 """`EmbeddingTable`: an embedding table and how it is stored.
 
-This is the one type every pass, exporter, evaluator and report speaks. A table knows its shape,
+This is the one type every step, exporter, evaluator and report speaks. A table knows its shape,
 the exact bytes of everything it stores (scales, factors and codebooks included), how to look up
-rows by token id, and how to serialise itself as named arrays plus a JSON spec.
+rows by token id, and how to serialise itself as named arrays plus a JSON spec. Each storage also
+carries what a consumer needs of it, so no consumer dispatches on storage types:
+- `onnx_rows`: its lookup as ONNX nodes (the ONNX exporter splices them into a graph);
+- `ggml_blocks`: its rows as a GGUF tensor's bytes, when it is stored in a GGML type;
+- `row_records`: one fixed-size byte record per row, as a flash store keeps it;
+- `spec`/`arrays` and `from_parts`: serialisation, found by the spec's `kind` (each storage
+  registers its kind on its class line: `class DenseTable(EmbeddingTable, kind="dense")`).
 
 Storages:
 - `DenseTable`: a float32 or float16 matrix.
@@ -21,19 +27,31 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import ClassVar
+
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, format_from_spec
+from edgeemb.formats import Arrays, QuantFormat, format_from_spec, onnx_formats
+from edgeemb.onnxgraph import OnnxGraph
 
 _DENSE_DTYPES = {"float32": np.float32, "float16": np.float16}
 _CHUNK_ROWS = 16384
+_KINDS: dict[str, type[EmbeddingTable]] = {}
 
 
 class EmbeddingTable(ABC):
     """Abstract base: a (rows, dim) table of float embeddings in some storage."""
+
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.kind = kind
+            _KINDS[kind] = cls
 
     @property
     @abstractmethod
@@ -55,6 +73,25 @@ class EmbeddingTable(ABC):
     def describe(self) -> str:
         """A short human label of the storage."""
 
+    @classmethod
+    @abstractmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> EmbeddingTable:
+        """Rebuild the table from its `spec()` and `arrays()`."""
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        """Add the lookup of rows `ids` (float32) to `graph`; returns its output's name."""
+        raise EdgeembError(f"ONNX export: {self.describe()} has no ONNX mapping; what maps: {_onnx_maps()}")
+
+    def ggml_blocks(self) -> tuple[str, np.ndarray] | None:
+        """(GGML type, bytes (rows, bytes per row)) when the rows are stored as llama.cpp keeps
+        them; None when a GGUF export has to decode and quantise them again."""
+        return None
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        """uint8 (rows, record bytes): each row's stored bytes as one fixed-size record, and the
+        bytes a lookup needs besides its row's record (codebooks, a low-rank right factor)."""
+        raise EdgeembError(f"a {self.describe()} table has no fixed-size record per row")
+
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays().values())
@@ -75,7 +112,7 @@ class EmbeddingTable(ABC):
 
 
 @dataclass(frozen=True, eq=False)
-class DenseTable(EmbeddingTable):
+class DenseTable(EmbeddingTable, kind="dense"):
     weight: np.ndarray
 
     def __post_init__(self) -> None:
@@ -96,14 +133,24 @@ class DenseTable(EmbeddingTable):
         return {"weight": self.weight}
 
     def spec(self) -> dict:
-        return {"kind": "dense", "dtype": self.weight.dtype.name}
+        return {"kind": self.kind, "dtype": self.weight.dtype.name}
 
     def describe(self) -> str:
         return f"dense {self.weight.dtype.name}"
 
+    @classmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> DenseTable:
+        return cls(arrays["weight"])
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        return graph.float32(graph.gather(f"{path}.weight", self.weight, ids), self.weight.dtype)
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        return as_records(self.weight), 0
+
 
 @dataclass(frozen=True, eq=False)
-class QuantizedTable(EmbeddingTable):
+class QuantizedTable(EmbeddingTable, kind="quantized"):
     format: QuantFormat
     data: Arrays
     dim: int
@@ -127,14 +174,31 @@ class QuantizedTable(EmbeddingTable):
         return dict(self.data)
 
     def spec(self) -> dict:
-        return {"kind": "quantized", "format": self.format.spec(), "dim": self.dim}
+        return {"kind": self.kind, "format": self.format.spec(), "dim": self.dim}
 
     def describe(self) -> str:
         return self.format.describe()
 
+    @classmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> QuantizedTable:
+        return cls(format_from_spec(spec["format"]), dict(arrays), int(spec["dim"]))
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        if self.format.onnx is None:
+            return super().onnx_rows(graph, path, ids)
+        return self.format.onnx_rows(graph, self.data, self.dim, path, ids)
+
+    def ggml_blocks(self) -> tuple[str, np.ndarray] | None:
+        return None if self.format.qtype is None else (self.format.name, self.data["blocks"])
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        shared = self.format.shared
+        per_row = [as_records(array) for name, array in self.data.items() if name not in shared]
+        return np.concatenate(per_row, axis=1), sum(array.nbytes for name, array in self.data.items() if name in shared)
+
 
 @dataclass(frozen=True, eq=False)
-class LowRankTable(EmbeddingTable):
+class LowRankTable(EmbeddingTable, kind="lowrank"):
     """rows = left[ids] @ right (+ bias): a (rows, rank) table times a (rank, dim) matrix."""
 
     left: EmbeddingTable
@@ -163,14 +227,29 @@ class LowRankTable(EmbeddingTable):
         return arrays
 
     def spec(self) -> dict:
-        return {"kind": "lowrank", "left": self.left.spec(), "rank": self.rank}
+        return {"kind": self.kind, "left": self.left.spec(), "rank": self.rank}
 
     def describe(self) -> str:
         return f"low-rank r={self.rank} ({self.left.describe()}) x {self.right.dtype.name}"
 
+    @classmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> LowRankTable:
+        return cls(table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias"))
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        left = self.left.onnx_rows(graph, f"{path}.left", ids)
+        rows = graph.op("MatMul", [left, graph.float32(graph.const(f"{path}.right", self.right), self.right.dtype)])
+        if self.bias is None:
+            return rows
+        return graph.op("Add", [rows, graph.float32(graph.const(f"{path}.bias", self.bias), self.bias.dtype)])
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        records, resident = self.left.row_records()
+        return records, resident + self.right.nbytes + (self.bias.nbytes if self.bias is not None else 0)
+
 
 @dataclass(frozen=True, eq=False)
-class MixedTable(EmbeddingTable):
+class MixedTable(EmbeddingTable, kind="mixed"):
     """Row i lives in parts[group[i]] at row slot[i]. The routing arrays are stored (and counted):
     a runtime needs them to split a gather."""
 
@@ -210,7 +289,32 @@ class MixedTable(EmbeddingTable):
         return {**arrays, "group": self.group, "slot": self.slot}
 
     def spec(self) -> dict:
-        return {"kind": "mixed", "parts": [part.spec() for part in self.parts]}
+        return {"kind": self.kind, "parts": [part.spec() for part in self.parts]}
+
+    @classmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> MixedTable:
+        parts = tuple(table_from_parts(part, _prefixed(arrays, f"part{i}.")) for i, part in enumerate(spec["parts"]))
+        return cls(parts, arrays["group"], arrays["slot"])
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        # Every part is gathered at the row's slot (clamped to the part) and Where picks the row's
+        # group: no data-dependent shapes, which runtimes handle worst, for one lookup per part.
+        slots = graph.index(graph.gather(f"{path}.slot", self.slot, ids))
+        groups = graph.gather(f"{path}.group", self.group.reshape(-1, 1), ids)  # (..., 1)
+        rows = ""
+        for index, part in enumerate(self.parts):
+            # A slot belongs to the row's own group; clamped, it is a valid (unused) row of any other part.
+            last = graph.const(f"{path}.part{index}.last", np.array(part.shape[0] - 1, np.int64))
+            part_rows = part.onnx_rows(graph, f"{path}.part{index}", graph.op("Min", [slots, last]))
+            if index == 0:
+                rows = part_rows
+                continue
+            chosen = graph.op("Equal", [groups, graph.const(f"{path}.part{index}.group", np.array(index, np.uint8))])
+            rows = graph.op("Where", [chosen, part_rows, rows])
+        return rows
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        raise EdgeembError("a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)")
 
     def describe(self) -> str:
         counts = np.bincount(self.group, minlength=len(self.parts))
@@ -218,7 +322,7 @@ class MixedTable(EmbeddingTable):
 
 
 @dataclass(frozen=True, eq=False)
-class TrimmedTable(EmbeddingTable):
+class TrimmedTable(EmbeddingTable, kind="trimmed"):
     """A trimmed vocabulary's table: new id i is the source's row keep[i]. `keep` is edgeemb's record
     of the renumbering; a runtime reads the rewritten tokenizer instead, so `keep` is stored but not
     counted in `nbytes`. `facts` say what the trim kept and why."""
@@ -245,27 +349,41 @@ class TrimmedTable(EmbeddingTable):
         return {**{f"rows.{name}": a for name, a in self.rows.arrays().items()}, "keep": self.keep}
 
     def spec(self) -> dict:
-        return {"kind": "trimmed", "rows": self.rows.spec(), "trim": self.facts}
+        return {"kind": self.kind, "rows": self.rows.spec(), "trim": self.facts}
 
     def describe(self) -> str:
         return f"{self.rows.describe()}, vocabulary trimmed to {len(self.keep)} rows"
+
+    @classmethod
+    def from_parts(cls, spec: dict, arrays: Arrays) -> TrimmedTable:
+        return cls(table_from_parts(spec["rows"], _prefixed(arrays, "rows.")), arrays["keep"], spec.get("trim", {}))
+
+    def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
+        return self.rows.onnx_rows(graph, path, ids)  # ids are the trimmed vocabulary's (its tokenizer is rewritten)
+
+    def ggml_blocks(self) -> tuple[str, np.ndarray] | None:
+        return self.rows.ggml_blocks()
+
+    def row_records(self) -> tuple[np.ndarray, int]:
+        return self.rows.row_records()  # fewer rows: a smaller flash file
 
 
 def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     """Rebuild a table from `spec()` and `arrays()`."""
     kind = spec.get("kind")
-    if kind == "dense":
-        return DenseTable(arrays["weight"])
-    if kind == "quantized":
-        return QuantizedTable(format_from_spec(spec["format"]), dict(arrays), int(spec["dim"]))
-    if kind == "lowrank":
-        return LowRankTable(table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias"))
-    if kind == "mixed":
-        parts = tuple(table_from_parts(part, _prefixed(arrays, f"part{i}.")) for i, part in enumerate(spec["parts"]))
-        return MixedTable(parts, arrays["group"], arrays["slot"])
-    if kind == "trimmed":
-        return TrimmedTable(table_from_parts(spec["rows"], _prefixed(arrays, "rows.")), arrays["keep"], spec.get("trim", {}))
-    raise EdgeembError(f"unknown table kind {kind!r}")
+    if kind not in _KINDS:
+        raise EdgeembError(f"unknown table kind {kind!r} (known: {', '.join(sorted(_KINDS))})")
+    return _KINDS[kind].from_parts(spec, arrays)
+
+
+def as_records(array: np.ndarray) -> np.ndarray:
+    """A per-row array's bytes, one row of uint8 per table row."""
+    return np.ascontiguousarray(array).view(np.uint8).reshape(array.shape[0], -1)
+
+
+def _onnx_maps() -> str:
+    formats = ", ".join(f"{name} ({how})" for name, how in onnx_formats().items())
+    return f"dense fp32/fp16, {formats}, and low-rank, mixed or trimmed tables of these (GGUF block types go to the GGUF export)"
 
 
 def _prefixed(arrays: Arrays, prefix: str) -> Arrays:

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.encoder import sentence_encoder
-from edgeemb.export.onnx import SAMPLE_TEXTS, compress_onnx, export_onnx, onnx_encoder, verify_onnx
+from edgeemb.evaluate.onnxruntime import onnx_encoder
+from edgeemb.export.onnx import SAMPLE_TEXTS, compress_onnx, export_onnx, verify_onnx
 from edgeemb.export.st import export_sentence_transformers
 from edgeemb.formats import get_format
 from edgeemb.rows import unit_rows

@@ -31,7 +31,8 @@ from report_files import write_report
 from edgeemb.evaluate.data import read_sts
 from edgeemb.evaluate.encoder import memoize, sentence_encoder
 from edgeemb.evaluate.sentence import embedding_drift, sts_spearman
-from edgeemb.export.onnx import compare_latency, compress_onnx, export_onnx, onnx_encoder, verify_onnx
+from edgeemb.evaluate.onnxruntime import compare_latency, onnx_encoder
+from edgeemb.export.onnx import compress_onnx, export_onnx, verify_onnx
 from edgeemb.steps import StepContext
 from edgeemb.recipe import load_recipe, parse_recipe
 from edgeemb.sources import open_model

@@ -7,19 +7,11 @@ ONNX file with its word-embedding Gather rewritten, both verified in onnxruntime
 
 The model is exported once in fp32 (torch.export, then torch.onnx's dynamo exporter) with mean
 pooling and L2 normalisation in the graph; then the Gather that reads the word embedding is
-replaced by a subgraph over the compressed table's own arrays, unchanged. How each table maps
-(rows come out float32, or the dtype the original table had):
-- dense: Gather (a float16 table is cast after the gather).
-- int8/int4/int2: onnxruntime's com.microsoft::GatherBlockQuantized reads the stored codes, scales
-  and zero points as they are (tests/test_formats_onnxruntime.py). That operator needs blocks of a
-  power of two of at least 16, so int8 with other blocks (per row, the default) is Gather of codes
-  and of scales, then Cast, Sub and Mul.
-- pq: Gather of the row's codes, offset by 256 per sub-space, Gather in the flattened codebooks.
-- vocab_kmeans: Gather of the code, Gather of its centroid, times the row's gathered scale.
-- low-rank: the left table's lookup (any of these), MatMul by the right factor, Add the mean.
-- mixed: every part is gathered at the row's slot (clamped to the part), and Where picks the row's
-  group: no data-dependent shapes, which runtimes handle worst, for one extra lookup per part.
-GGUF block types have no ONNX operator and raise an error naming what maps.
+replaced by a subgraph over the compressed table's own arrays, unchanged: each storage writes its
+own lookup (`EmbeddingTable.onnx_rows`, `QuantFormat.onnx_rows`; e.g. int8/int4/int2 as
+onnxruntime's com.microsoft::GatherBlockQuantized over the stored codes, scales and zero points,
+PQ as two Gathers), and a storage with no ONNX mapping (the GGUF block types) raises an error
+naming what maps. The runtime side (sessions, encoders, probes) is `edgeemb.evaluate.onnxruntime`.
 
 With `quantize_rest`, onnxruntime's `quantize_dynamic` turns the other MatMul weights to int8 and
 leaves the embedding subgraph as it is.
@@ -27,40 +19,27 @@ leaves the embedding subgraph as it is.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import subprocess
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats.codebook import PQ, VocabKMeans
-from edgeemb.formats.integer import Int2, Int4, Int8, Int8Tensor
+from edgeemb.evaluate.encoder import memoize, sentence_encoder
+from edgeemb.evaluate.onnxruntime import onnx_encoder, probe_in_child, sentence_model, sentence_tokenizer, sentence_transformer
+from edgeemb.evaluate.sentence import embedding_drift
+from edgeemb.onnxgraph import OnnxGraph
 from edgeemb.outputs import MARK, check_target, register_mark, staged
-from edgeemb.proc import memory_status
 from edgeemb.progress import quiet
 from edgeemb.rows import unit_rows
-from edgeemb.sources import SourceModel, open_model
+from edgeemb.sources import SourceModel
 from edgeemb.sources.hf import trimmed_tokenizer_json
-from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable, TrimmedTable
-
-Encode = Callable[[list[str]], np.ndarray]
+from edgeemb.table import EmbeddingTable, TrimmedTable
 
 OPSET = 21
 _MIN_OPSET = 13  # Unsqueeze/Squeeze with axes as inputs, Min on int64
-_PREFIX = "edgeemb_embedding"
-_MAPS = (
-    "dense fp32/fp16, int8/int4/int2 (GatherBlockQuantized), int8-tensor (DequantizeLinear), pq, vocab_kmeans, "
-    "and low-rank or mixed tables of these (GGUF block types go to the GGUF export)"
-)
 _PASS_THROUGH = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}  # ids keep their values
-_BATCH = 64
-_WARMUP = 3
 
 SAMPLE_TEXTS = (
     "A man is playing a guitar.",
@@ -120,10 +99,10 @@ def export_onnx(
     the graph (None: the model's own fp32 table, a plain export)."""
     out = Path(out)
     check_target(out, force)
-    source = _sentence_model(model)
+    source = sentence_model(model)
     if table is not None:  # fail before the slow export, not after it
         _check_shape(table, source.table.shape, str(source.name))
-        _Builder("input_ids").lookup(table, "table")  # raises for storages with no ONNX mapping
+        table.onnx_rows(OnnxGraph("input_ids"), "table", "input_ids")  # raises for storages with no ONNX mapping
     return _finish(_torch_export(source.path), table, out, quantize_rest, force)
 
 
@@ -167,32 +146,11 @@ def _check_shape(table: EmbeddingTable, shape: tuple[int, ...], origin: str) -> 
         raise EdgeembError(f"{origin}: the word embedding is {shape[0]} x {shape[1]}, the table {table.shape[0]} x {table.shape[1]}")
 
 
-def _sentence_model(model: str | Path | SourceModel) -> SourceModel:
-    source = model if isinstance(model, SourceModel) else open_model(model)
-    if source.format != "sentence-transformers":
-        raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export takes a sentence-transformers model")
-    return source
-
-
-@functools.lru_cache(maxsize=1)
-def _sentence_transformer(path: Path):
-    """The loaded sentence-transformers model: its transformer to export, its tokenizer to feed the ONNX."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    try:
-        return SentenceTransformer(os.fspath(path), device="cpu", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise EdgeembError(f"{path}: cannot load as a sentence-transformers model ({exc})") from None
-
-
 def _torch_export(path: Path):
     """The fp32 model as an onnx.ModelProto, pooling and normalisation included."""
     import torch
 
-    st = _sentence_transformer(path)
+    st = sentence_transformer(path)
     kinds = [type(module).__name__ for module in st]
     if kinds[:2] != ["Transformer", "Pooling"] or st[1].pooling_mode != "mean" or set(kinds[2:]) - {"Normalize"}:
         modes = f" ({st[1].pooling_mode} pooling)" if kinds[1:2] == ["Pooling"] else ""
@@ -295,8 +253,8 @@ def _rewrite(model, table: EmbeddingTable, origin: str) -> list[str]:
     if weight.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
         raise EdgeembError(f"{origin}: the word embedding {weight.name} is {TensorProto.DataType.Name(weight.data_type)}; a float32 or float16 table is replaced")
 
-    builder = _Builder(gather.input[1])
-    rows = builder.lookup(table, "table")
+    builder = OnnxGraph(gather.input[1])
+    rows = table.onnx_rows(builder, "table", builder.ids)
     if weight.data_type != TensorProto.FLOAT:
         rows = builder.op("Cast", [rows], to=weight.data_type)
     next(node for node in builder.nodes if rows in node.output).output[0] = gather.output[0]  # what the graph reads
@@ -347,131 +305,6 @@ def _word_embedding(graph, origin: str):
     return max(found, key=lambda pair: pair[1].dims[0])
 
 
-class _Builder:
-    """Nodes and initializers of the embedding subgraph, named under one prefix, computing float32
-    rows of a table at `ids` (any shape): the output has shape ids.shape + (dim,)."""
-
-    def __init__(self, ids: str) -> None:
-        self.ids = ids
-        self.nodes: list = []
-        self.initializers: list = []
-        self.uses_contrib = False
-        self._shapes: dict[tuple[str, int], str] = {}
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = f"{_PREFIX}.{name}"
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], domain: str = "", **attributes) -> str:
-        from onnx import helper
-
-        name = f"{_PREFIX}/{op_type}_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, domain=domain, **attributes))
-        self.uses_contrib |= domain == "com.microsoft"
-        return name
-
-    def float32(self, name: str, dtype: np.dtype) -> str:
-        from onnx import TensorProto
-
-        return name if dtype == np.float32 else self.op("Cast", [name], to=TensorProto.FLOAT)
-
-    def index(self, name: str) -> str:
-        """Gathered codes or slots (uint8/uint16/int32) as int64 indices for the next Gather."""
-        from onnx import TensorProto
-
-        return self.op("Cast", [name], to=TensorProto.INT64)
-
-    def rows_shape(self, ids: str, dim: int) -> str:
-        """ids.shape + (dim,), built once per ids tensor."""
-        if (ids, dim) not in self._shapes:
-            tail = self.const(f"width{len(self.initializers)}", np.array([dim], np.int64))
-            self._shapes[ids, dim] = self.op("Concat", [self.op("Shape", [ids]), tail], axis=0)
-        return self._shapes[ids, dim]
-
-    def lookup(self, table: EmbeddingTable, path: str, ids: str | None = None) -> str:
-        ids = ids or self.ids
-        if isinstance(table, TrimmedTable):  # the tokenizer is rewritten (beside the file): ids are the new ones
-            return self.lookup(table.rows, path, ids)
-        if isinstance(table, DenseTable):
-            return self.float32(self.op("Gather", [self.const(f"{path}.weight", table.weight), ids], axis=0), table.weight.dtype)
-        if isinstance(table, LowRankTable):
-            rows = self.op("MatMul", [self.lookup(table.left, f"{path}.left", ids), self.float32(self.const(f"{path}.right", table.right), table.right.dtype)])
-            return rows if table.bias is None else self.op("Add", [rows, self.float32(self.const(f"{path}.bias", table.bias), table.bias.dtype)])
-        if isinstance(table, MixedTable):
-            return self._mixed(table, path, ids)
-        if isinstance(table, QuantizedTable) and isinstance(table.format, (Int8, Int4, Int2)):
-            return self._integer(table, path, ids)
-        if isinstance(table, QuantizedTable) and isinstance(table.format, Int8Tensor):
-            # As onnxruntime's dynamic quantisation writes it: gather the uint8 rows, then dequantise.
-            codes = self.op("Gather", [self.const(f"{path}.codes", table.data["codes"]), ids], axis=0)
-            return self.op("DequantizeLinear", [codes, self.const(f"{path}.scale", table.data["scale"][0]), self.const(f"{path}.zero_point", table.data["zero_point"][0])])
-        if isinstance(table, QuantizedTable) and isinstance(table.format, PQ):
-            return self._pq(table, path, ids)
-        if isinstance(table, QuantizedTable) and isinstance(table.format, VocabKMeans):
-            return self._vocab_kmeans(table, path, ids)
-        raise EdgeembError(f"ONNX export: {table.describe()} has no ONNX mapping; what maps: {_MAPS}")
-
-    def _integer(self, table: QuantizedTable, path: str, ids: str) -> str:
-        fmt, data, dim = table.format, table.data, table.dim
-        block = fmt.block_size or dim
-        if block >= 16 and block & (block - 1) == 0:
-            inputs = [self.const(f"{path}.codes", data["codes"]), ids, self.const(f"{path}.scales", data["scales"])]
-            if fmt.zero_point:
-                inputs.append(self.const(f"{path}.zero_points", data["zero_points"]))
-            rows = self.op(
-                "GatherBlockQuantized", inputs, domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=fmt.bits
-            )
-            return self.float32(rows, data["scales"].dtype)
-        if fmt.bits != 8:
-            raise EdgeembError(f"ONNX export: {fmt.describe()}: GatherBlockQuantized needs blocks of a power of two of at least 16")
-        # int8 codes need no unpacking: gather them as (rows, blocks, block) and scale each block.
-        n, blocks = data["scales"].shape
-        codes = self.op("Gather", [self.const(f"{path}.codes", data["codes"].reshape(n, blocks, -1)), ids], axis=0)
-        scales = self.op("Gather", [self.const(f"{path}.scales", data["scales"].reshape(n, blocks, 1)), ids], axis=0)
-        if fmt.zero_point:
-            zeros = self.float32(self.op("Gather", [self.const(f"{path}.zero_points", data["zero_points"].reshape(n, blocks, 1)), ids], axis=0), np.uint8)
-        else:
-            zeros = self.const(f"{path}.zero", np.array(128, np.float32))  # the implicit symmetric zero point
-        values = self.op("Sub", [self.float32(codes, np.uint8), zeros])
-        return self.op("Reshape", [self.op("Mul", [values, self.float32(scales, data["scales"].dtype)]), self.rows_shape(ids, dim)])
-
-    def _pq(self, table: QuantizedTable, path: str, ids: str) -> str:
-        codebooks = table.data["codebooks"]
-        subspaces, centroids, width = codebooks.shape
-        # Sub-space j's code c is row j * centroids + c of the codebooks stacked into one table.
-        codes = self.index(self.op("Gather", [self.const(f"{path}.codes", table.data["codes"]), ids], axis=0))
-        offsets = self.const(f"{path}.offsets", np.arange(subspaces, dtype=np.int64) * centroids)
-        flat = self.const(f"{path}.codebooks", codebooks.reshape(subspaces * centroids, width))
-        pieces = self.op("Gather", [flat, self.op("Add", [codes, offsets])], axis=0)
-        return self.op("Reshape", [self.float32(pieces, codebooks.dtype), self.rows_shape(ids, table.dim)])
-
-    def _vocab_kmeans(self, table: QuantizedTable, path: str, ids: str) -> str:
-        data = table.data
-        codes = self.index(self.op("Gather", [self.const(f"{path}.codes", data["codes"]), ids], axis=0))
-        centroids = self.float32(self.op("Gather", [self.const(f"{path}.centroids", data["centroids"]), codes], axis=0), data["centroids"].dtype)
-        # Scales stored as (rows, 1) (the same bytes) so the gathered scale broadcasts over the row.
-        scales = self.op("Gather", [self.const(f"{path}.scales", data["scales"].reshape(-1, 1)), ids], axis=0)
-        return self.op("Mul", [centroids, self.float32(scales, data["scales"].dtype)])
-
-    def _mixed(self, table: MixedTable, path: str, ids: str) -> str:
-        slots = self.index(self.op("Gather", [self.const(f"{path}.slot", table.slot), ids], axis=0))
-        groups = self.op("Gather", [self.const(f"{path}.group", table.group.reshape(-1, 1)), ids], axis=0)  # (..., 1)
-        rows = None
-        for index, part in enumerate(table.parts):
-            # A slot belongs to the row's own group; clamped, it is a valid (unused) row of any other part.
-            last = self.const(f"{path}.part{index}.last", np.array(part.shape[0] - 1, np.int64))
-            part_rows = self.lookup(part, f"{path}.part{index}", self.op("Min", [slots, last]))
-            if rows is None:
-                rows = part_rows
-                continue
-            chosen = self.op("Equal", [groups, self.const(f"{path}.part{index}.group", np.array(index, np.uint8))])
-            rows = self.op("Where", [chosen, part_rows, rows])
-        return rows
-
-
 # --- verify -------------------------------------------------------------------------------------
 
 
@@ -479,27 +312,6 @@ def tokenizer_beside(onnx_file: Path) -> Path:
     """Where a trimmed vocabulary's tokenizer.json goes beside its ONNX export (model.onnx ->
     model.tokenizer.json): the graph's ids are the trimmed vocabulary's."""
     return Path(onnx_file).with_suffix(".tokenizer.json")
-
-
-def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1, tokenizer_json: str | None = None) -> Encode:
-    """Encode texts with an ONNX sentence model in onnxruntime, tokenised as the sentence-transformers
-    model `model` tokenises them (or by `tokenizer_json`, a trimmed vocabulary's). A graph that
-    outputs token states (an optimum export, say) is mean-pooled here; every output row is
-    L2-normalised."""
-    source = _sentence_model(model)
-    session = onnx_session(Path(path), threads)
-    tokenize = sentence_tokenizer(source.path, tokenizer_json)
-
-    def encode(texts: list[str]) -> np.ndarray:
-        ids = tokenize(texts)
-        order = np.argsort([len(row) for row in ids], kind="stable")  # similar lengths share a batch: little padding
-        batches = [_run(session, [ids[i] for i in order[start : start + _BATCH]]) for start in range(0, len(ids), _BATCH)]
-        rows = np.concatenate(batches)
-        out = np.empty_like(rows)
-        out[order] = rows
-        return out
-
-    return encode
 
 
 def verify_onnx(
@@ -514,10 +326,7 @@ def verify_onnx(
     """Check an exported model: onnx.checker; its outputs against the compressed model in PyTorch
     (`table` swapped into `model`; None: the original) and against the original model; the file
     size; and, in a fresh process, the session's peak RSS and the p50 latency of one sentence."""
-    import onnx
-
-    from edgeemb.evaluate.encoder import memoize, sentence_encoder
-    from edgeemb.evaluate.sentence import embedding_drift
+    import onnx  # onnx: only where a file is checked
 
     path, texts = Path(path), list(texts)
     if not path.is_file():
@@ -527,14 +336,14 @@ def verify_onnx(
         checker = "ok"
     except onnx.checker.ValidationError as exc:
         checker = " ".join(str(exc).split())
-    source = _sentence_model(model)
+    source = sentence_model(model)
     tokenizer_json = trimmed_tokenizer_json(source.path, table.keep) if isinstance(table, TrimmedTable) else None
     reference = sentence_encoder(source.path, source.sha256)
     ours = memoize(onnx_encoder(path, source, threads=threads, tokenizer_json=tokenizer_json))
     compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)", tokenizer_json)
     drift = embedding_drift(reference.original, ours, texts)
     max_abs_diff = float(np.abs(ours(texts) - unit_rows(compressed(texts))).max())
-    probe = _probe_in_child([path], sentence_tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
+    probe = probe_in_child([path], sentence_tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
     return OnnxVerification(
         path=path,
         file_bytes=path.stat().st_size,
@@ -548,96 +357,3 @@ def verify_onnx(
         session_rss_mb=(probe["peak_rss"] - probe["rss_before"]) / 2**20,
         threads=threads,
     )
-
-
-def compare_latency(
-    paths: list[str | Path], model: str | Path | SourceModel, texts: list[str], *, threads: int = 1, rounds: int = 3
-) -> list[float]:
-    """p50 milliseconds per sentence of each ONNX file, measured side by side in one fresh process:
-    every sentence runs on every session in turn (rotating who goes first), so load from other
-    work on the machine falls on all of them alike."""
-    source = _sentence_model(model)
-    return _probe_in_child([Path(p) for p in paths], sentence_tokenizer(source.path)(texts), threads, rounds)["p50_ms"]
-
-
-def sentence_tokenizer(path: Path, tokenizer_json: str | None = None) -> Callable[[list[str]], list[list[int]]]:
-    """texts -> token ids with special tokens, truncated as the sentence-transformers model does
-    (with `tokenizer_json`: that tokenizer's ids, a trimmed vocabulary's)."""
-    from edgeemb.export.st import trimmed_tokenizer
-
-    st = _sentence_transformer(path)
-    tokenizer, longest = st[0].tokenizer, st.max_seq_length
-    if tokenizer_json is not None:
-        tokenizer = trimmed_tokenizer(tokenizer, tokenizer_json)
-    return lambda texts: tokenizer(list(texts), truncation="longest_first", max_length=longest)["input_ids"]
-
-
-def onnx_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types, not exported as a base
-        raise EdgeembError(f"{path}: onnxruntime cannot load it ({' '.join(str(exc).split())})") from None
-
-
-def onnx_feed(session, ids: list[list[int]]) -> tuple[dict, np.ndarray]:
-    """Padded inputs for every input the graph declares (token types are zeros), and the mask."""
-    width = max(len(row) for row in ids)
-    mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], np.int64)
-    values = {"input_ids": np.array([row + [0] * (width - len(row)) for row in ids], np.int64), "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
-    feed = {}
-    for entry in session.get_inputs():
-        if entry.name not in values:
-            raise EdgeembError(f"the ONNX input {entry.name!r} is not one of input_ids, attention_mask, token_type_ids")
-        feed[entry.name] = values[entry.name].astype(np.int32 if entry.type == "tensor(int32)" else np.int64)
-    return feed, mask
-
-
-def _run(session, ids: list[list[int]]) -> np.ndarray:
-    feed, mask = onnx_feed(session, ids)
-    out = session.run(None, feed)[0].astype(np.float32)
-    if out.ndim == 3:  # token states: mean over the real tokens, as sentence-transformers pools them
-        weights = mask[..., None].astype(np.float32)
-        out = (out * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
-    return unit_rows(out)
-
-
-def _probe_in_child(paths: list[Path], ids: list[list[int]], threads: int, rounds: int) -> dict:
-    """Run `_probe` in a fresh interpreter, so that its RSS holds onnxruntime and the sessions only."""
-    request = json.dumps({"paths": [os.fspath(p) for p in paths], "ids": ids, "threads": threads, "rounds": rounds})
-    done = subprocess.run(
-        [sys.executable, "-c", "from edgeemb.export.onnx import _probe; _probe()"], input=request, capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EdgeembError(f"onnxruntime probe failed: {last}")
-    return json.loads(done.stdout)
-
-
-def _probe() -> None:
-    """Child side of `_probe_in_child`: a JSON request on stdin, the measurements on stdout."""
-    import time
-
-    import onnxruntime  # noqa: F401  (loaded before the baseline: the session is what is measured)
-
-    request = json.load(sys.stdin)
-    rss_before = memory_status()["VmRSS"]
-    sessions = [onnx_session(Path(p), request["threads"]) for p in request["paths"]]
-    feeds = [[onnx_feed(session, [row])[0] for row in request["ids"]] for session in sessions]
-    for session, feed in zip(sessions, feeds):
-        for sentence in feed[:_WARMUP]:
-            session.run(None, sentence)
-    times: list[list[float]] = [[] for _ in sessions]
-    for number in range(request["rounds"] * len(request["ids"])):
-        sentence = number % len(request["ids"])
-        for k in range(len(sessions)):
-            which = (k + number) % len(sessions)
-            start = time.perf_counter()
-            sessions[which].run(None, feeds[which][sentence])
-            times[which].append(time.perf_counter() - start)
-    peak = memory_status()["VmHWM"]
-    json.dump({"p50_ms": [1000 * float(np.median(t)) for t in times], "peak_rss": peak, "rss_before": rss_before}, sys.stdout)

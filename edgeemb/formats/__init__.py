@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
+from gguf.constants import GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
+from edgeemb.onnxgraph import OnnxGraph
 
 Arrays = dict[str, np.ndarray]
 _CHUNK_ROWS = 16384
@@ -33,6 +35,9 @@ class QuantFormat(ABC):
 
     name: ClassVar[str]
     shared: ClassVar[frozenset[str]] = frozenset()  # arrays not indexed by row (e.g. codebooks)
+    # Capabilities, declared by the formats that have them:
+    qtype: ClassVar[GGMLQuantizationType | None] = None  # llama.cpp stores the rows as this GGML type
+    onnx: ClassVar[str | None] = None  # how `onnx_rows` maps the lookup to ONNX (None: it has no mapping)
 
     def __init_subclass__(cls, name: str | None = None, **traits: object) -> None:
         super().__init_subclass__()
@@ -79,6 +84,11 @@ class QuantFormat(ABC):
     def describe(self) -> str:
         """A short human label, e.g. 'int4, blocks of 32, fp16 scales'."""
 
+    def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
+        """Add the lookup of rows `ids` of a table stored as `data` to `graph` (formats whose
+        `onnx` is set); returns the name of the float32 rows."""
+        raise NotImplementedError(f"{self.name} has no ONNX mapping")
+
     def spec(self) -> dict:
         return {"name": self.name, **asdict(self)}
 
@@ -104,6 +114,11 @@ def get_format(name: str, **options) -> QuantFormat:
     if unknown:
         raise EdgeembError(f"format '{name}' has no option '{unknown[0]}' (options: {', '.join(allowed) or 'none'})")
     return cls(**options)
+
+
+def onnx_formats() -> dict[str, str]:
+    """Each format that maps to ONNX, and how."""
+    return {name: cls.onnx for name, cls in sorted(_REGISTRY.items()) if cls.onnx is not None}
 
 
 def format_from_spec(spec: dict) -> QuantFormat:

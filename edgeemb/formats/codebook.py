@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import Arrays, QuantFormat
+from edgeemb.onnxgraph import OnnxGraph
 from edgeemb.progress import track
 from edgeemb.rows import unit_rows
 
@@ -48,7 +49,7 @@ class _Codebook(QuantFormat):
 
 
 @dataclass(frozen=True)
-class PQ(_Codebook, name="pq"):
+class PQ(_Codebook, name="pq", onnx="two Gathers"):
     shared: ClassVar[frozenset[str]] = frozenset({"codebooks"})
     subspaces: int = 48
     centroids: int = 256
@@ -91,9 +92,19 @@ class PQ(_Codebook, name="pq"):
     def describe(self) -> str:
         return f"pq, {self.subspaces} sub-spaces x {self.centroids} centroids, fp16 codebooks"
 
+    def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
+        codebooks = data["codebooks"]
+        subspaces, centroids, width = codebooks.shape
+        # Sub-space j's code c is row j * centroids + c of the codebooks stacked into one table.
+        codes = graph.index(graph.gather(f"{path}.codes", data["codes"], ids))
+        offsets = graph.const(f"{path}.offsets", np.arange(subspaces, dtype=np.int64) * centroids)
+        flat = graph.const(f"{path}.codebooks", codebooks.reshape(subspaces * centroids, width))
+        pieces = graph.op("Gather", [flat, graph.op("Add", [codes, offsets])], axis=0)
+        return graph.op("Reshape", [graph.float32(pieces, codebooks.dtype), graph.rows_shape(ids, dim)])
+
 
 @dataclass(frozen=True)
-class VocabKMeans(_Codebook, name="vocab_kmeans"):
+class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
     shared: ClassVar[frozenset[str]] = frozenset({"centroids"})
     clusters: int = 4096
     seed: int = 0
@@ -140,6 +151,13 @@ class VocabKMeans(_Codebook, name="vocab_kmeans"):
 
     def describe(self) -> str:
         return f"vocab k-means, {self.clusters} clusters, fp16 centroids and per-row scales"
+
+    def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
+        codes = graph.index(graph.gather(f"{path}.codes", data["codes"], ids))
+        centroids = graph.float32(graph.op("Gather", [graph.const(f"{path}.centroids", data["centroids"]), codes], axis=0), data["centroids"].dtype)
+        # Scales stored as (rows, 1) (the same bytes) so the gathered scale broadcasts over the row.
+        scales = graph.gather(f"{path}.scales", data["scales"].reshape(-1, 1), ids)
+        return graph.op("Mul", [centroids, graph.float32(scales, data["scales"].dtype)])
 
 
 def _check_training(name: str, train_rows: int | None, iterations: int) -> None:

@@ -29,10 +29,11 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
+from edgeemb.onnxgraph import OnnxGraph
 
 
 @dataclass(frozen=True)
-class _IntBlocks(QuantFormat):
+class _IntBlocks(QuantFormat, onnx="GatherBlockQuantized"):
     block_size: int | None = None  # None: one block per row
     zero_point: bool = False
     scale_dtype: Literal["float16", "float32"] = "float16"
@@ -106,6 +107,31 @@ class _IntBlocks(QuantFormat):
         kind = f"asymmetric, {scales} scales and zero points" if self.zero_point else f"{scales} scales"
         return f"{self.name}, {blocks}, {kind}"
 
+    def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
+        # onnxruntime's GatherBlockQuantized reads the stored codes, scales and zero points as
+        # they are, for blocks of a power of two of at least 16.
+        block = self._block(dim)
+        if block >= 16 and block & (block - 1) == 0:
+            inputs = [graph.const(f"{path}.codes", data["codes"]), ids, graph.const(f"{path}.scales", data["scales"])]
+            if self.zero_point:
+                inputs.append(graph.const(f"{path}.zero_points", data["zero_points"]))
+            rows = graph.op(
+                "GatherBlockQuantized", inputs, domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=self.bits
+            )
+            return graph.float32(rows, data["scales"].dtype)
+        if self.bits != 8:
+            raise EdgeembError(f"ONNX export: {self.describe()}: GatherBlockQuantized needs blocks of a power of two of at least 16")
+        # int8 codes need no unpacking: gather them as (rows, blocks, block) and scale each block.
+        n, blocks = data["scales"].shape
+        codes = graph.gather(f"{path}.codes", data["codes"].reshape(n, blocks, -1), ids)
+        scales = graph.gather(f"{path}.scales", data["scales"].reshape(n, blocks, 1), ids)
+        if self.zero_point:
+            zeros = graph.float32(graph.gather(f"{path}.zero_points", data["zero_points"].reshape(n, blocks, 1), ids), np.uint8)
+        else:
+            zeros = graph.const(f"{path}.zero", np.array(128, np.float32))  # the implicit symmetric zero point
+        values = graph.op("Sub", [graph.float32(codes, np.uint8), zeros])
+        return graph.op("Reshape", [graph.op("Mul", [values, graph.float32(scales, data["scales"].dtype)]), graph.rows_shape(ids, dim)])
+
 
 class Int8(_IntBlocks, name="int8", bits=8):
     """int8 codes; one block per row by default."""
@@ -121,7 +147,7 @@ class Int2(_IntBlocks, name="int2", bits=2):
     block_size: int | None = 32
 
 
-class Int8Tensor(QuantFormat, name="int8-tensor"):
+class Int8Tensor(QuantFormat, name="int8-tensor", onnx="DequantizeLinear"):
     """uint8 codes with one float32 scale and one zero point for the whole table: onnxruntime's
     dynamic quantisation of a Gather's table (`scale = (max - min) / 255` over a range that
     includes 0, `zero_point = round(-min / scale)`), decoded as its DequantizeLinear does."""
@@ -146,6 +172,12 @@ class Int8Tensor(QuantFormat, name="int8-tensor"):
 
     def describe(self) -> str:
         return "int8-tensor, one fp32 scale and zero point per table"
+
+    def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
+        # As onnxruntime's dynamic quantisation writes it: gather the uint8 rows, then dequantise.
+        codes = graph.gather(f"{path}.codes", data["codes"], ids)
+        scale, zero_point = graph.const(f"{path}.scale", data["scale"][0]), graph.const(f"{path}.zero_point", data["zero_point"][0])
+        return graph.op("DequantizeLinear", [codes, scale, zero_point])
 
 
 def _decode(packed: np.ndarray, bits: int, zero: int) -> np.ndarray:

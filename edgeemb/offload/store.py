@@ -25,14 +25,7 @@ import numpy as np
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import MARK, check_target, register_mark, staged
 from edgeemb.sources.base import SourceModel
-from edgeemb.table import (
-    DenseTable,
-    EmbeddingTable,
-    LowRankTable,
-    MixedTable,
-    QuantizedTable,
-    TrimmedTable,
-)
+from edgeemb.table import EmbeddingTable, as_records
 
 LayoutKind = Literal["single", "ple", "ple-layer"]
 LAYOUTS: tuple[str, ...] = ("single", "ple", "ple-layer")
@@ -52,22 +45,9 @@ class StoredRows:
 
 
 def table_rows(table: EmbeddingTable) -> StoredRows:
-    """The rows of an edgeemb table: per-row arrays concatenated into one record per row."""
-    if isinstance(table, DenseTable):
-        return StoredRows(_as_bytes(table.weight), 0, table.describe())
-    if isinstance(table, QuantizedTable):
-        shared = sum(a.nbytes for name, a in table.data.items() if name in table.format.shared)
-        per_row = [_as_bytes(a) for name, a in table.data.items() if name not in table.format.shared]
-        return StoredRows(np.concatenate(per_row, axis=1), shared, table.describe())
-    if isinstance(table, LowRankTable):
-        left = table_rows(table.left)
-        extra = table.right.nbytes + (table.bias.nbytes if table.bias is not None else 0)
-        return StoredRows(left.records, left.resident_bytes + extra, table.describe())
-    if isinstance(table, TrimmedTable):  # fewer rows: a smaller flash file
-        return table_rows(table.rows)
-    if isinstance(table, MixedTable):
-        raise EdgeembError("a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)")
-    raise EdgeembError(f"cannot offload a {type(table).__name__}")
+    """The rows of an edgeemb table as its storage keeps them, one record per row."""
+    records, resident = table.row_records()
+    return StoredRows(records, resident, table.describe())
 
 
 def source_rows(source: SourceModel) -> StoredRows:
@@ -79,14 +59,10 @@ def source_rows(source: SourceModel) -> StoredRows:
         return StoredRows(tensor_bytes(source.weights_file, info), 0, info.type_name)
     weight = source.table.weight
     if source.stored_dtype == "F16":
-        return StoredRows(_as_bytes(weight.astype(np.float16)), 0, "F16")
+        return StoredRows(as_records(weight.astype(np.float16)), 0, "F16")
     if source.stored_dtype == "BF16":  # bf16 is the top half of float32; the source's values are exact in it
-        return StoredRows(_as_bytes((weight.view(np.uint32) >> 16).astype(np.uint16)), 0, "BF16")
-    return StoredRows(_as_bytes(weight), 0, source.stored_dtype)
-
-
-def _as_bytes(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array).view(np.uint8).reshape(array.shape[0], -1)
+        return StoredRows(as_records((weight.view(np.uint32) >> 16).astype(np.uint16)), 0, "BF16")
+    return StoredRows(as_records(weight), 0, source.stored_dtype)
 
 
 @dataclass(frozen=True)
