@@ -9,6 +9,7 @@ a graph in place of the word-embedding Gather. Nothing here knows a storage type
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 PREFIX = "edgeemb_embedding"
 
@@ -38,7 +39,7 @@ class OnnxGraph:
         self.uses_contrib |= domain == "com.microsoft"
         return name
 
-    def float32(self, name: str, dtype: np.dtype) -> str:
+    def float32(self, name: str, dtype: npt.DTypeLike) -> str:
         """`name` as float32 (a Cast unless it already is)."""
         return name if dtype == np.float32 else self.op("Cast", [name], to=_FLOAT)
 

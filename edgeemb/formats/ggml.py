@@ -157,6 +157,10 @@ class _Symmetric(GGMLFormat):
             tiles.append(self._encode(x.reshape(-1, self._block), weights.reshape(-1, self._block)))
         return {"blocks": np.concatenate(tiles).reshape(n, -1)}
 
+    def _encode(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """As `GGMLFormat._encode`, each block's scale fitted under `weights` when given."""
+        raise NotImplementedError
+
     def _codes(self, blocks: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         zero = 1 << (self.bits - 1)
         if self.search or weights is not None:

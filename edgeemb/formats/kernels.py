@@ -38,9 +38,9 @@ def _int_rows(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_point
         row, values = codes[ids[r]], out[r]
         for b in range(blocks):
             scale = scales[r, b]
-            if zero_points.shape[0]:
-                zero = (np.int32(zero_points[ids[r], b // per_byte]) >> ((b % per_byte) * bits)) & mask
             offset = np.float32(zero)
+            if zero_points.shape[0]:
+                offset = np.float32((np.int32(zero_points[ids[r], b // per_byte]) >> ((b % per_byte) * bits)) & mask)
             packed = row[b * block_bytes : (b + 1) * block_bytes]
             decoded = values[b * block_bytes * per_byte : (b + 1) * block_bytes * per_byte]
             for i in range(block_bytes):
