@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.encoder import sentence_encoder
@@ -204,6 +204,28 @@ def test_a_truncated_file_is_refused(fp32_onnx, tiny, tmp_path):
     with pytest.raises(EdgeembError, match="no such ONNX file"):
         compress_onnx(tmp_path / "missing.onnx", tiny.table, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.onnx"]
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    """onnx refuses to read it; that is one line, not a traceback, and nothing outside is read."""
+    import shutil
+
+    weight = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
+        [weight],
+    )
+    (tmp_path / "m").mkdir()
+    source = tmp_path / "m" / "model.onnx"
+    onnx.save(helper.make_model(graph), source, save_as_external_data=True, location="w.bin", size_threshold=0)
+    shutil.move(tmp_path / "m" / "w.bin", tmp_path / "outside.bin")
+    model = onnx.load(source, load_external_data=False)
+    next(e for e in model.graph.initializer[0].external_data if e.key == "location").value = "../outside.bin"
+    onnx.save(model, source)
+    with pytest.raises(EdgeembError, match="not a readable ONNX file.*points outside the directory"):
+        compress_onnx(source, DenseTable(np.zeros((10, 4), np.float32)), tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "outside.bin"]
 
 
 def test_formats_without_an_onnx_mapping_name_what_maps(fp32_onnx, tiny, tmp_path):

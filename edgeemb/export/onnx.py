@@ -124,9 +124,9 @@ def compress_onnx(
     check_target(out, force)
     if not source.is_file():
         raise EdgeembError(f"{source}: no such ONNX file")
-    try:
+    try:  # onnx itself refuses external data that points outside the model's folder
         graph = onnx.load(os.fspath(source))
-    except (DecodeError, ValueError, OSError) as exc:
+    except (DecodeError, ValueError, OSError, onnx.checker.ValidationError) as exc:
         raise EdgeembError(f"{source}: not a readable ONNX file ({' '.join(str(exc).split()) or type(exc).__name__})") from None
     return _finish(graph, table, out, quantize_rest, force, origin=str(source))
 
