@@ -92,3 +92,13 @@ def test_staged_leaves_nothing_on_error_and_removes_dead_runs_temporaries(tmp_pa
         temporary.write_text("<!-- written by edgeemb 0 -->\nnew\n")
         (temporary.parent / (temporary.name.removesuffix(".md") + ".extra.json")).write_text("{}")
     assert _names(tmp_path) == [alive.name, "a.extra.json", "a.md"] and target.read_text().endswith("new\n")
+
+
+def test_the_working_folder_is_never_replaced(tiny_model, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert run("compress", tiny_model, "-o", out).exit_code == 0
+    before = folder_bytes(out)
+    monkeypatch.chdir(out)
+    for target in (".", "..", str(out)):
+        assert_one_line_error(run("compress", tiny_model, "-o", target, "--force"), "is the working folder or holds it")
+    assert folder_bytes(out) == before
