@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save
 
 from edgeemb.errors import EdgeembError
@@ -181,7 +181,9 @@ class QuantizedTable(EmbeddingTable, kind="quantized"):
 
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> QuantizedTable:
-        return cls(format_from_spec(spec["format"]), dict(arrays), int(spec["dim"]))
+        fmt, dim = format_from_spec(spec["format"]), int(spec["dim"])
+        fmt.check_width(dim)
+        return cls(fmt, dict(arrays), dim)
 
     def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
         if self.format.onnx is None:
@@ -401,8 +403,6 @@ def save_table(table: EmbeddingTable, path: Path) -> None:
 
 def load_table(path: Path) -> EmbeddingTable:
     """Read a table written by `save_table`, with a clear error for anything else."""
-    from safetensors import safe_open
-
     path = Path(path)
     try:
         with safe_open(os.fspath(path), framework="numpy") as handle:
@@ -412,4 +412,11 @@ def load_table(path: Path) -> EmbeddingTable:
         raise EdgeembError(f"{path}: not a readable safetensors file ({exc})") from None
     if _SPEC_KEY not in metadata:
         raise EdgeembError(f"{path}: safetensors file without an edgeemb table spec")
-    return table_from_parts(json.loads(metadata[_SPEC_KEY]), arrays)
+    try:
+        spec = json.loads(metadata[_SPEC_KEY])
+        if not isinstance(spec, dict):
+            raise TypeError(f"the spec is a JSON {type(spec).__name__}, not an object")
+        return table_from_parts(spec, arrays)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        what = f"{exc} is missing" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+        raise EdgeembError(f"{path}: its edgeemb table spec does not describe its arrays ({what}); rerun edgeemb compress") from None

@@ -176,3 +176,23 @@ def test_load_table_rejects_truncated_and_foreign_files(tmp_path, weight):
     save_file({"x": weight}, str(path))
     with pytest.raises(EdgeembError, match="without an edgeemb table spec"):
         load_table(path)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{not json", "Expecting property name"),
+        ("[1, 2]", "the spec is a JSON list"),
+        ('{"kind": "quantized", "dim": 4}', "'format' is missing"),
+        ('{"kind": "lowrank", "left": {"kind": "dense"}}', "'weight' is missing"),
+        ('{"kind": "quantized", "format": {"name": "int4", "block_size": 7}, "dim": 4}', "block size 7 does not divide"),
+        ('{"kind": "sparse"}', "unknown table kind 'sparse'"),
+    ],
+)
+def test_a_table_spec_that_does_not_describe_its_arrays_is_one_clear_error(tmp_path, spec, message):
+    from safetensors.numpy import save
+
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(save({"weight": np.ones((3, 4), np.float32)}, metadata={"edgeemb.table": spec}))
+    with pytest.raises(EdgeembError, match=message):
+        load_table(path)
