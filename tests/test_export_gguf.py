@@ -14,10 +14,10 @@ from gguf.quants import dequantize
 
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
-from edgeemb.export.gguf import MARK_KEY, export_gguf, llama_quantize_token_embd, rewrite_gguf
+from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
 from edgeemb.formats import get_format
+from edgeemb.ggufio import MARK_KEY, OUTPUT, TOKEN_EMBD, read_gguf_header, rewrite_gguf, tensor_bytes
 from edgeemb.outputs import MARK, owned
-from edgeemb.sources.gguf import OUTPUT, TOKEN_EMBD, read_gguf_header, tensor_bytes
 from edgeemb.recipe import ExportConfig
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
 from tests.conftest import data_file

@@ -236,7 +236,7 @@ def test_smollm2_trimmed_gguf_runs_in_llama_cpp_and_scores_by_bits_per_byte(tmp_
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
     from edgeemb.pipeline import EvaluationData, compress
-    from edgeemb.sources.gguf import llama_vocabulary
+    from edgeemb.evaluate.llamacpp import llama_vocabulary
 
     text = data_file("wikitext2", "wikitext2_raw_test_joined.txt").read_text(encoding="utf-8")
     middle = text.index("\n", len(text) // 2)

@@ -27,9 +27,9 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import Perplexity
+from edgeemb.ggufio import TOKENS_KEY, read_gguf_header
 from edgeemb.proc import memory_status
 from edgeemb.progress import silenced_output, track
-from edgeemb.sources.gguf import TOKENS_KEY, llama_vocabulary, read_gguf_header
 
 DEFAULT_PROMPT = "The capital of France is"
 _BATCH = 256  # tokens per llama_decode in the perplexity pass: logits of 256 x vocab floats
@@ -52,9 +52,21 @@ class LlamaRun:
     options: dict = field(default_factory=dict)  # Llama() options of the run, e.g. use_mmap
 
 
+def llama_vocabulary(path: Path):
+    """llama.cpp's vocabulary of a GGUF file (a vocab-only `Llama`). Not cached here: a cached
+    `Llama` would outlive llama_cpp itself at interpreter exit and fail to free."""
+    import llama_cpp  # heavy (the compiled llama.cpp): loaded only when a file is run
+
+    try:
+        with silenced_output():  # the vocab-only loader logs from C even with verbose=False
+            return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise EdgeembError(f"{path}: llama.cpp cannot read this file's vocabulary ({exc})") from None
+
+
 def load_llama(path: Path, n_ctx: int, n_batch: int, **options):
     """A llama.cpp context on every CPU, decoding up to `n_batch` tokens per call."""
-    import llama_cpp
+    import llama_cpp  # heavy (the compiled llama.cpp): loaded only when a file is run
 
     threads = len(os.sched_getaffinity(0))  # the CPUs this process may run on (a bench profile may pin it)
     try:
@@ -92,7 +104,7 @@ class Decoder:
     """One llama.cpp context driven through the C API: decode ids, read logits."""
 
     def __init__(self, llm, capacity: int) -> None:
-        import llama_cpp
+        import llama_cpp  # heavy (the compiled llama.cpp): loaded only when a file is run
 
         self._api = llama_cpp
         self.llm = llm
@@ -124,7 +136,7 @@ class Decoder:
 
 def _window_nll(decoder: Decoder, ids: np.ndarray) -> float:
     """Summed -log p of ids[1:] given the ids before them, from an empty cache."""
-    import torch
+    import torch  # heavy: only the perplexity pass needs it (log-sum-exp over each row of logits)
 
     decoder.clear()
     total = 0.0
@@ -236,7 +248,7 @@ def head_input_power(path: Path, text: str, max_tokens: int = 2048, window: int 
     """Mean square of each input of the output head over `text`: the final normalised hidden
     state, which llama.cpp returns as the per-token embedding of a causal model. For a tied
     head these are the importance weights of the table's columns (as llama.cpp's imatrix)."""
-    import llama_cpp
+    import llama_cpp  # heavy (the compiled llama.cpp): loaded only when a file is run
 
     tokens = tokenize_text(path, text, max_tokens)
     llm = load_llama(path, window, _BATCH, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE)

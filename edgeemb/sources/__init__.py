@@ -7,6 +7,8 @@ from pathlib import Path
 from edgeemb.errors import EdgeembError
 from edgeemb.sources.base import SourceModel
 from edgeemb.sources.catalog import DEFAULT_MODEL, catalog, locate
+from edgeemb.sources.gguf import load_gguf
+from edgeemb.sources.hf import load_hf
 
 __all__ = ["SourceModel", "open_model", "resolve_model"]
 
@@ -29,13 +31,9 @@ def open_model(spec: str | Path | None = None) -> SourceModel:
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if path.is_dir():
-        from edgeemb.sources.hf import load_hf
-
         return load_hf(path, name)
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic == b"GGUF" or path.suffix == ".gguf":
-        from edgeemb.sources.gguf import load_gguf
-
         return load_gguf(path, name)
     raise EdgeembError(f"{path}: not a model directory or a GGUF file")
