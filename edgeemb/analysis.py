@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import skew
 
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
@@ -256,6 +255,8 @@ def _anisotropy(
 
 
 def _hubness(weight: np.ndarray, sample: int, k: int, rng: np.random.Generator) -> Hubness:
+    from scipy.stats import skew  # scipy.stats takes ~0.7 s to import: loaded only when a table is analysed
+
     ids = _sample_ids(weight.shape[0], sample, rng)
     n = len(ids)
     k = min(k, n - 1)

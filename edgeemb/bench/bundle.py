@@ -15,9 +15,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgeemb.bench.devices import DeviceProfile
-from edgeemb.bench.run import SCHEMA
+from edgeemb.bench.backends import SCHEMA
 from edgeemb.bench.cross import cross_build
+from edgeemb.bench.devices import DeviceProfile
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import check_target, register_mark, staged
 

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from edgeemb.bench.backends import SCHEMA, backend_for
+from edgeemb.bench.cross import cross_build, qemu_user, require_qemu_cpu
 from edgeemb.bench.devices import DeviceProfile
-from edgeemb.bench.cross import qemu_user, require_qemu_cpu
 from edgeemb.errors import EdgeembError, require_program, run_program
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeemb" / "emulate"
@@ -85,8 +86,6 @@ def count_instructions(artifact: str | Path, device: DeviceProfile, *, ids: list
     `instructions_per_unit` in place of time, `short_run_instructions` the whole count of the
     shorter run (start-up and loading; one warm-up sentence, or 4 tokens), and the qemu process's
     peak RSS."""
-    from edgeemb.bench.run import SCHEMA, backend_for
-
     artifact = Path(artifact)
     backend = backend_for(artifact)
     _, version = qemu_user()
@@ -270,8 +269,6 @@ def _fake_machine(folder: Path, device: DeviceProfile) -> Path:
 
 def _llama_bench(device: DeviceProfile, folder: Path) -> tuple[Path, str]:
     """The llama-bench that `edgeemb cross` builds for `device` (from its cache after the first)."""
-    from edgeemb.bench.cross import cross_build
-
     build = cross_build(device, folder / "cross", smoke=False)
     return folder / "cross" / "llama-bench", build.arm_arch
 

@@ -18,7 +18,9 @@ import platform
 import sys
 from pathlib import Path
 
+from edgeemb.bench.backends import BACKENDS, SCHEMA, backend_for
 from edgeemb.bench.devices import DeviceProfile, load_device
+from edgeemb.bench.instructions import count_instructions
 from edgeemb.bench.limits import (
     MemoryLimit,
     ReadThrottle,
@@ -27,9 +29,12 @@ from edgeemb.bench.limits import (
     run_limited,
 )
 from edgeemb.errors import EdgeembError
+from edgeemb.evaluate.llamacpp import tokenize_text
+from edgeemb.evaluate.onnxruntime import sentence_tokenizer
+from edgeemb.export.onnx import tokenizer_beside
+from edgeemb.offload.profiles import load_profile
+from edgeemb.sources import open_model
 
-SCHEMA = "edgeemb.bench/1"
-BACKENDS = ("onnxruntime", "llama.cpp", "numpy")
 DEFAULT_TEXTS = (
     "A man is playing a guitar on the street.",
     "The new phone has a much better camera than the old one.",
@@ -40,17 +45,6 @@ DEFAULT_TEXTS = (
     "Quantisation trades a little accuracy for a much smaller model.",
     "How long does the train from Cambridge to London take?",
 )
-
-
-def backend_for(artifact: Path) -> str:
-    """The runtime a file is benchmarked in, by what it is."""
-    if artifact.is_dir():
-        return "numpy"
-    if artifact.suffix == ".onnx":
-        return "onnxruntime"
-    if artifact.suffix == ".gguf":
-        return "llama.cpp"
-    raise EdgeembError(f"{artifact}: cannot tell its runtime (an .onnx file, a .gguf file or an edgeemb output folder); give --backend")
 
 
 def bench(
@@ -89,8 +83,6 @@ def bench(
     if runs < 1:
         raise EdgeembError(f"runs must be at least 1, got {runs}")
     if emulate:
-        from edgeemb.bench.instructions import count_instructions
-
         if memory_mb is not None or cpu_quota is not None or flash:
             raise EdgeembError("an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs on this host")
         ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
@@ -165,14 +157,9 @@ def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, p
     """The texts as the model reads them, tokenised here rather than in the measured process: one
     list of ids per sentence (onnxruntime), one prompt of `prompt_tokens` ids (llama.cpp)."""
     if backend == "onnxruntime":
-        from edgeemb.export.onnx import sentence_tokenizer, tokenizer_beside
-        from edgeemb.sources import open_model
-
         beside = tokenizer_beside(artifact)
         return sentence_tokenizer(open_model(tokenizer).path, beside.read_text() if beside.is_file() else None)(texts)
     if backend == "llama.cpp":
-        from edgeemb.evaluate.llamacpp import tokenize_text
-
         text = " ".join(texts)
         ids = tokenize_text(artifact, text, max_tokens=prompt_tokens).ids
         while len(ids) < prompt_tokens and text:  # a short text is repeated up to the prompt length
@@ -183,8 +170,6 @@ def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, p
 
 
 def _flash_throttle(artifact: Path, profile: DeviceProfile | None) -> ReadThrottle:
-    from edgeemb.offload.profiles import load_profile
-
     if profile is None:
         raise EdgeembError("flash throttling reads as a device profile's storage does: give --profile")
     device = block_device(artifact)

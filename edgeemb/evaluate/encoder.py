@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
@@ -24,6 +25,7 @@ class SentenceEncoder:
 
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
+        # heavy (torch, transformers: seconds to import): loaded only when a sentence model is run
         import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
@@ -43,8 +45,7 @@ class SentenceEncoder:
     def encoder(self, weight: np.ndarray | None = None, label: str = "encode", tokenizer_json: str | None = None) -> Encode:
         """An encode function using `weight` as the input table (None: the original table) and,
         for a trimmed vocabulary, the tokenizer.json rewritten for it."""
-        import torch
-        from tokenizers import Tokenizer
+        import torch  # heavy: loaded by __init__ already; only bound here
 
         table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         backend = self._original_backend if tokenizer_json is None else Tokenizer.from_str(tokenizer_json)

@@ -42,6 +42,7 @@ class CausalLM:
 
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # heavy (torch, transformers: seconds to import): loaded only when a causal LM is run
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as transformers_logging
@@ -67,7 +68,7 @@ class CausalLM:
 
     def perplexity(self, ids: np.ndarray, weight: np.ndarray | None = None, window: int = 1024) -> Perplexity:
         """Perplexity of `ids` with `weight` as the embedding table (None: the original)."""
-        import torch
+        import torch  # heavy: loaded by __init__ already; only bound here
 
         table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         if table.shape != self._original.shape:

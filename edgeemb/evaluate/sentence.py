@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import BeirData, StsData
@@ -56,6 +55,8 @@ def _embed(encode: Encode, texts: list[str], description: str) -> np.ndarray:
 
 def sts_spearman(encode: Encode, data: StsData) -> float:
     """Spearman correlation ×100 between the pairs' cosine similarities and the gold scores."""
+    from scipy.stats import spearmanr  # scipy.stats takes ~0.7 s to import: loaded only when STS is scored
+
     unique = list(dict.fromkeys(data.sentences1 + data.sentences2))
     index = {sentence: i for i, sentence in enumerate(unique)}
     vectors = _embed(encode, unique, "Encoding STS sentences")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
 
 from edgeemb.errors import EdgeembError
 from edgeemb.sources.base import SourceModel
@@ -220,8 +221,6 @@ def _merge_pair(merge: list | str) -> tuple[str, str]:
 
 
 def _load_tokenizer(text: str):
-    from tokenizers import Tokenizer
-
     tokenizer = Tokenizer.from_str(text)
     # a sentence model's tokenizer.json may pad and truncate to its context (MiniLM: 128);
     # counting and streaming want every token of the text and no padding
@@ -238,8 +237,6 @@ def _encoder(tokenizer) -> Callable[[str], list[int]]:
 def _read_tokens(model_dir: Path, root: Path, vocab: int) -> list[str] | None:
     for folder in (model_dir, root):
         if (folder / "tokenizer.json").exists():
-            from tokenizers import Tokenizer
-
             tokens = [""] * vocab
             for token, index in Tokenizer.from_file(os.fspath(folder / "tokenizer.json")).get_vocab().items():
                 if index < vocab:
