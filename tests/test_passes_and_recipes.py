@@ -1,4 +1,4 @@
-"""Recipe steps (svd, quantize) and recipe validation."""
+"""Recipe steps: svd, quantize, mixed_precision (recipes themselves: test_recipe.py)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,6 @@ import pytest
 from edgeemb.errors import EdgeembError
 from edgeemb.steps.quantize import QuantizeConfig, quantize
 from edgeemb.steps.svd import SVDConfig, svd
-from edgeemb.recipe import builtin_recipes, load_recipe, parse_recipe
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
 
 
@@ -50,75 +49,6 @@ def test_quantize_after_svd_quantizes_the_tall_factor(low_rank_weight):
     assert table.nbytes == 1000 * 32 // 2 + 1000 * 2 + 32 * 64 * 2 + 64 * 2
     with pytest.raises(EdgeembError, match="already quantised"):
         quantize(table, QuantizeConfig(format="int8"))
-
-
-def test_every_builtin_recipe_loads_validates_and_says_what_it_is_for():
-    recipes = builtin_recipes()
-    assert {"int4", "int8"} <= set(recipes)
-    for name, path in recipes.items():
-        recipe = load_recipe(name)
-        assert recipe.name == name and recipe.steps and recipe.description
-        assert path.read_text().startswith("# "), f"{name}: the file opens with a comment on what it is for"
-
-
-@pytest.mark.parametrize("model", ["minilm", "smollm2-135m", "gemma3-270m"])
-def test_each_real_model_has_a_near_lossless_a_small_a_smallest_and_a_device_recipe(model):
-    mine = {name: load_recipe(name) for name in builtin_recipes() if name.startswith(model + "-")}
-    formats = {name: [config.model_dump().get("format") for _, config in recipe.steps] for name, recipe in mine.items()}
-    assert ["int8"] in formats.values()
-    assert any(recipe.offload is not None for recipe in mine.values()), "a device recipe carries an offload plan"
-    assert len(mine) >= 4
-
-
-def test_a_recipe_can_carry_an_offload_plan():
-    recipe = parse_recipe({"steps": ["quantize"], "offload": {"profiles": ["emmc-5.1"], "cache_mb": 2, "head_type": "Q4_0"}})
-    assert recipe.offload.profiles == ("emmc-5.1",) and recipe.offload.cache_mb == 2
-    assert recipe.to_dict()["offload"]["layout"] == "single"
-
-
-def test_a_recipe_can_ask_for_an_export():
-    recipe = parse_recipe({"steps": [{"svd": {"rank": 8}}], "export": {"format": "gguf", "type": "Q5_0"}})
-    assert recipe.export.format == "gguf" and recipe.export.type == "Q5_0"
-    assert recipe.to_dict()["export"] == {"format": "gguf", "type": "Q5_0", "quantize_rest": False}
-    assert recipe.digest != parse_recipe({"steps": [{"svd": {"rank": 8}}]}).digest
-
-
-def test_recipe_digest_is_stable_and_fills_defaults():
-    a = parse_recipe({"steps": [{"quantize": {"format": "int4"}}]})
-    b = parse_recipe({"steps": [{"quantize": {"format": "int4", "factor_dtype": "float16"}}]})
-    c = parse_recipe({"steps": [{"quantize": {"format": "int8"}}]})
-    assert a.digest == b.digest != c.digest
-
-
-@pytest.mark.parametrize(("data", "message"), [
-    ({"steps": [{"prune": {}}]}, "step 1: unknown step 'prune'"),
-    ({"steps": [{"svd": {"rnk": 3}}]}, "step 1 'svd': unknown key 'rnk'"),
-    ({"steps": [{"svd": {"rank": 3, "energy": 0.9}}]}, "exactly one of rank, energy, max_bytes"),
-    ({"steps": [{"quantize": {"format": "int7"}}]}, "unknown quantisation format 'int7'"),
-    ({"steps": [{"quantize": {"format": "int4", "blok_size": 32}}]}, "format 'int4' has no option 'blok_size'"),
-    ({"steps": [{"mixed_precision": {"rare": {"format": "int2", "zero": 1}}}]}, "format 'int2' has no option 'zero'"),
-    ({"steps": [{"mixed_precision": {"frequent_share": 0.1}}]}, "unknown key 'frequent_share'"),
-    ({"steps": [{"quantize": {"format": "int4"}}], "stpes": []}, "unknown key 'stpes'"),
-    ({"steps": []}, "non-empty list"),
-    ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
-    ("just text", "expected a mapping"),
-    ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "zip"}}, "export: format: Input should be 'gguf', 'onnx' or 'st'"),
-    ({"steps": [{"quantize": {"format": "Q4_0"}}], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not permitted"),
-    ({"steps": ["quantize"], "offload": {"profiles": ["floppy"]}}, "offload: profiles: unknown flash profile 'floppy'"),
-    ({"steps": ["quantize"], "offload": {"cache_mb": 0}}, "offload: cache_mb: Input should be greater than 0"),
-])
-def test_bad_recipes_name_the_problem(data, message):
-    with pytest.raises(EdgeembError, match=message):
-        parse_recipe(data, origin="r.yaml")
-
-
-def test_recipe_files_unreadable_or_unknown(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("steps: [unclosed")
-    with pytest.raises(EdgeembError, match="cannot read it as YAML"):
-        load_recipe(bad)
-    with pytest.raises(EdgeembError, match="no recipe 'nosuch'"):
-        load_recipe("nosuch")
 
 
 def test_mixed_precision_keeps_frequent_rows_at_higher_precision(tmp_path):

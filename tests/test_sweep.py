@@ -19,7 +19,7 @@ def test_grid_values_are_read_as_yaml_and_every_combination_is_a_valid_recipe():
     recipes = variants(load_recipe("svd-int4"), axes)
     assert [r.name for r in recipes] == ["svd-int4-rank16-formatint4", "svd-int4-rank16-formatint8", "svd-int4-rank32-formatint4", "svd-int4-rank32-formatint8"]
     rank, quant = recipes[3].steps
-    assert rank[1].rank == 32 and quant[1].format == "int8"
+    assert rank[1].rank == 32 and quant[1].format.name == "int8"
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -9,12 +9,14 @@ lookup is `np.take` on each of them followed by `dequantize` of just those rows;
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar, get_type_hints
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from edgeemb.errors import EdgeembError
 from edgeemb.onnxgraph import OnnxGraph
@@ -38,6 +40,8 @@ class QuantFormat(ABC):
     # Capabilities, declared by the formats that have them:
     qtype: ClassVar[GGMLQuantizationType | None] = None  # llama.cpp stores the rows as this GGML type
     onnx: ClassVar[str | None] = None  # how `onnx_rows` maps the lookup to ONNX (None: it has no mapping)
+    weighted: ClassVar[bool] = False  # `quantize_weighted` fits each value's error by an importance weight
+    _options_set: ClassVar[frozenset[str]] = frozenset()  # set per instance by __new__
 
     def __init_subclass__(cls, name: str | None = None, **traits: object) -> None:
         super().__init_subclass__()
@@ -51,6 +55,29 @@ class QuantFormat(ABC):
                 raise TypeError(f"two formats are named {name!r}: {_REGISTRY[name].__name__} and {cls.__name__}")
             cls.name = name
             _REGISTRY[name] = cls
+
+    def __new__(cls, *args: object, **options: object) -> QuantFormat:
+        # The options the format is built with (as pydantic's `model_fields_set`): a recipe writes
+        # back, and its digest hashes, what its author wrote, whatever the defaults.
+        self = super().__new__(cls)
+        given = [f.name for f in fields(cls)][: len(args)] + list(options)
+        object.__setattr__(self, "_options_set", frozenset(given))
+        return self
+
+    def __post_init__(self) -> None:
+        """Each option of its declared type and range, not coerced: `block_size="32"`, `32.5` or
+        `zero_point="no"` is an error naming the option (annotations such as PositiveInt give ranges)."""
+        try:
+            _options_model(type(self)).model_validate({f.name: getattr(self, f.name) for f in fields(self)})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            # The value's type, not its repr: a value from a recipe could be a huge nested list.
+            wrong_type = f", not {type(error['input']).__name__}" if error["type"].endswith("_type") else ""
+            raise EdgeembError(f"{'.'.join(map(str, error['loc']))}: {error['msg']}{wrong_type}") from None
+
+    def options(self) -> dict[str, object]:
+        """The options the format was built with, as given (`spec()` has every option)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in self._options_set}
 
     @abstractmethod
     def check_width(self, dim: int) -> None:
@@ -84,6 +111,11 @@ class QuantFormat(ABC):
     def describe(self) -> str:
         """A short human label, e.g. 'int4, blocks of 32, fp16 scales'."""
 
+    def quantize_weighted(self, rows: np.ndarray, importance: np.ndarray) -> Arrays:
+        """As `quantize`, each value's error weighted by `importance` (one weight per column, the
+        formats whose `weighted` is set)."""
+        raise NotImplementedError(f"{self.name} takes no importance weights")
+
     def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
         """Add the lookup of rows `ids` of a table stored as `data` to `graph` (formats whose
         `onnx` is set); returns the name of the float32 rows."""
@@ -97,6 +129,15 @@ def reciprocal_or_zero(values: np.ndarray) -> np.ndarray:
     """1 / values as float32, and 0 where a value is 0 (an all-zero block quantises to zeros)."""
     values = values.astype(np.float32, copy=False)
     return np.divide(np.float32(1), values, out=np.zeros_like(values), where=values != 0)
+
+
+@functools.cache
+def _options_model(cls: type[QuantFormat]) -> type[BaseModel]:
+    """A format's options as a strict pydantic model: its fields' annotations are the schema."""
+    hints = get_type_hints(cls, include_extras=True)
+    options: dict[str, Any] = {f.name: (hints[f.name], ...) for f in fields(cls)}
+    config = ConfigDict(strict=True, arbitrary_types_allowed=True)
+    return create_model(f"{cls.__name__}Options", __config__=config, **options)
 
 
 def names() -> list[str]:

@@ -128,7 +128,7 @@ class Q8_0(GGMLFormat, qtype=GGMLQuantizationType.Q8_0, kernel="q8_0"):
 
 
 @dataclass(frozen=True)
-class _Symmetric(GGMLFormat):
+class _Symmetric(GGMLFormat, weighted=True):
     """Q4_0, Q5_0: the block's largest-magnitude value lands on the lowest code, -2**(bits-1).
 
     `search=True` keeps the layout (llama.cpp reads it unchanged) but picks each block's scale by

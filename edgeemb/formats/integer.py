@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import PositiveInt
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
@@ -34,14 +35,10 @@ from edgeemb.onnxgraph import OnnxGraph
 
 @dataclass(frozen=True)
 class _IntBlocks(QuantFormat, onnx="GatherBlockQuantized"):
-    block_size: int | None = None  # None: one block per row
+    block_size: PositiveInt | None = None  # None: one block per row
     zero_point: bool = False
     scale_dtype: Literal["float16", "float32"] = "float16"
     bits: ClassVar[int]
-
-    def __post_init__(self) -> None:
-        if self.scale_dtype not in ("float16", "float32"):
-            raise EdgeembError(f"{self.name}: scale_dtype is float16 or float32, not {self.scale_dtype!r}")
 
     def _scales(self, exact: np.ndarray) -> np.ndarray:
         return _fp16_at_least(exact) if self.scale_dtype == "float16" else exact.astype(np.float32)
@@ -139,12 +136,12 @@ class Int8(_IntBlocks, name="int8", bits=8):
 
 @dataclass(frozen=True)
 class Int4(_IntBlocks, name="int4", bits=4):
-    block_size: int | None = 32
+    block_size: PositiveInt | None = 32
 
 
 @dataclass(frozen=True)
 class Int2(_IntBlocks, name="int2", bits=2):
-    block_size: int | None = 32
+    block_size: PositiveInt | None = 32
 
 
 class Int8Tensor(QuantFormat, name="int8-tensor", onnx="DequantizeLinear"):

@@ -8,18 +8,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Strict
 
 from edgeemb.table import EmbeddingTable
 from edgeemb.vocab import Vocabulary
 
 
 class StepConfig(BaseModel):
-    """Base of every step's arguments: immutable, and unknown keys are errors."""
+    """Base of every step's arguments: immutable, unknown keys are errors, and values are not
+    coerced (`rank: "8"` or `center: "no"` is an error naming the key, not 8 or False). A config
+    knows the step it configures (`step_name`, set when the step registers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    step_name: ClassVar[str | None] = None
+
+
+# A path as a recipe writes it, a string (strict validation alone would take only Path objects).
+# A tuple field that a recipe writes as a list says so the same way: Field(strict=False).
+PathArgument = Annotated[Path, Strict(False)]
 
 
 @dataclass(frozen=True)
@@ -56,12 +65,18 @@ class Step:
 STEPS: dict[str, Step] = {}
 
 
-def register(name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False, peer: bool = False):
+def register(
+    name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False,
+    peer: bool = False,
+):
     def wrap(function):
+        if "step_name" in vars(config_type):
+            raise TypeError(f"{config_type.__name__} already configures step {config_type.step_name!r}")
+        config_type.step_name = name
         STEPS[name] = Step(name, config_type, function, replaces_model, trims_vocab, peer)
         return function
 
     return wrap
 
 
-from edgeemb.steps import peers as _peers, quantize as _quantize, svd as _svd, trim as _trim  # noqa: E402,F401  (register the steps)
+from edgeemb.steps import peers, quantize, svd, trim  # noqa: E402,F401  (importing a step's module registers it)

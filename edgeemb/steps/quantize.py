@@ -2,46 +2,72 @@
 one format, the rest in another.
 
 On a low-rank table the (rows x rank) factor is quantised and the small right factor and mean
-row are kept in `factor_dtype`. Format options (block_size, zero_point, subspaces, ...) are given
-beside `format` and go to the format itself, which rejects the ones it does not take.
+row are kept in `factor_dtype`. The format is a format object, `QuantizeConfig(format=Int4(block_size=32))`,
+or, as a recipe writes it, a name with the format's options beside it, `{format: int4, block_size: 32}`:
+the format validates its own options (types, ranges) and rejects the ones it does not take.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edgeemb import formats
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import StepContext, StepConfig, register
+from edgeemb.steps import PathArgument, StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
+
+DEFAULT_FORMAT = "int4"
 
 
 class FormatConfig(StepConfig):
-    """A format name and its options, e.g. {format: int4, block_size: 32}."""
+    """A format: a format object, or its name and options, e.g. {format: int4, block_size: 32}."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-    format: str = Field(default="int4", description=f"one of: {', '.join(formats.names())}")
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    format: formats.QuantFormat = Field(
+        default_factory=lambda: formats.get_format(DEFAULT_FORMAT), exclude=True,
+        description=f"a format object, or one of: {', '.join(formats.names())}, with its options beside it",
+    )
 
-    @model_validator(mode="after")
-    def _known_format(self) -> "FormatConfig":
-        self.build_format()
-        return self
-
-    def build_format(self) -> formats.QuantFormat:
+    @model_validator(mode="before")
+    @classmethod
+    def _named_format(cls, data: Any) -> Any:
+        """{format: name, option: value, ...} -> {format: the format built with those options}."""
+        if not isinstance(data, dict):
+            return data
+        fmt = data.get("format", DEFAULT_FORMAT)
+        own = {key: value for key, value in data.items() if key in cls.model_fields}
+        options = {key: value for key, value in data.items() if key not in cls.model_fields}
+        if isinstance(fmt, formats.QuantFormat):
+            if options:
+                key = next(iter(options))
+                raise ValueError(f"'{key}' goes to the format object itself, e.g. {type(fmt).__name__}({key}=...)")
+            return data
+        if not isinstance(fmt, str):
+            known = ", ".join(formats.names())
+            raise ValueError(f"format: a format name ({known}) or a format object, not a {type(fmt).__name__}")
         try:
-            return formats.get_format(self.format, **(self.model_extra or {}))
+            return {**own, "format": formats.get_format(fmt, **options)}
         except EdgeembError as exc:
             raise ValueError(str(exc)) from None
 
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """As a recipe writes it (and its digest hashes it): the format's name, the options it was
+        built with, then the step's own arguments."""
+        return {"format": self.format.name, **self.format.options(), **handler(self)}
+
 
 class QuantizeConfig(FormatConfig):
-    factor_dtype: Literal["float16", "float32"] = Field(default="float16", description="dtype of a low-rank table's right factor and mean")
+    factor_dtype: Literal["float16", "float32"] = Field(
+        default="float16", description="dtype of a low-rank table's right factor and mean"
+    )
     importance: Literal["head"] | None = Field(
-        default=None, description="'head': weight each column's error by the tied output head's input power on calibration text"
+        default=None,
+        description="'head': weight each column's error by the tied output head's input power on calibration text",
     )
 
 
@@ -58,11 +84,12 @@ def _on_rows(table: EmbeddingTable, factor_dtype: str, store) -> EmbeddingTable:
 
 @register("quantize", QuantizeConfig)
 def quantize(table: EmbeddingTable, config: QuantizeConfig, context: StepContext = StepContext()) -> EmbeddingTable:
-    fmt = config.build_format()
+    fmt = config.format
     if config.importance is None:
         return _on_rows(table, config.factor_dtype, lambda weight: QuantizedTable.quantize(weight, fmt))
-    if not hasattr(fmt, "quantize_weighted"):
-        raise EdgeembError(f"quantize: format {fmt.name} does not take importance weights (Q4_0 and Q5_0 do)")
+    if not fmt.weighted:
+        weighted = ", ".join(name for name in formats.names() if formats.get_format(name).weighted)
+        raise EdgeembError(f"quantize: format {fmt.name} does not take importance weights ({weighted} do)")
     if context.head_importance is None or not isinstance(table, DenseTable):
         raise EdgeembError(
             "quantize: importance: head needs calibration text (--calibration FILE), a GGUF causal LM whose "
@@ -73,10 +100,18 @@ def quantize(table: EmbeddingTable, config: QuantizeConfig, context: StepContext
 
 
 class MixedPrecisionConfig(StepConfig):
-    frequent: FormatConfig = Field(default_factory=lambda: FormatConfig(format="int8"), description="format of the frequent tokens' rows")
-    rare: FormatConfig = Field(default_factory=lambda: FormatConfig(format="int4"), description="format of every other row")
+    frequent: FormatConfig = Field(
+        default_factory=lambda: FormatConfig(format=formats.get_format("int8")),
+        description="format of the frequent tokens' rows",
+    )
+    rare: FormatConfig = Field(
+        default_factory=lambda: FormatConfig(format=formats.get_format("int4")), description="format of every other row"
+    )
     frequent_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of rows counted as frequent")
-    corpus: Path | None = Field(default=None, description="text file tokenised to count token frequency; unset: the tokenizer's id order (merge rank)")
+    corpus: PathArgument | None = Field(
+        default=None,
+        description="text file tokenised to count token frequency; unset: the tokenizer's id order (merge rank)",
+    )
     factor_dtype: Literal["float16", "float32"] = "float16"
 
 
@@ -105,7 +140,7 @@ def mixed_precision(table: EmbeddingTable, config: MixedPrecisionConfig, context
     order = np.argsort(-frequency, kind="stable")
     group = np.ones(rows, np.uint8)
     group[order[: max(1, round(config.frequent_fraction * rows))]] = 0
-    frequent, rare = config.frequent.build_format(), config.rare.build_format()
+    frequent, rare = config.frequent.format, config.rare.format
     store = lambda weight: MixedTable.split(  # noqa: E731
         weight, group, [lambda w: QuantizedTable.quantize(w, frequent), lambda w: QuantizedTable.quantize(w, rare)]
     )

@@ -51,6 +51,7 @@ def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> in
                 f"svd: energy {config.energy} needs rank {needed} (rounded to {rank}) of width {dim}: a factorisation would not compress"
             )
         return rank
+    assert config.max_bytes is not None  # the config holds exactly one of rank, energy, max_bytes
     itemsize = np.dtype(config.dtype).itemsize
     bias = dim if config.center else 0
     rank = (config.max_bytes // itemsize - bias) // (rows + dim) // config.round_to * config.round_to

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import StepContext, StepConfig, register
+from edgeemb.steps import PathArgument, StepContext, StepConfig, register
 from edgeemb.progress import track
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 from edgeemb.vocab import Vocabulary, require_kept, script_mask, single_characters
@@ -34,14 +34,14 @@ class TrimConfig(StepConfig):
     """Keep the union of the policies given (at least one); with a corpus, at most one of
     min_count, top_k, coverage (default: min_count 1)."""
 
-    scripts: tuple[str | dict[str, int], ...] = Field(default=(), description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)")
+    scripts: tuple[str | dict[str, int], ...] = Field(default=(), strict=False, description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)")
     characters: bool = Field(default=False, description="also keep every single-character piece, of any script: other text then falls back to characters, not bytes")
-    corpus: tuple[Path, ...] = Field(default=(), description="text whose tokens are counted: plain-text files (a line each) or BEIR folders (their documents)")
+    corpus: tuple[PathArgument, ...] = Field(default=(), strict=False, description="text whose tokens are counted: plain-text files (a line each) or BEIR folders (their documents)")
     min_count: int | None = Field(default=None, ge=1, description="keep pieces seen at least this often in the corpus")
     top_k: int | None = Field(default=None, ge=1, description="keep the corpus's k most frequent pieces")
     coverage: float | None = Field(default=None, gt=0, le=1, description="keep the most frequent pieces covering this share of corpus tokens")
     holdout: float = Field(default=0.1, ge=0, lt=1, description="last share of the corpus lines held back to judge the trim (not counted)")
-    drop: tuple[str, ...] = Field(default=(), description="pieces to drop even if a policy or the floor keeps them (e.g. '<start_of_image>')")
+    drop: tuple[str, ...] = Field(default=(), strict=False, description="pieces to drop even if a policy or the floor keeps them (e.g. '<start_of_image>')")
 
     @field_validator("scripts")
     @classmethod
