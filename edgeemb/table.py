@@ -182,7 +182,7 @@ class QuantizedTable(EmbeddingTable, kind="quantized"):
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> QuantizedTable:
         fmt, dim = format_from_spec(spec["format"]), int(spec["dim"])
-        fmt.check_width(dim)
+        fmt.check_arrays(arrays, dim)
         return cls(fmt, dict(arrays), dim)
 
     def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
@@ -236,7 +236,10 @@ class LowRankTable(EmbeddingTable, kind="lowrank"):
 
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> LowRankTable:
-        return cls(table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias"))
+        left, right, bias = table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias")
+        _check(right.ndim == 2 and right.shape[0] == left.shape[1], f"right factor {right.shape} does not follow a rank-{left.shape[1]} left")
+        _check(bias is None or bias.shape == (right.shape[1],), "the bias is not one value per column")
+        return cls(left, right, bias)
 
     def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
         left = self.left.onnx_rows(graph, f"{path}.left", ids)
@@ -296,7 +299,15 @@ class MixedTable(EmbeddingTable, kind="mixed"):
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> MixedTable:
         parts = tuple(table_from_parts(part, _prefixed(arrays, f"part{i}.")) for i, part in enumerate(spec["parts"]))
-        return cls(parts, arrays["group"], arrays["slot"])
+        group, slot = arrays["group"], arrays["slot"]
+        _check(bool(parts) and len({part.shape[1] for part in parts}) == 1, "the parts have different widths")
+        _check(group.ndim == slot.ndim == 1 and len(group) == len(slot), "group and slot are not one entry per row")
+        _check(group.dtype == np.uint8 and slot.dtype.kind in "iu", "group is not uint8, or slot not integers")
+        _check(not len(group) or int(group.max()) < len(parts), "a row's group has no part")
+        sizes = np.array([part.shape[0] for part in parts])
+        slots = slot.astype(np.int64)
+        _check(not len(slot) or bool(((slots >= 0) & (slots < sizes[group])).all()), "a row's slot is outside its part")
+        return cls(parts, group, slot)
 
     def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
         # Every part is gathered at the row's slot (clamped to the part) and Where picks the row's
@@ -358,7 +369,9 @@ class TrimmedTable(EmbeddingTable, kind="trimmed"):
 
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> TrimmedTable:
-        return cls(table_from_parts(spec["rows"], _prefixed(arrays, "rows.")), arrays["keep"], spec.get("trim", {}))
+        rows, keep = table_from_parts(spec["rows"], _prefixed(arrays, "rows.")), arrays["keep"]
+        _check(keep.shape == (rows.shape[0],) and keep.dtype.kind in "iu", "keep is not one source id per kept row")
+        return cls(rows, keep, spec.get("trim", {}))
 
     def onnx_rows(self, graph: OnnxGraph, path: str, ids: str) -> str:
         return self.rows.onnx_rows(graph, path, ids)  # ids are the trimmed vocabulary's (its tokenizer is rewritten)
@@ -376,6 +389,11 @@ def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     if kind not in _KINDS:
         raise EdgeembError(f"unknown table kind {kind!r} (known: {', '.join(sorted(_KINDS))})")
     return _KINDS[kind].from_parts(spec, arrays)
+
+
+def _check(condition: bool, problem: str) -> None:
+    if not condition:
+        raise EdgeembError(f"the table's arrays do not fit its spec: {problem}")
 
 
 def as_records(array: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The core table type: storages, exact bytes, lookup, serialisation; and the integer formats."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,25 @@ def test_a_table_spec_that_does_not_describe_its_arrays_is_one_clear_error(tmp_p
     path.write_bytes(save({"weight": np.ones((3, 4), np.float32)}, metadata={"edgeemb.table": spec}))
     with pytest.raises(EdgeembError, match=message):
         load_table(path)
+
+
+def test_arrays_that_do_not_fit_their_format_are_refused_before_a_kernel_reads_them(tmp_path):
+    weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    pq = QuantizedTable.quantize(weight, get_format("pq", subspaces=8, centroids=16, train_rows=64, iterations=2))
+    cases = {
+        "narrow codes": (QuantizedTable.quantize(weight, get_format("int4")), {"codes": lambda a: a[:, :-1]}, "array 'codes' is uint8 \\(64, 15\\), expected uint8 \\(64, 16\\)"),
+        "short blocks": (QuantizedTable.quantize(weight, get_format("Q8_0")), {"blocks": lambda a: a[:-1]}, ""),
+        "a code past the codebook": (pq, {"codes": lambda a: np.full_like(a, 200)}, "a code is 200, but there are only 16 centres"),
+    }
+    for name, (table, edits, message) in cases.items():
+        arrays = {key: edits.get(key, lambda a: a)(array) for key, array in table.arrays().items()}
+        save_table(table, tmp_path / "t.safetensors")
+        from safetensors.numpy import save
+
+        spec = json.dumps(table.spec())
+        (tmp_path / "t.safetensors").write_bytes(save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"edgeemb.table": spec}))
+        if message:
+            with pytest.raises(EdgeembError, match=message):
+                load_table(tmp_path / "t.safetensors")
+        else:  # fewer rows than before is still a consistent table
+            assert load_table(tmp_path / "t.safetensors").shape == (63, 32), name

@@ -24,6 +24,7 @@ from edgeemb.onnxgraph import OnnxGraph
 Arrays = dict[str, np.ndarray]
 _CHUNK_ROWS = 16384
 _REGISTRY: dict[str, type[QuantFormat]] = {}
+MAX_WIDTH = 1 << 16  # embedding widths of real models are at most a few thousand
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,29 @@ class QuantFormat(ABC):
         """As `quantize`, each value's error weighted by `importance` (one weight per column, the
         formats whose `weighted` is set)."""
         raise NotImplementedError(f"{self.name} takes no importance weights")
+
+    def layout(self, rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """The arrays a `rows` x `dim` table stores in this format: name -> (shape, dtype). Row-wise
+        formats read it off one encoded row; formats with shared arrays of their own size override it."""
+        one = self.quantize(np.zeros((1, dim), np.float32))
+        return {name: (a.shape if name in self.shared else (rows, *a.shape[1:]), a.dtype) for name, a in one.items()}
+
+    def check_arrays(self, arrays: Arrays, dim: int) -> None:
+        """Raise EdgeembError unless `arrays` are what this format stores for rows of width `dim`
+        (read from a file: the lookup kernels trust the shapes they are given)."""
+        if not 0 < dim <= MAX_WIDTH:
+            raise EdgeembError(f"{self.name}: a row width of {dim}; edgeemb stores widths from 1 to {MAX_WIDTH}")
+        self.check_width(dim)
+        per_row = [a for name, a in arrays.items() if name not in self.shared]
+        rows = per_row[0].shape[0] if per_row and per_row[0].ndim else 0
+        expected = self.layout(rows, dim)
+        for name in sorted(set(expected) | set(arrays)):
+            if name not in arrays or name not in expected:
+                raise EdgeembError(f"{self.name}: array {name!r} is {'missing' if name not in arrays else 'not one of this format'}")
+            shape, dtype = expected[name]
+            if arrays[name].shape != shape or arrays[name].dtype != dtype:
+                got = f"{arrays[name].dtype} {arrays[name].shape}"
+                raise EdgeembError(f"{self.name}: array {name!r} is {got}, expected {np.dtype(dtype)} {shape}")
 
     def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
         """Add the lookup of rows `ids` of a table stored as `data` to `graph` (formats whose

@@ -89,6 +89,13 @@ class PQ(_Codebook, name="pq", onnx="two Gathers"):
         flat = codes + np.arange(0, subspaces * centroids, centroids)
         return np.take(codebooks.reshape(-1, width), flat, axis=0).reshape(len(codes), dim)
 
+    def layout(self, rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        return {"codes": ((rows, self.subspaces), np.dtype(np.uint8)), "codebooks": ((self.subspaces, self.centroids, dim // self.subspaces), np.dtype(np.float16))}
+
+    def check_arrays(self, arrays: Arrays, dim: int) -> None:
+        super().check_arrays(arrays, dim)
+        _check_codes(arrays["codes"], self.centroids, self.name)
+
     def describe(self) -> str:
         return f"pq, {self.subspaces} sub-spaces x {self.centroids} centroids, fp16 codebooks"
 
@@ -147,6 +154,14 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
         rows = np.take(arrays["centroids"].astype(np.float32), arrays["codes"], axis=0)
         rows *= arrays["scales"].astype(np.float32)[:, None]
         return rows
+
+    def layout(self, rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        codes = np.dtype(np.uint8 if self.clusters <= 256 else np.uint16)
+        return {"codes": ((rows,), codes), "scales": ((rows,), np.dtype(np.float16)), "centroids": ((self.clusters, dim), np.dtype(np.float16))}
+
+    def check_arrays(self, arrays: Arrays, dim: int) -> None:
+        super().check_arrays(arrays, dim)
+        _check_codes(arrays["codes"], self.clusters, self.name)
 
     def describe(self) -> str:
         return f"vocab k-means, {self.clusters} clusters, fp16 centroids and per-row scales"
@@ -269,3 +284,9 @@ def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         distances += np.einsum("gcm,gcm->gc", chosen, chosen)[..., None]
         np.minimum(closest, np.maximum(distances.min(axis=1) + pool_sq, 0), out=closest)
     return centres
+
+
+def _check_codes(codes: np.ndarray, count: int, name: str) -> None:
+    """Codes index a codebook of `count` entries: a larger one would read past it."""
+    if codes.size and int(codes.max()) >= count:
+        raise EdgeembError(f"{name}: a code is {int(codes.max())}, but there are only {count} centres")
