@@ -17,8 +17,8 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
-from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
 from edgeemb.rows import unit_rows
+from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
 
 ENERGY_LEVELS = ("0.90", "0.95", "0.99")
 # Modified z-score (log norm - median) / (1.4826 * MAD). At 5, a Gaussian table would flag
@@ -333,7 +333,8 @@ def _near_duplicates(
         nearest_cosine_median=float(np.median(best)),
         examples=[
             NearDuplicate(
-                int(ids[q]), _token(tokens, int(ids[q])), int(best_id[q]), _token(tokens, int(best_id[q])), float(best[q])
+                int(ids[q]), _token(tokens, int(ids[q])),
+                int(best_id[q]), _token(tokens, int(best_id[q])), float(best[q]),
             )
             for q in hits
         ],

@@ -133,13 +133,16 @@ def script_mask(vocab: Vocabulary, scripts: tuple[str, ...]) -> np.ndarray:
     """Ids whose every character is in `scripts`. 'ascii' is U+0000-007F alone; any other script
     (e.g. 'latin') brings ASCII and the common punctuation, digits and marks along with it."""
     allowed = set(scripts) | ({"ascii", "common"} if set(scripts) - {"ascii"} else set())
-    written = np.array([kinds <= allowed and not _UNUSED_NAME.fullmatch(token) for kinds, token in zip(vocab.scripts, vocab.tokens)])
+    written = np.array([
+        kinds <= allowed and not _UNUSED_NAME.fullmatch(token) for kinds, token in zip(vocab.scripts, vocab.tokens)
+    ])
     return written & (vocab.types != TokenType.UNUSED)
 
 
 def single_characters(vocab: Vocabulary) -> np.ndarray:
     """Pieces of one character, with or without a leading space (bool mask by id)."""
-    return np.array([len(vocab.surface(i).removeprefix(" ")) == 1 for i in range(len(vocab))]) & (vocab.types == TokenType.NORMAL)
+    one_character = np.array([len(vocab.surface(i).removeprefix(" ")) == 1 for i in range(len(vocab))])
+    return one_character & (vocab.types == TokenType.NORMAL)
 
 
 def _spm_intermediates(text: str, index: dict[str, int], scores: np.ndarray) -> set[str]:
@@ -209,7 +212,13 @@ def require_kept(vocab: Vocabulary, keep: np.ndarray) -> None:
     mask[keep] = True
     for role, index in vocab.special.items():
         if not mask[index]:
-            raise EdgeembError(f"trim_vocab: the policy drops {vocab.tokens[index]!r}, the model's {role} token; a trimmed model still needs it")
+            raise EdgeembError(
+                f"trim_vocab: the policy drops {vocab.tokens[index]!r}, the model's {role} token; "
+                "a trimmed model still needs it"
+            )
     dropped_bytes = np.flatnonzero((vocab.types == TokenType.BYTE) & ~mask)
     if len(dropped_bytes):
-        raise EdgeembError(f"trim_vocab: the policy drops the byte token {vocab.tokens[dropped_bytes[0]]!r}; byte fallback needs all 256")
+        raise EdgeembError(
+            f"trim_vocab: the policy drops the byte token {vocab.tokens[dropped_bytes[0]]!r}; "
+            "byte fallback needs all 256"
+        )

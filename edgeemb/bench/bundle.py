@@ -31,7 +31,8 @@ RUN_SH = """#!/bin/sh
 set -eu
 cd "$(dirname "$0")"
 threads=${{THREADS:-$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)}}
-${{EDGEEMB_RUNNER:-}} ./llama-bench -m {model} -p {prompt} -n {generate} -r {runs} -t "$threads" -o jsonl > llama-bench.jsonl &
+${{EDGEEMB_RUNNER:-}} ./llama-bench -m {model} -p {prompt} -n {generate} -r {runs} -t "$threads" \\
+    -o jsonl > llama-bench.jsonl &
 pid=$!
 peak=0
 while kill -0 "$pid" 2> /dev/null; do
@@ -43,7 +44,9 @@ wait "$pid"
 rate() {{ grep "\\"$1\\": *0," llama-bench.jsonl | sed -n 's/.*"avg_ts": *\\([0-9.eE+-]*\\).*/\\1/p' | head -n 1; }}
 prompt_ts=$(rate n_gen)
 gen_ts=$(rate n_prompt)
-if [ -z "$prompt_ts" ] || [ -z "$gen_ts" ]; then echo "llama-bench printed no rates: see llama-bench.jsonl" >&2; exit 1; fi
+if [ -z "$prompt_ts" ] || [ -z "$gen_ts" ]; then
+    echo "llama-bench printed no rates: see llama-bench.jsonl" >&2; exit 1
+fi
 cat > bench.json << EOF
 {{
   "schema": "{schema}",
@@ -79,8 +82,10 @@ def _marked(path: Path) -> bool:
     return False
 
 
-def make_bundle(model: Path, device: DeviceProfile, out: Path, *, prompt_tokens: int = 64, generate: int = 32, runs: int = 3,
-                ndk: Path | None = None, force: bool = False) -> dict:
+def make_bundle(
+    model: Path, device: DeviceProfile, out: Path, *, prompt_tokens: int = 64, generate: int = 32, runs: int = 3,
+    ndk: Path | None = None, force: bool = False,
+) -> dict:
     """Write `out` (.tar.gz): `model`, llama-bench for `device` and run.sh, in one folder."""
     model, out = Path(model), Path(out)
     if model.suffix != ".gguf" or not model.is_file():
@@ -88,13 +93,20 @@ def make_bundle(model: Path, device: DeviceProfile, out: Path, *, prompt_tokens:
     check_target(out, force)
     folder = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tempfile.TemporaryDirectory() as scratch:
-        build = cross_build(device, Path(scratch) / "bin", ndk=ndk, smoke=False)  # the device runs it; qemu is not needed here
-        script = RUN_SH.format(target=device.name, model=model.name, schema=SCHEMA, qemu_cpu=device.qemu_cpu, prompt=prompt_tokens, generate=generate, runs=runs)
+        # the device runs it; qemu is not needed here
+        build = cross_build(device, Path(scratch) / "bin", ndk=ndk, smoke=False)
+        script = RUN_SH.format(
+            target=device.name, model=model.name, schema=SCHEMA, qemu_cpu=device.qemu_cpu,
+            prompt=prompt_tokens, generate=generate, runs=runs,
+        )
         with staged(out, force) as staging, tarfile.open(staging, "w:gz") as bundle:
             bundle.add(model, f"{folder}/{model.name}")
             bundle.add(Path(scratch) / "bin" / "llama-bench", f"{folder}/llama-bench")
             entry = tarfile.TarInfo(f"{folder}/run.sh")
             entry.size, entry.mode = len(script.encode()), 0o755
             bundle.addfile(entry, io.BytesIO(script.encode()))
-    return {"bundle": str(out), "folder": folder, "target": device.name, "model": model.name, "bytes": out.stat().st_size,
-            "llama_bench": {"arm_arch": build.arm_arch, "toolchain": build.toolchain, "llama_cpp": build.llama_cpp}, "notes": build.notes}
+    return {
+        "bundle": str(out), "folder": folder, "target": device.name, "model": model.name, "bytes": out.stat().st_size,
+        "llama_bench": {"arm_arch": build.arm_arch, "toolchain": build.toolchain, "llama_cpp": build.llama_cpp},
+        "notes": build.notes,
+    }

@@ -66,10 +66,14 @@ def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, ap
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise EdgeembError(f"{out} exists and is not empty; pass --force to replace its files")
-    ndk = ndk or (Path(os.environ["ANDROID_NDK_HOME"]) if device.os == "android" and os.environ.get("ANDROID_NDK_HOME") else None)
+    if ndk is None and device.os == "android" and os.environ.get("ANDROID_NDK_HOME"):
+        ndk = Path(os.environ["ANDROID_NDK_HOME"])
     notes = []
     if device.os == "android" and ndk is None:
-        notes.append("no Android NDK given (--ndk or ANDROID_NDK_HOME): built a static aarch64 Linux binary, which runs from `adb shell`; an APK or JNI library needs the NDK")
+        notes.append(
+            "no Android NDK given (--ndk or ANDROID_NDK_HOME): built a static aarch64 Linux binary, which runs from "
+            "`adb shell`; an APK or JNI library needs the NDK"
+        )
     if device.os != "android" and ndk is not None:
         raise EdgeembError(f"{device.name} is a Linux device; --ndk is for Android targets")
     version = metadata.version("llama-cpp-python")
@@ -81,7 +85,9 @@ def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, ap
     out.mkdir(parents=True, exist_ok=True)
     for name in BINARIES:
         shutil.copy2(build / "bin" / name, out / name)
-    tried = smoke_test(out / "llama-bench", try_cpu or device.qemu_cpu, smoke_model, built_for=device.arm_arch) if smoke else None
+    tried = None
+    if smoke:
+        tried = smoke_test(out / "llama-bench", try_cpu or device.qemu_cpu, smoke_model, built_for=device.arm_arch)
     result = CrossBuild(device.name, device.arm_arch, toolchain, version, list(BINARIES), cached, notes, tried)
     (out / "BUILD.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
@@ -99,9 +105,11 @@ def smoke_test(binary: Path, cpu: str, model: Path | None = None, built_for: str
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode in (-signal.SIGILL, 128 + signal.SIGILL) or "Illegal instruction" in done.stderr:
         built = f"it was built for {built_for}, and " if built_for else ""
-        return SmokeTest(False, cpu, command, f"this binary needs a newer CPU: {built}{cpu} lacks an instruction it uses (SIGILL)", done.stdout)
+        message = f"this binary needs a newer CPU: {built}{cpu} lacks an instruction it uses (SIGILL)"
+        return SmokeTest(False, cpu, command, message, done.stdout)
     tail = "\n".join((done.stdout.strip() or done.stderr.strip()).splitlines()[-3:])
-    return SmokeTest(done.returncode == 0, cpu, command, tail if done.returncode == 0 else f"exit status {done.returncode}: {tail}", done.stdout)
+    message = tail if done.returncode == 0 else f"exit status {done.returncode}: {tail}"
+    return SmokeTest(done.returncode == 0, cpu, command, message, done.stdout)
 
 
 def qemu_user() -> tuple[str, str]:
@@ -117,7 +125,9 @@ def require_qemu_cpu(cpu: str) -> None:
     listed = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, check=False).stdout.split()
     if cpu not in listed:
         known = ", ".join(name for name in listed if name not in ("Available", "CPUs:"))
-        raise EdgeembError(f"qemu {version} has no {cpu} model (it has {known}); a newer qemu, or a profile with another qemu_cpu")
+        raise EdgeembError(
+            f"qemu {version} has no {cpu} model (it has {known}); a newer qemu, or a profile with another qemu_cpu"
+        )
 
 
 def _toolchain(ndk: Path | None, api: int) -> tuple[str, list[str]]:
@@ -125,10 +135,16 @@ def _toolchain(ndk: Path | None, api: int) -> tuple[str, list[str]]:
         file = ndk / "build" / "cmake" / "android.toolchain.cmake"
         if not file.is_file():
             raise EdgeembError(f"{ndk}: not an Android NDK (no build/cmake/android.toolchain.cmake)")
-        return f"android-ndk (arm64-v8a, API {api})", [f"-DCMAKE_TOOLCHAIN_FILE={file}", "-DANDROID_ABI=arm64-v8a", f"-DANDROID_PLATFORM=android-{api}"]
-    require_program("aarch64-linux-gnu-gcc", "the cross compiler (Debian: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)")
+        flags = [f"-DCMAKE_TOOLCHAIN_FILE={file}", "-DANDROID_ABI=arm64-v8a", f"-DANDROID_PLATFORM=android-{api}"]
+        return f"android-ndk (arm64-v8a, API {api})", flags
+    require_program(
+        "aarch64-linux-gnu-gcc",
+        "the cross compiler (Debian: apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)",
+    )
     if not TOOLCHAIN.is_file():
-        raise EdgeembError(f"{TOOLCHAIN}: missing; edgeemb cross runs from a checkout of the edgeemb repository (tools/toolchains)")
+        raise EdgeembError(
+            f"{TOOLCHAIN}: missing; edgeemb cross runs from a checkout of the edgeemb repository (tools/toolchains)"
+        )
     return "gcc-aarch64-linux-gnu (static)", [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_EXE_LINKER_FLAGS=-static"]
 
 
@@ -142,7 +158,10 @@ def _source(version: str) -> Path:
     archive = folder / f"llama_cpp_python-{version}.tar.gz"
     if not archive.is_file():
         failure = f"cannot download the llama-cpp-python {version} sdist for its llama.cpp source"
-        run_program([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", str(folder)], failure)
+        run_program([
+            sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+            f"llama-cpp-python=={version}", "-d", str(folder),
+        ], failure)
         if not archive.is_file():
             raise EdgeembError(f"{failure}: pip wrote no {archive.name}")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
@@ -156,8 +175,10 @@ def _configure_and_build(source: Path, build: Path, arm_arch: str, flags: list[s
     configure = [
         cmake, "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *flags,
         "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={arm_arch}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+        "-DLLAMA_BUILD_TOOLS=ON",
     ]
-    for step in (configure, [cmake, "--build", str(build), "--target", *BINARIES, "-j", str(len(os.sched_getaffinity(0)))]):
+    build_step = [cmake, "--build", str(build), "--target", *BINARIES, "-j", str(len(os.sched_getaffinity(0)))]
+    for step in (configure, build_step):
         run_program(step, f"llama.cpp build failed ({' '.join(step[:3])} ...)", lines=3)
 

@@ -20,7 +20,10 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def feed(session: ort.InferenceSession, ids: list[int]) -> dict:
     row = np.asarray([ids], np.int64)
     values = {"input_ids": row, "attention_mask": np.ones_like(row), "token_type_ids": np.zeros_like(row)}
-    return {entry.name: values[entry.name].astype(np.int32 if entry.type == "tensor(int32)" else np.int64) for entry in session.get_inputs()}
+    return {
+        entry.name: values[entry.name].astype(np.int32 if entry.type == "tensor(int32)" else np.int64)
+        for entry in session.get_inputs()
+    }
 
 
 def main() -> None:

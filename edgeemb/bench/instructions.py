@@ -52,8 +52,8 @@ DEBIAN = "http://deb.debian.org/debian"
 # Debian bookworm's Python 3.11 for arm64 and the libraries its interpreter and onnxruntime load.
 GUEST_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libgcc-s1", "libstdc++6", "zlib1g",
-    "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libuuid1", "libcrypt1", "libncursesw6",
-    "libtinfo6", "libreadline8", "libzstd1",
+    "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libuuid1", "libcrypt1",
+    "libncursesw6", "libtinfo6", "libreadline8", "libzstd1",
 )
 GUEST_PYTHON = "usr/bin/python3.11"
 GUEST_ENV = {
@@ -65,8 +65,10 @@ GUEST_ENV = {
 ARMV8_0 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
 ARMV8_2 = ARMV8_0 + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
 CPUS = {
-    "cortex-a35": (0xD04, ARMV8_0), "cortex-a53": (0xD03, ARMV8_0), "cortex-a57": (0xD07, ARMV8_0), "cortex-a72": (0xD08, ARMV8_0),
-    "cortex-a55": (0xD05, ARMV8_2), "cortex-a76": (0xD0B, ARMV8_2), "neoverse-n1": (0xD0C, ARMV8_2), "cortex-a710": (0xD47, ARMV8_2),
+    "cortex-a35": (0xD04, ARMV8_0), "cortex-a53": (0xD03, ARMV8_0), "cortex-a57": (0xD07, ARMV8_0),
+    "cortex-a72": (0xD08, ARMV8_0),
+    "cortex-a55": (0xD05, ARMV8_2), "cortex-a76": (0xD0B, ARMV8_2), "neoverse-n1": (0xD0C, ARMV8_2),
+    "cortex-a710": (0xD47, ARMV8_2),
 }
 
 
@@ -79,7 +81,9 @@ class Count:
     peak_rss_bytes: int
 
 
-def count_instructions(artifact: str | Path, device: DeviceProfile, *, ids: list | None = None, generate: int = 32, mmap: bool = True) -> dict:
+def count_instructions(
+    artifact: str | Path, device: DeviceProfile, *, ids: list | None = None, generate: int = 32, mmap: bool = True,
+) -> dict:
     """Count the instructions per sentence (ONNX; `ids`: the sentences as token ids) or per
     generated token (GGUF; `generate` tokens beyond the first 4, the file mapped unless `mmap` is
     False) of `artifact` on `device`'s CPU. Returns a bench result (schema edgeemb.bench/1) with
@@ -107,15 +111,21 @@ def count_instructions(artifact: str | Path, device: DeviceProfile, *, ids: list
             runs = [(4, [*program, "-n", "4"]), (4 + generate, [*program, "-n", str(4 + generate)])]
             unit, sysroot, stdin = "generated token", None, b""
         else:
-            raise EdgeembError(f"{artifact}: --emulate runs ONNX files (onnxruntime) and GGUF files (llama.cpp), not {backend}")
+            raise EdgeembError(
+                f"{artifact}: --emulate runs ONNX files (onnxruntime) and GGUF files (llama.cpp), not {backend}"
+            )
         counts = [run_counted(argv, device, sysroot=sysroot, stdin=stdin) for _, argv in runs]
     units = runs[1][0] - runs[0][0]
     work = counts[1].threads[0] - counts[0].threads[0]
     others = [sum(count.threads[1:]) for count in counts]
     result = {
         "schema": SCHEMA, "artifact": str(artifact), "backend": backend, "file_bytes": artifact.stat().st_size,
-        "host": {"machine": platform.machine(), "python": platform.python_version()}, "profile": device.name, "fits": True,
-        "emulated": {"qemu": version, "cpu": device.qemu_cpu, "threads": 1, **({"arm_arch": built_for, "mmap": mmap} if built_for else {})},
+        "host": {"machine": platform.machine(), "python": platform.python_version()}, "profile": device.name,
+        "fits": True,
+        "emulated": {
+            "qemu": version, "cpu": device.qemu_cpu, "threads": 1,
+            **({"arm_arch": built_for, "mmap": mmap} if built_for else {}),
+        },
         "unit": unit, "units": units, "instructions": work, "instructions_per_unit": work / units,
         "short_run_instructions": counts[0].threads[0],
         "peak_rss_bytes": max(count.peak_rss_bytes for count in counts),
@@ -141,7 +151,10 @@ def run_counted(argv: list[str], device: DeviceProfile, *, sysroot: Path | None 
             qemu, "-U", "LD_PRELOAD", "-cpu", device.qemu_cpu, *(["-L", str(sysroot / "root")] if sysroot else []),
             "-plugin", f"{plugin},out={out}", *argv,
         ]
-        script = f"mount --bind {machine / 'cpuinfo'} /proc/cpuinfo && mount --bind {machine / 'sys'} /sys && exec {shlex.join(inner)}"
+        script = (
+            f"mount --bind {machine / 'cpuinfo'} /proc/cpuinfo && mount --bind {machine / 'sys'} /sys"
+            f" && exec {shlex.join(inner)}"
+        )
         user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
         unshare = require_program("unshare", "util-linux")
         done = subprocess.run([unshare, "--mount", "--propagation", "private", *user, "sh", "-c", script],
@@ -149,10 +162,14 @@ def run_counted(argv: list[str], device: DeviceProfile, *, sysroot: Path | None 
         message = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
         if done.returncode or not out.is_file():
             if any("unshare" in line or "mount" in line for line in message[:3]):
-                raise EdgeembError("emulation needs its own mount namespace (to give the guest its CPU's /proc/cpuinfo and /sys): "
-                                   f"run as root or enable unprivileged user namespaces ({message[0]})")
-            raise EdgeembError(f"{Path(argv[0]).name} failed under qemu as {device.qemu_cpu} (exit status {done.returncode}): "
-                               f"{message[-1] if message else 'no message'}")
+                raise EdgeembError(
+                    "emulation needs its own mount namespace (to give the guest its CPU's /proc/cpuinfo and /sys): "
+                    f"run as root or enable unprivileged user namespaces ({message[0]})"
+                )
+            raise EdgeembError(
+                f"{Path(argv[0]).name} failed under qemu as {device.qemu_cpu} (exit status {done.returncode}): "
+                f"{message[-1] if message else 'no message'}"
+            )
         counted = json.loads(out.read_text())
     return Count(counted["threads"], counted["peak_rss_kb"] * 1024)
 
@@ -174,9 +191,12 @@ def python_sysroot() -> Path:
         for deb in sorted(debs.glob("*.deb")):
             run_program(["dpkg-deb", "-x", str(deb), str(partial / "root")], f"cannot unpack {deb.name}")
         wheels = partial / "wheels"
-        run_program([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--platform", "manylinux_2_28_aarch64",
-              "--python-version", "3.11", "--implementation", "cp", "--no-deps", "-d", str(wheels),
-              *(f"{name}=={version}" for name, version in versions.items())], "cannot download the aarch64 wheels")
+        run_program([
+            sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+            "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "--implementation", "cp",
+            "--no-deps", "-d", str(wheels),
+            *(f"{name}=={version}" for name, version in versions.items()),
+        ], "cannot download the aarch64 wheels")
         for wheel in wheels.glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(partial / "site")
@@ -185,8 +205,11 @@ def python_sysroot() -> Path:
         # Bytecode compiled once, by the guest itself: without it every run compiles (and, writing
         # .pyc files, changes what the next run does).
         qemu, _ = qemu_user()
-        run_program([qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON), "-m", "compileall", "-q", "-j", "0",
-              str(partial / "root" / "usr" / "lib" / "python3.11"), str(partial / "site")], "cannot compile the guest's Python files")
+        run_program([
+            qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON),
+            "-m", "compileall", "-q", "-j", "0",
+            str(partial / "root" / "usr" / "lib" / "python3.11"), str(partial / "site"),
+        ], "cannot compile the guest's Python files")
         partial.rename(folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -210,7 +233,9 @@ def plugin_header() -> Path:
         return header
     debian = re.search(r"\(Debian ([^)]+)\)", version)
     if debian is None:
-        raise EdgeembError(f"qemu {version} is not Debian's: set EDGEEMB_QEMU_PLUGIN_H to include/qemu/qemu-plugin.h from its source")
+        raise EdgeembError(
+            f"qemu {version} is not Debian's: set EDGEEMB_QEMU_PLUGIN_H to include/qemu/qemu-plugin.h from its source"
+        )
     source_version = re.sub(r"\+b\d+$", "", debian.group(1))  # a binary-only rebuild has its source's version
     listing = _apt(["source", "--print-uris", f"qemu={source_version}"], source=True)
     match = re.search(r"'(\S+\.orig\.tar\.\w+)' \S+ \d+ SHA256:([0-9a-f]{64})", listing)
@@ -248,8 +273,10 @@ def _helpers() -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for name, library in zip(sources, libraries, strict=True):
         partial = library.with_suffix(".so.partial")
-        run_program([compiler, "-O2", "-shared", "-fPIC", f"-I{header.parent}", "-o", str(partial), str(SOURCES / f"{name}.c")],
-             f"cannot compile {name}.c against {header}")
+        run_program(
+            [compiler, "-O2", "-shared", "-fPIC", f"-I{header.parent}", "-o", str(partial), str(SOURCES / f"{name}.c")],
+            f"cannot compile {name}.c against {header}",
+        )
         partial.replace(library)
     return libraries
 
@@ -257,8 +284,10 @@ def _helpers() -> tuple[Path, Path]:
 def _fake_machine(folder: Path, device: DeviceProfile) -> Path:
     """/proc/cpuinfo and /sys as the device would show them to one process: its cores, its CPU."""
     part, features = CPUS.get(device.qemu_cpu, (None, ARMV8_2))
-    processor = f"BogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n" + (
-        f"CPU part\t: {part:#05x}\nCPU revision\t: 0\n" if part else "")
+    processor = (
+        f"BogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
+        + (f"CPU part\t: {part:#05x}\nCPU revision\t: 0\n" if part else "")
+    )
     (folder / "cpuinfo").write_text("".join(f"processor\t: {core}\n{processor}\n" for core in range(device.cores)))
     cpus = folder / "sys" / "devices" / "system" / "cpu"
     cpus.mkdir(parents=True)
@@ -285,12 +314,15 @@ def _apt(args: list[str], *, arch: str | None = None, source: bool = False, cwd:
     (folder / "parts" / "debian.sources").write_text("\n".join(
         f"Types: {'deb-src' if source else 'deb'}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
         + (f"Architectures: {arch}\n" if arch else "") + "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-        for uri, suite in ((DEBIAN, codename), (DEBIAN, f"{codename}-updates"), (f"{DEBIAN}-security", f"{codename}-security"))
+        for uri, suite in (
+            (DEBIAN, codename), (DEBIAN, f"{codename}-updates"), (f"{DEBIAN}-security", f"{codename}-security"),
+        )
     ))
     options = [
         "-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={folder / 'parts'}",
-        "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", "Dir::State::status=/dev/null", "-o", f"Dir::Cache={folder / 'cache'}",
-        "-o", "Debug::NoLocking=1", *(["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []),  # _apt cannot write the cache
+        "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", "Dir::State::status=/dev/null",
+        "-o", f"Dir::Cache={folder / 'cache'}", "-o", "Debug::NoLocking=1",
+        *(["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []),  # _apt cannot write the cache
         *(["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}"] if arch else []),
     ]
     if not any((folder / "lists").glob("*Packages*" if not source else "*Sources*")):

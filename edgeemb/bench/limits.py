@@ -63,8 +63,8 @@ class LimitedRun:
 
 
 def run_limited(
-    command: list[str], request: dict, *, cores: int | None = None, memory_mb: int | None = None, memory_limit: MemoryLimit = "auto",
-    cpu_quota: float | None = None, read_throttle: ReadThrottle | None = None,
+    command: list[str], request: dict, *, cores: int | None = None, memory_mb: int | None = None,
+    memory_limit: MemoryLimit = "auto", cpu_quota: float | None = None, read_throttle: ReadThrottle | None = None,
 ) -> LimitedRun:
     """Run the worker `command` on `request` (JSON on its stdin), pinned to `cores` CPUs, capped at
     `memory_mb`, given `cpu_quota` of each pinned core's time and its reads throttled (None: no
@@ -78,7 +78,9 @@ def run_limited(
     if cpu_quota is not None and not 0 < cpu_quota <= 1:
         raise EdgeembError(f"the CPU quota is a share of each core's time, in (0, 1]; got {cpu_quota}")
     cap = memory_mb if memory_mb and memory_limit in ("auto", "cgroup") else None
-    cgroup = _Cgroup.create(cap, cpu_quota and (cpu_quota, len(cpus)), read_throttle) if cap or cpu_quota or read_throttle else None
+    cgroup = None
+    if cap or cpu_quota or read_throttle:
+        cgroup = _Cgroup.create(cap, cpu_quota and (cpu_quota, len(cpus)), read_throttle)
     if memory_mb and memory_limit == "cgroup" and not (cgroup and cgroup.memory):
         raise EdgeembError(
             "cannot create a memory cgroup (needs root and a memory controller under /sys/fs/cgroup); "
@@ -86,18 +88,26 @@ def run_limited(
         )
     watched = memory_mb and not (cgroup and cgroup.memory)
     if memory_mb:
-        limits["memory"] = {"cap_mb": memory_mb, "how": "RSS watchdog (user space, polled every 20 ms)" if watched else cgroup.how("memory")}
+        how = "RSS watchdog (user space, polled every 20 ms)" if watched else cgroup.how("memory")
+        limits["memory"] = {"cap_mb": memory_mb, "how": how}
         if not watched and cgroup.swap_note:
             limits["memory"]["swap"] = cgroup.swap_note
     if cpu_quota:
-        limits["cpu_quota"] = {"share": cpu_quota, "how": cgroup.how("cpu") if cgroup and cgroup.cpu else "not applied: no cpu cgroup (needs root)"}
+        how = cgroup.how("cpu") if cgroup and cgroup.cpu else "not applied: no cpu cgroup (needs root)"
+        limits["cpu_quota"] = {"share": cpu_quota, "how": how}
     if read_throttle:
-        limits["reads"] = {"device": read_throttle.device, "bytes_per_s": read_throttle.bytes_per_s, "iops": read_throttle.iops,
-                           "how": cgroup.how("io") if cgroup and cgroup.io else "not applied: no blkio/io cgroup (needs root)"}
+        how = cgroup.how("io") if cgroup and cgroup.io else "not applied: no blkio/io cgroup (needs root)"
+        limits["reads"] = {
+            "device": read_throttle.device, "bytes_per_s": read_throttle.bytes_per_s, "iops": read_throttle.iops,
+            "how": how,
+        }
 
-    request = {**request, "limits": {"cpus": cpus, "cgroup_procs": [str(path / "cgroup.procs") for path in cgroup.paths] if cgroup else []}}
+    procs = [str(path / "cgroup.procs") for path in cgroup.paths] if cgroup else []
+    request = {**request, "limits": {"cpus": cpus, "cgroup_procs": procs}}
     try:
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
         watchdog = _Watchdog(child.pid, memory_mb) if watched else None
         stdout, stderr = child.communicate(json.dumps(request))
         if watchdog is not None:
@@ -169,8 +179,10 @@ class _Cgroup:
         self.swap_note: str | None = None
 
     def how(self, controller: str) -> str:
-        files = {2: {"memory": "memory.max", "cpu": "cpu.max", "io": "io.max"},
-                 1: {"memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us", "io": "blkio.throttle.read_bps_device"}}
+        files = {
+            2: {"memory": "memory.max", "cpu": "cpu.max", "io": "io.max"},
+            1: {"memory": "memory.limit_in_bytes", "cpu": "cpu.cfs_quota_us", "io": "blkio.throttle.read_bps_device"},
+        }
         return f"cgroup v{self.version} {controller} limit ({files[self.version][controller]})"
 
     @classmethod
@@ -196,7 +208,8 @@ class _Cgroup:
                     setattr(group, controller, group._write(group.paths[0], files))
             if group.memory:  # swap is a separate file, absent where the kernel does not account it
                 swapped = group._write(group.paths[0], [("memory.swap.max", "0")])
-                group.swap_note = "off (memory.swap.max 0)" if swapped else "not limited: this kernel does not account swap to cgroups"
+                unaccounted = "not limited: this kernel does not account swap to cgroups"
+                group.swap_note = "off (memory.swap.max 0)" if swapped else unaccounted
             return group
         group = cls(1)
         if memory_mb and (path := group._make("memory", name)):
@@ -249,7 +262,8 @@ class _Cgroup:
     def oom_killed(self) -> bool:
         name = "memory.events" if self.version == 2 else "memory.oom_control"
         try:
-            fields = dict(line.split() for line in (self._memory_path / name).read_text().splitlines() if len(line.split()) == 2)
+            lines = (self._memory_path / name).read_text().splitlines()
+            fields = dict(line.split() for line in lines if len(line.split()) == 2)
         except OSError:
             return False
         if "oom_kill" in fields:

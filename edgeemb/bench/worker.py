@@ -26,7 +26,10 @@ from edgeemb.proc import memory_status
 
 def _latency(seconds: list[float]) -> dict:
     ms = 1000 * np.asarray(seconds)
-    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()), "count": len(ms)}
+    return {
+        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+        "mean": float(ms.mean()), "count": len(ms),
+    }
 
 
 def _onnx(request: dict) -> dict:
@@ -47,7 +50,10 @@ def _onnx(request: dict) -> dict:
             session.run(None, feed)
             times.append(time.perf_counter() - start)
     latency = _latency(times)
-    return {"load_s": load, "unit": "sentence", "latency_ms": latency, "throughput": {"value": len(times) / sum(times), "unit": "sentences/s"}, "threads": threads}
+    return {
+        "load_s": load, "unit": "sentence", "latency_ms": latency,
+        "throughput": {"value": len(times) / sum(times), "unit": "sentences/s"}, "threads": threads,
+    }
 
 
 def _gguf(request: dict) -> dict:
@@ -80,7 +86,8 @@ def _gguf(request: dict) -> dict:
     return {
         "load_s": load, "unit": "generated token", "latency_ms": latency,
         "prompt_ms_per_token": 1000 * float(np.median(prompt_times)), "prompt_tokens": len(prompt),
-        "throughput": {"value": len(token_times) / sum(token_times), "unit": "tokens/s"}, "threads": len(os.sched_getaffinity(0)),
+        "throughput": {"value": len(token_times) / sum(token_times), "unit": "tokens/s"},
+        "threads": len(os.sched_getaffinity(0)),
         "mmap": request["mmap"],
     }
 
@@ -102,7 +109,10 @@ def _table(request: dict) -> dict:
         table.lookup(ids[number % len(ids)])
         times.append(time.perf_counter() - start)
     latency = _latency(times)
-    return {"load_s": load, "unit": f"lookup of {batch} rows", "latency_ms": latency, "throughput": {"value": batch * len(times) / sum(times), "unit": "rows/s"}, "threads": 1}
+    return {
+        "load_s": load, "unit": f"lookup of {batch} rows", "latency_ms": latency,
+        "throughput": {"value": batch * len(times) / sum(times), "unit": "rows/s"}, "threads": 1,
+    }
 
 
 MEASURE = {"onnxruntime": _onnx, "llama.cpp": _gguf, "numpy": _table}

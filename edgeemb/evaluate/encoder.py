@@ -42,7 +42,9 @@ class SentenceEncoder:
         self._original_backend = self._tokenizer._tokenizer
         self.original = memoize(self.encoder(None, "encode (original)"))
 
-    def encoder(self, weight: np.ndarray | None = None, label: str = "encode", tokenizer_json: str | None = None) -> Encode:
+    def encoder(
+        self, weight: np.ndarray | None = None, label: str = "encode", tokenizer_json: str | None = None,
+    ) -> Encode:
         """An encode function using `weight` as the input table (None: the original table) and,
         for a trimmed vocabulary, the tokenizer.json rewritten for it."""
         import torch  # heavy: loaded by __init__ already; only bound here
@@ -51,14 +53,17 @@ class SentenceEncoder:
         backend = self._original_backend if tokenizer_json is None else Tokenizer.from_str(tokenizer_json)
         rows = self._original.shape[0] if tokenizer_json is None else backend.get_vocab_size(with_added_tokens=True)
         if table.shape != (rows, self._original.shape[1]):
-            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {(rows, self._original.shape[1])}")
+            expected = (rows, self._original.shape[1])
+            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {expected}")
 
         def encode(texts: list[str]) -> np.ndarray:
             self._embedding.weight.data = table
             self._tokenizer._tokenizer = backend  # transformers' tokenizer reads its ids from this backend
             starts = range(0, len(texts), _BATCH)
             batches = [
-                self._model.encode(texts[s : s + _BATCH], batch_size=_BATCH, convert_to_numpy=True, show_progress_bar=False)
+                self._model.encode(
+                    texts[s : s + _BATCH], batch_size=_BATCH, convert_to_numpy=True, show_progress_bar=False,
+                )
                 for s in track(starts, label, len(starts))
             ]
             return np.concatenate(batches).astype(np.float32, copy=False)
@@ -85,7 +90,9 @@ def memoize(encode: Encode) -> Encode:
     return cached
 
 
-def static_encoder(table, tokenize: Callable[[str], list[int]], unk_id: int | None = None, max_tokens: int = 512) -> Encode:
+def static_encoder(
+    table, tokenize: Callable[[str], list[int]], unk_id: int | None = None, max_tokens: int = 512,
+) -> Encode:
     """A static model's encoder (model2vec's): the normalised mean of the rows of a text's tokens,
     special tokens and `unk_id` left out, at most `max_tokens` of them."""
 

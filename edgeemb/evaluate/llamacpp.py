@@ -194,7 +194,8 @@ def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
 
 
 def measure_gguf(
-    path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024, options: dict | None = None,
+    path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024,
+    options: dict | None = None,
 ) -> LlamaRun:
     """Load `path` in llama.cpp (with `Llama` `options`, e.g. use_mmap=False), continue `prompt`
     greedily and score `text` (if given). Run it in a fresh process (`measure_ggufs`) for a peak
@@ -237,10 +238,12 @@ def measure_ggufs(
     runs = []
     context = multiprocessing.get_context("spawn")
     for path, option in track(list(zip(paths, options or [{}] * len(paths))), "llama.cpp runs", len(paths)):
-        own = vocab if read_gguf_header(Path(path)).metadata.get(TOKENS_KEY) == first_pieces else llama_vocabulary(Path(path))
+        same_vocabulary = read_gguf_header(Path(path)).metadata.get(TOKENS_KEY) == first_pieces
+        own = vocab if same_vocabulary else llama_vocabulary(Path(path))
         text_tokens = tokens if own is vocab else (_tokens(own, covered) if covered is not None else None)
         with context.Pool(1) as pool:
-            runs.append(pool.apply(measure_gguf, (Path(path), text_tokens, _tokens(own, prompt), generate, window, option)))
+            arguments = (Path(path), text_tokens, _tokens(own, prompt), generate, window, option)
+            runs.append(pool.apply(measure_gguf, arguments))
     return runs
 
 

@@ -55,7 +55,8 @@ class CausalLM:
                 self.tokenizer = AutoTokenizer.from_pretrained(folder, **options)
                 self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options).eval()
         except (OSError, ValueError) as exc:
-            raise EdgeembError(f"{path}: transformers cannot load it as a causal LM ({' '.join(str(exc).split())[:200]})") from None
+            reason = " ".join(str(exc).split())[:200]
+            raise EdgeembError(f"{path}: transformers cannot load it as a causal LM ({reason})") from None
         self._embedding = self.model.get_input_embeddings()
         self._original = self._embedding.weight.data.clone()
         with_bos = self.tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -72,7 +73,8 @@ class CausalLM:
 
         table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
         if table.shape != self._original.shape:
-            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {tuple(self._original.shape)}")
+            expected = tuple(self._original.shape)
+            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {expected}")
         if len(ids) < 2:
             raise EdgeembError("perplexity needs at least 2 tokens of text")
         total, scored = 0.0, 0

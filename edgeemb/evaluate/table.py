@@ -16,8 +16,8 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
-from edgeemb.table import EmbeddingTable
 from edgeemb.rows import unit_rows
+from edgeemb.table import EmbeddingTable
 
 _CHUNK_ROWS = 16384
 
@@ -117,7 +117,7 @@ class _TopK:
         self.sims = np.take_along_axis(sims, keep, axis=1)
         self.ids = np.take_along_axis(ids, keep, axis=1)
 
-    def overlap(self, other: "_TopK") -> np.ndarray:
+    def overlap(self, other: _TopK) -> np.ndarray:
         """Per query, the fraction of neighbours both searches found."""
         # Each side's ids are distinct, so an id found by both appears as an adjacent equal pair.
         merged = np.sort(np.concatenate([self.ids, other.ids], axis=1), axis=1)

@@ -66,7 +66,8 @@ def load_profile_file(spec: str | Path, package: str, model: type[Profile], kind
     builtin = builtin_files(package)
     path = builtin.get(str(spec)) or Path(spec)
     if not path.is_file():
-        raise EdgeembError(f"unknown {kind} {str(spec)!r}: not a built-in ({', '.join(sorted(builtin))}) nor a YAML file")
+        known = ", ".join(sorted(builtin))
+        raise EdgeembError(f"unknown {kind} {str(spec)!r}: not a built-in ({known}) nor a YAML file")
     try:
         return model.model_validate(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ValidationError) as exc:

@@ -74,7 +74,8 @@ class Plan:
 
 
 def plan(
-    tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozenset[int] = frozenset(), cache_unit: str = "row",
+    tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozenset[int] = frozenset(),
+    cache_unit: str = "row",
 ) -> Plan:
     """Replay `tokens` through a cache of `budget_bytes`: each token looks up each layer's unit,
     and its misses are read together as runs of contiguous pages.
@@ -210,7 +211,9 @@ def _disk_device(path: Path) -> str:
     try:
         return (node / "dev").read_text().strip()
     except OSError:
-        raise EdgeembError(f"cannot find the block device of {path} (is it on a network or overlay filesystem?)") from None
+        raise EdgeembError(
+            f"cannot find the block device of {path} (is it on a network or overlay filesystem?)"
+        ) from None
 
 
 def measure_in_cgroup(store: Path, runs: list[np.ndarray], profile: FlashProfile) -> Measured:

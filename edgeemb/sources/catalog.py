@@ -41,8 +41,16 @@ def locate(entry: ModelEntry) -> Path:
     if spec is None:
         raise EdgeembError(f"model '{entry.name}' needs the package {entry.package}: {entry.install}")
     if entry.file:
+        if not spec.submodule_search_locations:
+            raise EdgeembError(
+                f"model '{entry.name}': {entry.module} is not a package folder; reinstall: {entry.install}"
+            )
         return Path(spec.submodule_search_locations[0]) / entry.file
+    if entry.call is None:
+        raise EdgeembError(f"model '{entry.name}': its catalog entry names neither a file nor a call")
     try:
         return Path(getattr(importlib.import_module(entry.module), entry.call)())
     except (ImportError, OSError, ValueError) as exc:
-        raise EdgeembError(f"model '{entry.name}': {entry.package} could not provide the model ({exc}); reinstall: {entry.install}") from None
+        raise EdgeembError(
+            f"model '{entry.name}': {entry.package} could not provide the model ({exc}); reinstall: {entry.install}"
+        ) from None

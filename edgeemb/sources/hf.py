@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -22,7 +23,9 @@ from edgeemb.table import DenseTable
 from edgeemb.vocab import TokenType, Vocabulary, merge_survives
 
 # Preferred first: the names transformers gives the input embedding across common architectures.
-_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "word_embeddings.weight", "wte.weight", "tok_embeddings.weight", "shared.weight")
+_EMBEDDING_SUFFIXES = (
+    "embed_tokens.weight", "word_embeddings.weight", "wte.weight", "tok_embeddings.weight", "shared.weight",
+)
 _HEAD_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
@@ -45,14 +48,20 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
     hidden = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
     architecture = str(config.get("model_type", "unknown"))
     if not vocab or not hidden:
-        raise EdgeembError(f"{model_dir / 'config.json'}: no vocab_size/hidden_size: architecture '{architecture}' is not supported")
+        raise EdgeembError(
+            f"{model_dir / 'config.json'}: no vocab_size/hidden_size: architecture '{architecture}' is not supported"
+        )
 
     headers = {file: _tensor_headers(file) for file in _weight_files(model_dir)}
     shapes = {key: (file, shape, dtype) for file, tensors in headers.items() for key, (shape, dtype) in tensors.items()}
-    candidates = [key for suffix in _EMBEDDING_SUFFIXES for key in shapes if key.endswith(suffix) and shapes[key][1] == [vocab, hidden]]
+    candidates = [
+        key for suffix in _EMBEDDING_SUFFIXES for key in shapes
+        if key.endswith(suffix) and shapes[key][1] == [vocab, hidden]
+    ]
     if not candidates:
         raise EdgeembError(
-            f"{model_dir}: no token embedding tensor of shape ({vocab}, {hidden}): architecture '{architecture}' is not supported"
+            f"{model_dir}: no token embedding tensor of shape ({vocab}, {hidden}): "
+            f"architecture '{architecture}' is not supported"
         )
     key = candidates[0]
     weights_file, _, dtype = shapes[key]
@@ -60,7 +69,9 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
         weight = handle.get_tensor(key).float().numpy()
 
     has_head = any(arch.endswith(_HEAD_ARCHITECTURES) for arch in config.get("architectures") or [])
-    tied = (config.get("tie_word_embeddings", True) and not any(k.endswith("lm_head.weight") for k in shapes)) if has_head else None
+    tied = None
+    if has_head:
+        tied = config.get("tie_word_embeddings", True) and not any(k.endswith("lm_head.weight") for k in shapes)
     return SourceModel(
         name=name or str(path),
         path=path,
@@ -98,7 +109,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
     if files:
         return files
     if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
-        raise EdgeembError(f"{model_dir}: only pickled weights (.bin/.pt); edgeemb reads safetensors and never unpickles")
+        raise EdgeembError(
+            f"{model_dir}: only pickled weights (.bin/.pt); edgeemb reads safetensors and never unpickles"
+        )
     raise EdgeembError(f"{model_dir}: no .safetensors weights")
 
 
@@ -121,7 +134,8 @@ def _tokenizer(model_dir: Path, root: Path) -> Callable[[str], list[int]] | None
 
 
 def _tokenizer_file(model_dir: Path, root: Path) -> Path | None:
-    return next((folder / "tokenizer.json" for folder in (model_dir, root) if (folder / "tokenizer.json").exists()), None)
+    files = (folder / "tokenizer.json" for folder in (model_dir, root))
+    return next((file for file in files if file.exists()), None)
 
 
 def _vocabulary(model_dir: Path, root: Path, size: int) -> Callable[[], Vocabulary] | None:
@@ -130,7 +144,9 @@ def _vocabulary(model_dir: Path, root: Path, size: int) -> Callable[[], Vocabula
     return None if file is None else functools.cache(lambda: tokenizer_vocabulary(_read_json(file), size))
 
 
-_MODELS = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}
+_MODELS: dict[str, Literal["wordpiece", "bpe", "unigram"]] = {
+    "WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram",
+}
 
 
 def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
@@ -139,8 +155,13 @@ def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
     model = data.get("model", {})
     kind = _MODELS.get(model.get("type"))
     if kind is None:
-        raise EdgeembError(f"trim_vocab: tokenizer type {model.get('type')!r} is not supported (WordPiece, BPE, Unigram)")
-    pieces = dict(enumerate(piece for piece, _ in model["vocab"])) if kind == "unigram" else {i: t for t, i in model["vocab"].items()}
+        raise EdgeembError(
+            f"trim_vocab: tokenizer type {model.get('type')!r} is not supported (WordPiece, BPE, Unigram)"
+        )
+    if kind == "unigram":
+        pieces = dict(enumerate(piece for piece, _ in model["vocab"]))
+    else:
+        pieces = {i: t for t, i in model["vocab"].items()}
     added = {a["id"]: a for a in data.get("added_tokens", [])}
     size = max(size or 0, max([*pieces, *added], default=-1) + 1)
     tokens = [pieces.get(i, "") for i in range(size)]
@@ -182,15 +203,15 @@ def trim_tokenizer_json(data: dict, keep: np.ndarray) -> dict:
     BPE merges whose parts and result survive, and every special id renumbered."""
     data = copy.deepcopy(data)
     model = data["model"]
-    keep = [int(i) for i in keep]
-    new_id = {old: new for new, old in enumerate(keep)}
+    kept = [int(i) for i in keep]
+    new_id = {old: new for new, old in enumerate(kept)}
     if model["type"] == "Unigram":
-        model["vocab"] = [model["vocab"][old] for old in keep if old < len(model["vocab"])]
+        model["vocab"] = [model["vocab"][old] for old in kept if old < len(model["vocab"])]
         if model.get("unk_id") is not None:
             model["unk_id"] = new_id[model["unk_id"]]
     else:
         by_id = {index: piece for piece, index in model["vocab"].items()}
-        model["vocab"] = {by_id[old]: new for new, old in enumerate(keep) if old in by_id}
+        model["vocab"] = {by_id[old]: new for new, old in enumerate(kept) if old in by_id}
         if model["type"] == "BPE":
             model["merges"] = [m for m in model["merges"] if merge_survives(*_merge_pair(m), model["vocab"])]
     for added in data.get("added_tokens", []):
