@@ -16,48 +16,61 @@ recipe on the same model gives identical bytes.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import staged
+from edgeemb.results import Manifest, Report, read_json_file, to_json
 from edgeemb.table import EmbeddingTable, load_table, save_table
 
 TABLE_FILE = "table.safetensors"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 REPORT_MD_FILE = "report.md"
+_RERUN = "rerun `edgeemb compress` to write this output folder again"
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """OUT/, each file read and validated on first use: comparing or planning needs only the JSON,
+    a benchmark only the table."""
+
     path: Path
-    manifest: dict
-    report: dict
+
+    @functools.cached_property
+    def manifest(self) -> Manifest:
+        return read_json_file(Manifest, self.path / MANIFEST_FILE, _RERUN)
+
+    @functools.cached_property
+    def report(self) -> Report:
+        if not (self.path / REPORT_FILE).is_file():
+            raise EdgeembError(f"{self.path}: no {REPORT_FILE}; {_RERUN}")
+        return read_json_file(Report, self.path / REPORT_FILE, _RERUN)
 
     @functools.cached_property
     def table(self) -> EmbeddingTable:
-        """The compressed table, read on first use: comparing or planning needs only the JSON."""
         return load_table(self.path / TABLE_FILE)
 
 
-def write_artifact(out: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str, force: bool) -> None:
+def write_artifact(out: Path, table: EmbeddingTable, manifest: Manifest, report: Report, report_md: str,
+                   force: bool) -> None:
     """Write OUT/ whole or not at all (see `edgeemb.outputs.staged`)."""
     with staged(Path(out), force) as staging:
         write_artifact_files(staging, table, manifest, report, report_md)
 
 
-def write_artifact_files(folder: Path, table: EmbeddingTable, manifest: dict, report: dict, report_md: str) -> None:
+def write_artifact_files(folder: Path, table: EmbeddingTable, manifest: Manifest, report: Report,
+                         report_md: str) -> None:
     """OUT/'s files, written into `folder` (a staging folder: `staged` puts it in place)."""
     folder.mkdir(exist_ok=True)
     save_table(table, folder / TABLE_FILE)
-    (folder / MANIFEST_FILE).write_text(_dumps(manifest))
+    (folder / MANIFEST_FILE).write_text(to_json(manifest) + "\n")
     write_report_files(folder, report, report_md)
 
 
-def write_report_files(folder: Path, report: dict, report_md: str) -> None:
-    (folder / REPORT_FILE).write_text(_dumps(report))
+def write_report_files(folder: Path, report: Report, report_md: str) -> None:
+    (folder / REPORT_FILE).write_text(to_json(report) + "\n")
     (folder / REPORT_MD_FILE).write_text(report_md)
 
 
@@ -65,13 +78,4 @@ def load_artifact(out: Path) -> Artifact:
     out = Path(out)
     if not (out / MANIFEST_FILE).is_file():
         raise EdgeembError(f"{out}: not an edgeemb output folder (no {MANIFEST_FILE})")
-    try:
-        manifest = json.loads((out / MANIFEST_FILE).read_text())
-        report = json.loads((out / REPORT_FILE).read_text()) if (out / REPORT_FILE).exists() else {}
-    except ValueError as exc:
-        raise EdgeembError(f"{out}: unreadable JSON ({exc})") from None
-    return Artifact(out, manifest, report)
-
-
-def _dumps(data: dict) -> str:
-    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+    return Artifact(out)

@@ -6,47 +6,68 @@ go to stderr, so `--json` output on stdout stays clean for scripts.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
-from click.core import ParameterSource
 import numpy as np
+from click.core import ParameterSource
+from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from edgeemb import __version__
-from edgeemb.outputs import check_target, write_text
+from edgeemb.analysis import TableAnalysis, analyze_table
+from edgeemb.bench.bundle import make_bundle
+from edgeemb.bench.cross import CrossBuild, cross_build
+from edgeemb.bench.devices import device_names, load_device
+from edgeemb.bench.run import bench as run_bench
+from edgeemb.bench.run import compare_runs, read_results
 from edgeemb.errors import EdgeembError
 from edgeemb.offload.profiles import builtin_names
+from edgeemb.offload.run import OffloadResult, plan_offload
+from edgeemb.offload.run import offload as run_offload
+from edgeemb.outputs import check_target, write_text
+from edgeemb.pipeline import EvaluationData, evaluate_artifact, export_artifact, model_facts, trim_preview
+from edgeemb.pipeline import compress as run_compress
 from edgeemb.progress import reporting
+from edgeemb.recipe import ExportConfig, builtin_recipes, load_recipe
+from edgeemb.report.compare import Comparison, cell, columns, compare_outputs, default_metric, to_html, to_markdown
 from edgeemb.report.markdown import comparison_rows, format_number, human_bytes, vocabulary_rows
+from edgeemb.results import (
+    BenchResult,
+    Evaluation,
+    Exported,
+    GGUFExported,
+    ModelFacts,
+    OnnxExported,
+    Report,
+    StExported,
+    TrimPreview,
+    to_json,
+)
+from edgeemb.sources import open_model
+from edgeemb.sources.catalog import catalog
+from edgeemb.steps.trim import TrimConfig
+from edgeemb.sweep import sweep as run_sweep
 
 out_console = Console()
 err_console = Console(stderr=True)
 
-
-class _Cli(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EdgeembError as exc:
-            raise click.ClickException(str(exc)) from None
+_HEAD = {None: "none (encoder)", True: "tied to the table", False: "separate"}
 
 
 @contextmanager
-def _progress_bars():
+def progress_bars() -> Iterator[None]:
+    """Rich progress bars on stderr for the library's `track` calls (none when it is not a terminal)."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, transient=True, disable=not err_console.is_terminal,
@@ -63,20 +84,387 @@ def _progress_bars():
         yield
 
 
-def _print_json(data: dict) -> None:
-    click.echo(json.dumps(data, indent=2))
+def print_json(data: Any) -> None:
+    click.echo(to_json(data))
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table; values are plain text (token strings like '[unused0]' are not markup)."""
+    table = Table(title=Text(title), show_header=False)
+    for label, value in rows:
+        table.add_row(label, Text(value))
+    out_console.print(table)
+
+
+def print_inspection(facts: ModelFacts, analysis: TableAnalysis) -> None:
+    print_rows(f"{facts.name}: embedding table", [
+        ("architecture", f"{facts.architecture} ({facts.format})"),
+        ("shape", f"{facts.vocab} x {facts.dim}  ({facts.tensor})"),
+        ("stored as", f"{facts.stored_dtype}, {human_bytes(facts.table_bytes)}"),
+        ("share of model", f"{facts.table_share_of_params:.1%} of {facts.total_params / 1e6:.1f} M params, "
+                           f"{facts.table_share_of_bytes:.1%} of weight bytes"),
+        ("output head", _HEAD[facts.tied]),
+        *_analysis_rows(analysis),
+    ])
+
+
+def _sparkline(values: list[float], width: int = 48) -> str:
+    """Log-scaled bars of a descending spectrum, resampled to `width` columns."""
+    bars = "▁▂▃▄▅▆▇█"
+    logs = np.log10(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
+    resampled = logs[np.linspace(0, len(logs) - 1, min(width, len(logs))).astype(int)]
+    span = max(resampled.max() - resampled.min(), 1e-12)
+    return "".join(bars[int((v - resampled.min()) / span * (len(bars) - 1))] for v in resampled)
+
+
+def _examples(items, limit: int = 6) -> str:
+    return ", ".join(repr(item.token) if item.token is not None else f"#{item.id}" for item in items[:limit])
+
+
+def _analysis_rows(analysis: TableAnalysis) -> list[tuple[str, str]]:
+    spectrum, variance, norms, hubness = analysis.spectrum, analysis.variance, analysis.norms, analysis.hubness
+    ranks = ", ".join(f"{float(key):.0%}: {rank}" for key, rank in spectrum.energy_rank.items())
+    ratio = "inf" if variance.max_min_ratio is None else f"{variance.max_min_ratio:.1f}x"
+    duplicates = analysis.near_duplicates
+    values = spectrum.singular_values
+    return [
+        ("SVD energy ranks", f"{ranks} of {analysis.dim} (mean-centred, {spectrum.method})"),
+        ("singular values", f"{_sparkline(values)}  {values[0]:.3g} … {values[-1]:.3g}"),
+        ("per-dim variance", f"{variance.min:.3g} / {variance.median:.3g} / {variance.max:.3g} "
+                             f"(min/median/max, {ratio}); half of it in {variance.dims_for_half} dims"),
+        ("anisotropy", f"mean cosine of random row pairs {analysis.anisotropy.mean_pair_cosine:.3f}; "
+                       f"|mean row| / mean |row| {analysis.anisotropy.mean_norm_ratio:.3f}"),
+        ("hubness", f"k-occurrence skew {hubness.skewness:.2f} (k={hubness.k}, {hubness.sample} rows), "
+                    f"max {hubness.max_k_occurrence}, anti-hubs {hubness.antihub_fraction:.1%}"),
+        ("row norms", f"mean {norms.mean:.3g} ± {norms.std:.3g}; {norms.outlier_count} outliers "
+                      f"({norms.outlier_low_count} low, {norms.outlier_high_count} high): "
+                      f"{_examples(norms.outlier_examples)}"),
+        ("near-duplicate rows", f"~{duplicates.estimated_count} ({duplicates.fraction:.1%} of {duplicates.sample} "
+                                f"sampled) have a neighbour with cosine > {duplicates.threshold}: "
+                                f"{_examples(duplicates.examples)}"),
+    ]
+
+
+def print_trim(preview: TrimPreview) -> None:
+    facts = preview.model
+    print_rows(f"{facts.name}: vocabulary trim (nothing written)", [
+        *vocabulary_rows(preview),
+        ("table", f"{human_bytes(facts.table_bytes)} -> {human_bytes(preview.table_bytes)} as stored "
+                  f"({facts.stored_dtype})"),
+        ("model", f"{human_bytes(facts.total_bytes)} -> {human_bytes(preview.model_bytes)}"),
+        ("dropped, e.g.", " ".join(repr(t) for t in preview.examples_dropped)),
+    ])
+
+
+def print_report(report: Report | Evaluation) -> None:
+    model, table, quality = report.model, report.table, report.quality
+    rows = [
+        ("table bytes", f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  "
+                        f"({table.ratio_vs_source:.2f}x smaller)"),
+        ("bits per parameter", f"{table.bits_per_param:.2f}"),
+        *vocabulary_rows(table.vocabulary),
+        *((key.replace("_", " "), format_number(value)) for key, value in (quality.table or ())),
+        *((label, f"{before} -> {after}  ({change}; {data})")
+          for label, data, before, after, change in comparison_rows(quality)),
+    ]
+    if quality.drift is not None:
+        drift = quality.drift
+        rows.append(("sentence cosine", f"mean {drift.mean_cosine:.4f}, p1 {drift.p01_cosine:.4f} "
+                                        f"over {drift.n} texts"))
+    print_rows(f"{model.name}: {table.storage}", rows)
+
+
+def print_export(out: Path, exported: Exported) -> None:
+    title, rows = _EXPORT_VIEWS[exported.export.format](exported)
+    print_rows(f"{out}: {title}", rows)
+
+
+def _gguf_rows(exported: GGUFExported) -> tuple[str, list[tuple[str, str]]]:
+    written, check = exported.export, exported.verify
+    source_run, export_run = check.source, check.export
+    rows = [
+        ("written", f"{written.path} ({human_bytes(written.file_bytes)}; source {human_bytes(written.source_bytes)}, "
+                    f"{written.file_bytes / written.source_bytes - 1:+.1%})"),
+        ("token_embd", f"{written.tensor_type}, {human_bytes(written.table_bytes)} "
+                       f"(source {human_bytes(written.source_table_bytes)})"),
+        *(("note", note) for note in written.notes),
+        ("greedy output", f"{check.greedy_tokens_equal_to_source}/{len(export_run.greedy_ids)} tokens as the source: "
+                          f"{export_run.greedy_text[:80]!r}"),
+        ("decode", f"{export_run.decode_tokens_per_s:.1f} tokens/s "
+                   f"(source {source_run.decode_tokens_per_s:.1f}, same run)"),
+        ("peak RSS", f"{human_bytes(export_run.peak_rss_bytes)} (source {human_bytes(source_run.peak_rss_bytes)})"),
+    ]
+    before, after = source_run.perplexity, export_run.perplexity
+    if before is not None and after is not None and check.text is not None:
+        change = after.perplexity / before.perplexity - 1
+        rows.append(("perplexity", f"{before.perplexity:.3f} -> {after.perplexity:.3f} ({change:+.2%}; "
+                                   f"{after.tokens_scored} tokens of {check.text.data})"))
+    return "GGUF export, verified in llama.cpp", rows
+
+
+def _onnx_rows(exported: OnnxExported) -> tuple[str, list[tuple[str, str]]]:
+    written, check = exported.export, exported.verify
+    return "ONNX export, verified in onnxruntime", [
+        ("written", f"{written.path} ({human_bytes(written.file_bytes)})"),
+        ("embedding", f"{written.table}, {human_bytes(written.table_bytes)}; "
+                      f"other MatMuls {'int8' if written.quantized_rest else 'as exported'}"),
+        ("onnx.checker", check.checker),
+        ("vs PyTorch", f"max abs difference {check.max_abs_diff:.2e} (compressed model, same table)"),
+        ("vs original", f"cosine mean {check.mean_cosine:.4f}, p1 {check.p01_cosine:.4f}, "
+                        f"min {check.min_cosine:.4f} over {check.texts} texts"),
+        ("latency", f"p50 {check.p50_latency_ms:.2f} ms per sentence ({check.threads} thread)"),
+        ("session memory", f"{check.session_rss_mb:.0f} MB peak RSS above a bare process"),
+    ]
+
+
+def _st_rows(exported: StExported) -> tuple[str, list[tuple[str, str]]]:
+    written, check = exported.export, exported.verify
+    return "sentence-transformers export", [
+        ("written", f"{written.path} ({human_bytes(written.file_bytes)}, the table decoded to fp32)"),
+        ("vs compressed model", f"max abs difference {check.max_abs_diff:.2e} over {check.texts} texts "
+                                "(SentenceTransformer(path), offline)"),
+    ]
+
+
+# An export's title and rows, by its format.
+_EXPORT_VIEWS: dict[str, Callable[[Any], tuple[str, list[tuple[str, str]]]]] = {
+    "gguf": _gguf_rows, "onnx": _onnx_rows, "st": _st_rows,
+}
+
+
+def print_offload(result: OffloadResult) -> None:
+    report = result.offload
+    layout, head, real = report.layout, report.head, report.real
+    sizes = "/".join(map(str, layout.slice_bytes))
+    slices = f", {layout.layers} layer slices of {sizes} B" if layout.layers > 1 else ""
+    pages = report.cache_unit == "page"
+    hot = report.hot_set
+    ram_head = f"{human_bytes(head.bytes)} in RAM ({head.type or ''}): {head.note}"
+    print_rows(f"{result.source}: embedding table on flash", [
+        ("table", f"{report.rows:,} rows x {report.record_bytes} B ({report.table}), "
+                  f"{human_bytes(report.table_bytes)} all resident"),
+        ("store", f"layout {layout.kind}{slices}, {human_bytes(layout.file_bytes)} in {layout.page_size} B pages"),
+        ("stream", f"{report.tokens} tokens ({report.distinct_tokens} distinct), "
+                   f"{report.lookups_per_token} lookup(s) per token"),
+        ("cache", "LRU of whole pages, as the OS page cache under mmap" if pages else
+                  "LRU of rows, 16 B of index each"),
+        ("hot set", f"{hot.tokens} tokens, {human_bytes(hot.bytes)}" if hot.tokens else "none"),
+        ("output head", ram_head if head.tied else head.note),
+        *([("real reads", f"{'O_DIRECT' if real.o_direct else 'page cache in play'}, throttle {real.throttle}, "
+            f"this host unthrottled: {real.host_read_us:.0f} us per read")] if real is not None else []),
+    ])
+    profiles = [r.profile for r in report.points[0].results]
+    table = Table(title="per token, against cache size (latency: mean / p99 us)")
+    for column in ("cache", "resident", "vs whole table", "hit rate", "reads", "flash bytes", *profiles):
+        table.add_column(column, justify="right")
+    for point in report.points:
+        cells = []
+        for r in point.results:
+            text = f"{r.sim.mean_us:.0f} / {r.sim.p99_us:.0f}"
+            if r.real is not None:
+                text += f"\nreal {r.real.mean_us:.0f} / {r.real.p99_us:.0f}{' (host slower)' if r.host_limited else ''}"
+            cells.append(text)
+        table.add_row(
+            human_bytes(point.cache_peak_bytes), human_bytes(point.resident_bytes),
+            f"{point.resident_bytes / report.table_bytes:.1%}", f"{point.hit_rate:.1%}", f"{point.reads_per_token:.2f}",
+            human_bytes(point.bytes_per_token), *cells,
+        )
+    out_console.print(table)
+    for run in result.runtime or ():
+        out_console.print(
+            f"llama.cpp use_mmap={run.use_mmap}: peak RSS {human_bytes(run.peak_rss_bytes)} "
+            f"(file pages {human_bytes(run.rss_file_bytes)}, anonymous {human_bytes(run.rss_anon_bytes)}), "
+            f"decode {run.decode_tokens_per_s:.1f} tokens/s, load {run.load_seconds:.2f} s"
+        )
+
+
+def print_comparison(comparison: Comparison) -> None:
+    table = Table(title="edgeemb compare (best of each column in bold)")
+    for head in ("output", "recipe", "storage", *columns(comparison)):
+        table.add_column(head, justify="left" if head in ("output", "recipe", "storage") else "right")
+    for i, row in enumerate(comparison.rows):
+        cells = [Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "")
+                 for c in columns(comparison)]
+        table.add_row(Text(row.label), Text(row.recipe), Text(row.storage), *cells)
+    out_console.print(table)
+    for note in comparison.notes:
+        err_console.print(f"note: {note}")
+
+
+def print_models(models: list[dict]) -> None:
+    table = Table("name", "installed", "description", "install")
+    for model in models:
+        values = (model["name"], "yes" if model["installed"] else "no", model["description"], model["install"])
+        table.add_row(*(Text(v) for v in values))
+    out_console.print(table)
+
+
+def print_recipes(recipes: list[dict]) -> None:
+    table = Table("name", "description", "steps")
+    for recipe in recipes:
+        steps = "; ".join(f"{name} {json.dumps(args)}" for step in recipe["steps"] for name, args in step.items())
+        table.add_row(Text(recipe["name"]), Text(recipe["description"]), Text(steps))
+    out_console.print(table)
+
+
+def print_cross(build: CrossBuild, out: Path) -> None:
+    smoke = build.smoke
+    print_rows(f"llama.cpp for {build.target}", [
+        ("binaries", f"{', '.join(build.binaries)} in {out}/ ({'cached build' if build.cached else 'built'})"),
+        ("architecture", f"aarch64, -march={build.arm_arch}; {build.toolchain}; "
+                         f"llama.cpp of llama-cpp-python {build.llama_cpp}"),
+        *(("note", note) for note in build.notes),
+        ("under qemu", f"{smoke.cpu}: {'ok' if smoke.ok else 'FAILED'}: {smoke.message}"),
+    ])
+
+
+def print_bundle(written: dict, device: str) -> None:
+    print_rows(f"bundle for {device}", [
+        ("written", f"{written['bundle']} ({human_bytes(written['bytes'])}): {written['folder']}/ with "
+                    f"{written['model']}, llama-bench, run.sh"),
+        ("llama-bench", f"aarch64 -march={written['llama_bench']['arm_arch']}, {written['llama_bench']['toolchain']}"),
+        *(("note", note) for note in written["notes"]),
+        ("on the device", f"tar xzf {Path(written['bundle']).name} && sh {written['folder']}/run.sh  "
+                          f"(writes {written['folder']}/bench.json)"),
+    ])
+
+
+def _bench_table(title: str, results: list[BenchResult], ratio_column: bool) -> Table:
+    """A table with a column per benchmarked file, and one for the ratios of the second to the first."""
+    table = Table(title=title)
+    table.add_column("")
+    for result in results:
+        table.add_column(Path(result.artifact).name)
+    if ratio_column:
+        table.add_column("ratio")
+    return table
+
+
+def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None:
+    """Emulated runs side by side; with two, the second's ratios to the first (`ratios`)."""
+    last = results[-1]
+    emulated = last.emulated
+    title = f"{last.backend} under qemu {emulated.qemu.split()[0]} as {emulated.cpu} (one thread)"
+    table = _bench_table(title, results, bool(ratios))
+    rows: list[tuple[str, Callable[[BenchResult], str], str | None]] = [
+        ("file", lambda r: human_bytes(r.file_bytes), "file_bytes"),
+        (f"instructions per {last.unit}", lambda r: f"{r.instructions_per_unit / 1e6:,.2f} M ({r.units} counted)",
+         "instructions"),
+        ("start-up run", lambda r: f"{r.short_run_instructions / 1e6:,.1f} M instructions", None),
+        ("qemu peak RSS", lambda r: human_bytes(r.peak_rss_bytes), "peak_rss"),
+    ]
+    for label, value, ratio in rows:
+        ratio_cell = [f"{ratios[ratio]:.2f}x" if ratio else ""] if ratios else []
+        table.add_row(label, *(value(result) for result in results), *ratio_cell)
+    out_console.print(table)
+    for result in results:
+        if result.other_thread_instructions is not None:
+            out_console.print(f"{Path(result.artifact).name}: other threads ran {result.other_thread_instructions} "
+                              "instructions (not counted per unit: they vary)")
+
+
+def _bench_cell(result: BenchResult, key: str) -> str:
+    if not result.fits:
+        return result.message if key == "latency" else "-"
+    latency, throughput = result.latency_ms, result.throughput
+    if latency.p50 is not None:
+        spread = f"p50 {latency.p50:.2f} ms, p95 {latency.p95:.2f} ms"
+    else:
+        spread = f"mean {latency.mean:.2f} ms"
+    prompt = f"{result.prompt_ms_per_token:.2f} ms per token ({result.prompt_tokens} tokens)"
+    return {
+        "where": f"{result.host.machine}, {result.profile or 'no profile'}",
+        "file": human_bytes(result.file_bytes),
+        "load": f"{result.load_s:.2f} s" if result.load_s is not None else "-",
+        "latency": f"{spread} per {result.unit}",
+        "prompt": prompt if result.prompt_ms_per_token is not None else "-",
+        "throughput": f"{format_number(throughput.value)} {throughput.unit}",
+        "memory": human_bytes(result.peak_rss_bytes),
+        "charged": human_bytes(result.charged_peak_bytes) if result.charged_peak_bytes is not None else "-",
+        "faults": str(result.major_faults if result.major_faults is not None else "-"),
+    }[key]
+
+
+_BENCH_LABELS = {"where": "run on", "file": "file", "load": "load", "latency": "latency", "prompt": "prompt",
+                 "throughput": "throughput", "memory": "peak RSS", "charged": "cgroup peak",
+                 "faults": "pages read (major faults)"}
+
+
+def print_bench(results: list[BenchResult], ratios: dict[str, float]) -> None:
+    """Bench results side by side; with two, the second's ratios to the first (`ratios`)."""
+    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token",
+                "throughput": "throughput", "memory": "peak_rss"}
+    if "latency_p50" not in ratios and "latency_mean" in ratios:
+        ratio_of["latency"] = "latency_mean"
+    table = _bench_table(f"{results[-1].backend} benchmark", results, bool(ratios))
+    for key, label in _BENCH_LABELS.items():
+        row = [label, *(_bench_cell(result, key) for result in results)]
+        if ratios:
+            ratio = ratios.get(ratio_of.get(key, ""))
+            row.append(f"{ratio:.2f}x" if ratio is not None else "")
+        table.add_row(*row)
+    out_console.print(table)
+    for result in results:
+        out_console.print(_limits_note(result))
+
+
+def _limits_note(result: BenchResult) -> str:
+    limits = result.limits
+    cores = limits.cores
+    note = f"{Path(result.artifact).name}: {cores.applied} cores ({cores.how})"
+    note += f"; {cores.note}" if cores.note else ""
+    if limits.memory is not None:
+        memory = limits.memory
+        note += f"; memory cap {memory.cap_mb} MB by {memory.how}" + (f", swap {memory.swap}" if memory.swap else "")
+    if limits.cpu_quota is not None:
+        note += f"; CPU quota {limits.cpu_quota.share:.0%} of each core by {limits.cpu_quota.how}"
+    if limits.reads is not None:
+        reads = limits.reads
+        note += (f"; reads of disk {reads.device} at {reads.bytes_per_s / 1e6:.0f} MB/s and {reads.iops} IOPS "
+                 f"by {reads.how}")
+    return note
+
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)  # a file to read
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)  # a folder to read
+_NEW_FILE = click.Path(dir_okay=False, path_type=Path)  # a file to write
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeembError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
-_MODEL_HELP = "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or sentence-transformers directory, or a GGUF file. Default: minilm."
+_MODEL_HELP = ("MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or "
+               "sentence-transformers directory, or a GGUF file. Default: minilm.")
+_DATA_OPTIONS = (
+    click.option("--sts", type=_FILE, help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model."),
+    click.option("--beir", type=_FOLDER,
+                 help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10."),
+    click.option("--texts", type=_FILE,
+                 help="Plain text, one text per line: cosine of original vs compressed sentence embeddings."),
+    click.option("--perplexity", "perplexity_text", type=_FILE, help=(
+        "Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table "
+        "(transformers; llama.cpp, on the exported file, when the recipe exports GGUF).")),
+    click.option("--max-tokens", default=4096, show_default=True, help="Tokens of --perplexity text to score."),
+)
+_CALIBRATION_HELP = ("Plain text for steps that measure activations (quantize importance: head); "
+                     "keep it apart from evaluation text.")
+
+
+def _given(**options):
+    """The options the command line set, not those left at their defaults."""
+    source = click.get_current_context().get_parameter_source
+    return {name: value for name, value in options.items() if source(name) is not ParameterSource.DEFAULT}
 
 
 def _data_options(function):
-    function = click.option("--max-tokens", default=4096, show_default=True, help="Tokens of --perplexity text to score.")(function)
-    function = click.option("--perplexity", "perplexity_text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table (transformers; llama.cpp, on the exported file, when the recipe exports GGUF).")(function)
-    function = click.option("--texts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text, one text per line: cosine of original vs compressed sentence embeddings.")(function)
-    function = click.option("--beir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10.")(function)
-    function = click.option("--sts", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model.")(function)
+    for option in reversed(_DATA_OPTIONS):
+        function = option(function)
     return function
 
 
@@ -102,28 +490,24 @@ spectrum, per-dimension variance, anisotropy, hubness and rows that look untrain
 @main.command(help=_INSPECT_HELP)
 @_model_argument
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: spectrum, per-dimension variance, row norms, hubness.")
+@click.option("--plot", type=_NEW_FILE, help="Write a PNG: spectrum, per-dimension variance, row norms, hubness.")
 @click.option("--force", is_flag=True, help="Replace an existing --plot file.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the row samples.")
 def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, seed: int) -> None:
-    from edgeemb.analysis import analyze_table
-    from edgeemb.pipeline import model_facts
-    from edgeemb.sources import open_model
-
     if plot is not None:
         check_target(plot, force)
-    with _progress_bars():
+    with progress_bars():
         source = open_model(model)
         analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
     if plot is not None:
-        from edgeemb.report.plots import plot_analysis
+        from edgeemb.report.plots import plot_analysis  # matplotlib: ~0.5 s to import, only for --plot
 
         plot_analysis(analysis, plot, title=f"{source.name}: embedding table")
     facts = model_facts(source)
     if as_json:
-        _print_json({"model": facts, "analysis": asdict(analysis)})
+        print_json({"model": facts, "analysis": analysis})
         return
-    _print_inspection(facts, analysis)
+    print_inspection(facts, analysis)
     if plot is not None:
         out_console.print(f"plot written to {plot}")
 
@@ -142,39 +526,34 @@ edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
 
 @main.command(help=_TRIM_HELP)
 @_model_argument
-@click.option("--scripts", help="Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII and common punctuation along); latin:100000 keeps them only among the first 100000 ids.")
-@click.option("--characters", is_flag=True, help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
-@click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path), help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
+@click.option("--scripts", help=(
+    "Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII "
+    "and common punctuation along); latin:100000 keeps them only among the first 100000 ids."))
+@click.option("--characters", is_flag=True,
+              help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
+@click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
 @click.option("--min-count", type=int, help="Keep pieces seen at least this often in the corpus (default 1).")
 @click.option("--top-k", type=int, help="Keep the corpus's k most frequent pieces.")
 @click.option("--coverage", type=float, help="Keep the most frequent pieces covering this share of corpus tokens.")
-@click.option("--holdout", default=0.1, show_default=True, help="Last share of the corpus lines held back to judge the trim.")
+@click.option("--holdout", default=0.1, show_default=True,
+              help="Last share of the corpus lines held back to judge the trim.")
 @click.option("--drop", multiple=True, help="A piece to drop even if kept otherwise (repeat for more).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple[Path, ...], min_count: int | None, top_k: int | None,
-         coverage: float | None, holdout: float, drop: tuple[str, ...], as_json: bool) -> None:
-    from pydantic import ValidationError
-
-    from edgeemb.steps.trim import TrimConfig
-    from edgeemb.pipeline import trim_preview
-
+def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple[Path, ...], min_count: int | None,
+         top_k: int | None, coverage: float | None, holdout: float, drop: tuple[str, ...], as_json: bool) -> None:
+    entries = tuple(_script_entry(s) for s in scripts.split(",")) if scripts else ()
     try:
-        config = TrimConfig(scripts=tuple(_script_entry(s) for s in scripts.split(",")) if scripts else (), characters=characters, corpus=corpus,
-                            min_count=min_count, top_k=top_k, coverage=coverage, holdout=holdout, drop=drop)
+        config = TrimConfig(scripts=entries, characters=characters, corpus=corpus, min_count=min_count, top_k=top_k,
+                            coverage=coverage, holdout=holdout, drop=drop)
     except ValidationError as exc:
         raise EdgeembError(f"trim: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-    with _progress_bars():
+    with progress_bars():
         preview = trim_preview(model, config)
     if as_json:
-        _print_json(preview)
+        print_json(preview)
         return
-    facts = preview["model"]
-    _print_rows(f"{facts['name']}: vocabulary trim (nothing written)", [
-        *vocabulary_rows({"vocabulary": preview}),
-        ("table", f"{human_bytes(facts['table_bytes'])} -> {human_bytes(preview['table_bytes'])} as stored ({facts['stored_dtype']})"),
-        ("model", f"{human_bytes(facts['total_bytes'])} -> {human_bytes(preview['model_bytes'])}"),
-        ("dropped, e.g.", " ".join(repr(t) for t in preview["examples_dropped"])),
-    ])
+    print_trim(preview)
 
 
 def _script_entry(text: str) -> str | dict[str, int]:
@@ -199,46 +578,38 @@ causal LM. """ + _MODEL_HELP
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text for steps that measure activations (quantize importance: head); keep it apart from evaluation text.")
+@click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
 @click.option("--calibration-tokens", default=2048, show_default=True, help="Tokens of --calibration text to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compress(
-    model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
-    texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None, calibration_tokens: int, as_json: bool,
-) -> None:
-    from edgeemb.pipeline import EvaluationData
-    from edgeemb.pipeline import compress as run
-
-    with _progress_bars():
-        result = run(
-            model, recipe, out, force=force, data=EvaluationData(sts, beir, texts, perplexity_text, max_tokens),
-            calibration=calibration, calibration_tokens=calibration_tokens,
-        )
+def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
+             texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None,
+             calibration_tokens: int, as_json: bool) -> None:
+    data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
+    with progress_bars():
+        result = run_compress(model, recipe, out, force=force, data=data, calibration=calibration,
+                              calibration_tokens=calibration_tokens)
     if as_json:
-        _print_json({**result.report, **({"export": result.export} if result.export else {})})
+        print_json(result.report)
         return
-    _print_report(result.report)
+    print_report(result.report)
     out_console.print(f"written to {result.out}/ (report.md, report.json, manifest.json, table.safetensors)")
     if result.export:
-        _print_export(result.out, result.export)
+        print_export(result.out, result.export)
 
 
 @main.command()
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=_FOLDER)
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(
-    out: Path, sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, as_json: bool,
-) -> None:
+def evaluate(out: Path, sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None,
+             max_tokens: int, as_json: bool) -> None:
     """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
-    from edgeemb.pipeline import EvaluationData, evaluate_artifact
-
-    with _progress_bars():
-        report = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
+    with progress_bars():
+        evaluation = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
     if as_json:
-        _print_json(report)
+        print_json(evaluation)
         return
-    _print_report(report)
+    print_report(evaluation)
 
 
 _EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there.
@@ -262,30 +633,33 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
 
 
 @main.command(help=_EXPORT_HELP)
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True, help="Target runtime format.")
-@click.option("-o", "--output", "file", type=click.Path(path_type=Path), help="Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers.")
-@click.option("--type", "tensor_type", help="gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32.")
-@click.option("--quantize-rest", is_flag=True, help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).")
-@click.option("--from", "onnx_source", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.")
-@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks.")
-@click.option("--max-tokens", default=8192, show_default=True, help="gguf: tokens of --text to score (windows of 1024).")
+@click.argument("out", type=_FOLDER)
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True,
+              help="Target runtime format.")
+@click.option("-o", "--output", "file", type=click.Path(path_type=Path), help=(
+    "Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers."))
+@click.option("--type", "tensor_type", help=(
+    "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32."))
+@click.option("--quantize-rest", is_flag=True,
+              help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).")
+@click.option("--from", "onnx_source", type=_FILE,
+              help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.")
+@click.option("--text", type=_FILE,
+              help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks.")
+@click.option("--max-tokens", default=8192, show_default=True,
+              help="gguf: tokens of --text to score (windows of 1024).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
-def export(
-    out: Path, fmt: str, file: Path | None, tensor_type: str | None, quantize_rest: bool, onnx_source: Path | None,
-    text: Path | None, max_tokens: int, force: bool, as_json: bool,
-) -> None:
-    from edgeemb.pipeline import export_artifact
-    from edgeemb.recipe import ExportConfig
-
+def export(out: Path, fmt: str, file: Path | None, tensor_type: str | None, quantize_rest: bool,
+           onnx_source: Path | None, text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
     config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
-    with _progress_bars():
-        report = export_artifact(out, config, file, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source)
+    with progress_bars():
+        exported = export_artifact(out, config, file, force=force, text=text, max_tokens=max_tokens,
+                                   onnx_source=onnx_source)
     if as_json:
-        _print_json(report)
+        print_json(exported)
         return
-    _print_export(out, report)
+    print_export(out, exported)
 
 
 _OFFLOAD_HELP = """Emulate keeping MODEL's embedding table on flash: rows stream into a small RAM
@@ -299,77 +673,76 @@ edgeemb offload gemma3-270m --text wiki.txt --layout ple -p all --cache-mb 1
 edgeemb offload out/gemma-q4_0 --text wiki.txt --mode real --runtime
 
 MODEL may also be an OUT/ folder (its compressed table is what flash holds); if its recipe has an
-`offload:` plan (a device recipe), that plan sets the options not given here. Profiles: """ + ", ".join(builtin_names()) + """,
+`offload:` plan (a device recipe), that plan sets the options not given here. Profiles: {profiles},
 or a profile YAML file. sim prices each read with the profile's published figures; real reads
 the same pages from a store file (O_DIRECT) and times them, held to each profile (--throttle).
 
-""" + _MODEL_HELP
+""".format(profiles=", ".join(builtin_names())) + _MODEL_HELP
 
 
 @main.command(help=_OFFLOAD_HELP)
 @_model_argument
-@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="Plain text to decode, tokenised by the model's own tokenizer.")
+@click.option("--text", type=_FILE, required=True, help="Plain text to decode, tokenised by the model's own tokenizer.")
 @click.option("--max-tokens", default=512, show_default=True, help="Tokens of --text in the stream.")
-@click.option("-p", "--profile", "profiles", multiple=True, default=("ufs-3.1",), show_default=True, help="Flash profile (repeat for several; 'all' for every built-in one).")
-@click.option("--cache-mb", "cache_mb", type=float, multiple=True, help="RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set.")
-@click.option("--hot-mb", type=float, default=0.0, show_default=True, help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
-@click.option("--cache-unit", type=click.Choice(["row", "page"]), default="row", show_default=True, help="row: the cache keeps the rows it needs; page: whole pages as read, as the OS page cache does under mmap.")
-@click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help="single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; ple-layer: one table per layer.")
+@click.option("-p", "--profile", "profiles", multiple=True, default=("ufs-3.1",), show_default=True,
+              help="Flash profile (repeat for several; 'all' for every built-in one).")
+@click.option("--cache-mb", "cache_mb", type=float, multiple=True, help=(
+    "RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set."))
+@click.option("--hot-mb", type=float, default=0.0, show_default=True,
+              help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
+@click.option("--calibration", type=_FILE,
+              help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
+@click.option("--cache-unit", type=click.Choice(["row", "page"]), default="row", show_default=True, help=(
+    "row: the cache keeps the rows it needs; page: whole pages as read, as the OS page cache does under mmap."))
+@click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help=(
+    "single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; "
+    "ple-layer: one table per layer."))
 @click.option("--layers", type=int, help="Layers for the ple layouts. Default: the model's decoder layers.")
-@click.option("--head-type", help="Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored.")
-@click.option("--mode", type=click.Choice(["sim", "real"]), default="sim", show_default=True, help="sim: the profiles' read model; real: also read the store file and time it.")
-@click.option("--throttle", type=click.Choice(["user", "cgroup", "none"]), default="user", show_default=True, help="real: hold each token's reads to the profile's modelled time (user), or cap read bandwidth and IOPS with a blkio cgroup (root; no access latency), or not at all.")
-@click.option("--store", type=click.Path(dir_okay=False, path_type=Path), help="Write the flash store file here and keep it (default: a temporary file for real mode).")
-@click.option("--runtime", is_flag=True, help="Also run the GGUF in llama.cpp with mmap on and off: peak RSS and tokens/s.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: hit rate, bytes and added latency against cache size.")
+@click.option("--head-type", help=(
+    "Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored."))
+@click.option("--mode", type=click.Choice(["sim", "real"]), default="sim", show_default=True,
+              help="sim: the profiles' read model; real: also read the store file and time it.")
+@click.option("--throttle", type=click.Choice(["user", "cgroup", "none"]), default="user", show_default=True, help=(
+    "real: hold each token's reads to the profile's modelled time (user), or cap read bandwidth and IOPS with a "
+    "blkio cgroup (root; no access latency), or not at all."))
+@click.option("--store", type=_NEW_FILE,
+              help="Write the flash store file here and keep it (default: a temporary file for real mode).")
+@click.option("--runtime", is_flag=True,
+              help="Also run the GGUF in llama.cpp with mmap on and off: peak RSS and tokens/s.")
+@click.option("--plot", type=_NEW_FILE, help="Write a PNG: hit rate, bytes and added latency against cache size.")
 @click.option("--force", is_flag=True, help="Replace an existing --store or --plot file.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-def offload(
-    model: str | None, text: Path, max_tokens: int, profiles: tuple[str, ...], cache_mb: tuple[float, ...], hot_mb: float,
-    calibration: Path | None, cache_unit: str, layout: str, layers: int | None, head_type: str | None, mode: str, throttle: str,
-    store: Path | None, runtime: bool, plot: Path | None, force: bool, as_json: bool,
-) -> None:
-    from edgeemb.offload import OffloadConfig, profile_names
-    from edgeemb.pipeline import offload as run_offload, offload_plan
-
+def offload(model: str | None, text: Path, max_tokens: int, profiles: tuple[str, ...], cache_mb: tuple[float, ...],
+            hot_mb: float, calibration: Path | None, cache_unit: str, layout: str, layers: int | None,
+            head_type: str | None, mode: str, throttle: str, store: Path | None, runtime: bool, plot: Path | None,
+            force: bool, as_json: bool) -> None:
     if plot is not None:
         check_target(plot, force)
-    plan = offload_plan(model)
-    if plan is not None:  # the recipe's device plan, where the command line leaves an option unset
-        source = click.get_current_context().get_parameter_source
-
-        def unset(name: str) -> bool:
-            return source(name) is ParameterSource.DEFAULT
-
-        profiles = plan.profiles if unset("profiles") else profiles
-        cache_mb = (plan.cache_mb,) if unset("cache_mb") and plan.cache_mb else cache_mb
-        hot_mb = plan.hot_mb if unset("hot_mb") else hot_mb
-        layout = plan.layout if unset("layout") else layout
-        head_type = plan.head_type if unset("head_type") else head_type
-    names = tuple(profile_names()) if "all" in profiles else profiles
-    config = OffloadConfig(names, tuple(int(mb * 1e6) for mb in cache_mb), int(hot_mb * 1e6), cache_unit, mode, throttle)
-    with _progress_bars():
-        result = run_offload(
-            model, text, config, layout=layout, layers=layers, max_tokens=max_tokens, calibration=calibration,
-            head_type=head_type, store=store, force=force, runtime=runtime,
-        )
+    # Options left at their defaults are filled from an OUT/ recipe's `offload:` plan when it has one.
+    given = _given(profiles=profiles, cache_mb=cache_mb, hot_mb=hot_mb, layout=layout, head_type=head_type)
+    planned = plan_offload(model, **given, cache_unit=cache_unit, mode=mode, throttle=throttle)
+    with progress_bars():
+        result = run_offload(model, text, planned.config, layout=planned.layout, layers=layers, max_tokens=max_tokens,
+                             calibration=calibration, head_type=planned.head_type, store=store, force=force,
+                             runtime=runtime)
     if plot is not None:
-        from edgeemb.report.plots import plot_offload
+        from edgeemb.report.plots import plot_offload  # matplotlib: ~0.5 s to import, only for --plot
 
-        plot_offload(result["offload"], plot, result["model"]["name"])
+        plot_offload(result.offload, plot, result.model.name)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
-    _print_offload(result)
+    print_offload(result)
 
 
 @main.command()
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="OUT OUT [OUT ...]")
-@click.option("--md", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as an HTML page.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: table size against --metric, with the Pareto frontier.")
-@click.option("--metric", help="Quality column for --plot. Default: the first shared of STS Spearman, nDCG@10, perplexity, row cosine.")
+@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
+                metavar="OUT OUT [OUT ...]")
+@click.option("--md", type=_NEW_FILE, help="Write the table as Markdown.")
+@click.option("--html", "html_file", type=_NEW_FILE, help="Write the table as an HTML page.")
+@click.option("--plot", type=_NEW_FILE, help="Write a PNG: table size against --metric, with the Pareto frontier.")
+@click.option("--metric", help=(
+    "Quality column for --plot. Default: the first shared of STS Spearman, nDCG@10, perplexity, row cosine."))
 @click.option("--allow-mixed", is_flag=True, help="Compare outputs of different source models.")
 @click.option("--force", is_flag=True, help="Replace existing --md, --html or --plot files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
@@ -384,56 +757,56 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
     edgeemb compare out/minilm-int8 out/minilm-int4 out/minilm-pq --md compare.md --plot pareto.png
     edgeemb compare host.json device/bench.json
     """
-    from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_markdown
-
     if all(path.is_file() for path in outs):
-        from edgeemb.bench.run import read_results
-
         results = [result for path in outs for result in read_results(path)]
-        emulated = {"instructions_per_unit" in result for result in results}
+        emulated = {result.instructions_per_unit is not None for result in results}
         if len(emulated) > 1:
-            raise EdgeembError("instruction counts (bench --emulate) and timed runs measure different things; compare each kind on its own")
+            raise EdgeembError("instruction counts (bench --emulate) and timed runs measure different things; "
+                               "compare each kind on its own")
         if as_json:
-            _print_json({"results": results})
+            print_json({"results": results})
         else:
-            (_print_emulated if emulated == {True} else _print_bench)(results)
+            ratios = compare_runs(*results) if len(results) == 2 else {}
+            (print_emulated if emulated == {True} else print_bench)(results, ratios)
         return
     if any(path.is_file() for path in outs):
         raise EdgeembError("compare takes output folders, or bench result JSON files, not both")
-
     for file in (md, html_file, plot):
         if file is not None:
             check_target(file, force)
     comparison = compare_outputs(list(outs), allow_mixed)
     if plot is not None:
-        from edgeemb.report.plots import plot_pareto
+        from edgeemb.report.plots import plot_pareto  # matplotlib: ~0.5 s to import, only for --plot
 
         chosen = metric or default_metric(comparison)
         if chosen not in comparison.metrics:
-            raise EdgeembError(f"no quality column {chosen!r} shared by these outputs; they share: {', '.join(comparison.metrics) or 'none'}")
+            shared = ", ".join(comparison.metrics) or "none"
+            raise EdgeembError(f"no quality column {chosen!r} shared by these outputs; they share: {shared}")
         plot_pareto(comparison, chosen, plot)
     for file, render in ((md, to_markdown), (html_file, to_html)):
         if file is not None:
             write_text(file, render(comparison), force)
     if as_json:
-        _print_json(asdict(comparison))
+        print_json(comparison)
         return
-    _print_comparison(comparison)
+    print_comparison(comparison)
 
 
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, metavar="RECIPE [RECIPE ...]")
 @click.option("-m", "--model", help="Model to compress (see MODEL in `edgeemb compress --help`). Default: minilm.")
-@click.option("--grid", "grid", multiple=True, help="STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is.")
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for one output folder per variant, compare.md and pareto.png.")
+@click.option("--grid", "grid", multiple=True, help=(
+    "STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is."))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for one output folder per variant, compare.md and pareto.png.")
 @click.option("-j", "--jobs", default=1, show_default=True, help="Variants compressed at once (local processes).")
 @_data_options
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Plain text for steps that measure activations (quantize importance: head); keep it apart from evaluation text.")
+@click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
 @click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int, sts: Path | None,
-          beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None,
-          force: bool, as_json: bool) -> None:
+def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int,
+          sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int,
+          calibration: Path | None, force: bool, as_json: bool) -> None:
     """Compress MODEL with several recipes, or with every variant of a recipe on a grid, then
     compare the outputs (writes OUT/compare.md and OUT/pareto.png, size against the first shared
     quality figure). Peers run as recipes too (peer-onnxruntime-arm64, peer-llama-q4_0, ...).
@@ -441,221 +814,47 @@ def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], ou
     \b
     edgeemb sweep svd-int4 --grid svd.rank=64,128,256 --grid quantize.format=int4,int8 -o out/sweep --sts stsb_en_dev.tsv -j 2
     edgeemb sweep minilm-int8 minilm-pq peer-onnxruntime-arm64 peer-onnxruntime-int4 -o out/compare --sts stsb_en_dev.tsv
-    """
-    from edgeemb.pipeline import EvaluationData
-    from edgeemb.report.compare import default_metric, to_markdown
-    from edgeemb.report.plots import plot_pareto
-    from edgeemb.sweep import sweep as run_sweep
+    """  # noqa: E501  (help examples: one command a line)
+    from edgeemb.report.plots import plot_pareto  # matplotlib: ~0.5 s to import, only for the sweep's plot
 
     for report in ("compare.md", "pareto.png"):
         check_target(out_dir / report, force)
     data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
-    with _progress_bars():
+    with progress_bars():
         result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
     comparison = result.comparison
     write_text(out_dir / "compare.md", to_markdown(comparison), force)
     metric = default_metric(comparison)
     plot_pareto(comparison, metric, out_dir / "pareto.png")
     if as_json:
-        _print_json(asdict(comparison))
+        print_json(comparison)
         return
-    _print_comparison(comparison)
-    out_console.print(f"wrote {out_dir / 'compare.md'} and {out_dir / 'pareto.png'} ({metric} against table size)")
+    print_comparison(comparison)
+    written = f"{out_dir / 'compare.md'} and {out_dir / 'pareto.png'}"
+    out_console.print(f"wrote {written} ({metric} against table size)")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List the short model names, what installs them, and whether they are installed."""
-    import importlib.util
-
-    from edgeemb.sources.catalog import catalog
-
-    rows = [
-        {**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
-        for entry in catalog().values()
-    ]
+    rows = [{**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
+            for entry in catalog().values()]
     if as_json:
-        _print_json({"models": rows})
+        print_json({"models": rows})
         return
-    table = Table("name", "installed", "description", "install")
-    for row in rows:
-        table.add_row(*(Text(v) for v in (row["name"], "yes" if row["installed"] else "no", row["description"], row["install"])))
-    out_console.print(table)
+    print_models(rows)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def recipes(as_json: bool) -> None:
     """List the built-in recipes and their steps."""
-    from edgeemb.recipe import builtin_recipes, load_recipe
-
     loaded = [load_recipe(path).to_dict() for _, path in sorted(builtin_recipes().items())]
     if as_json:
-        _print_json({"recipes": loaded})
+        print_json({"recipes": loaded})
         return
-    table = Table("name", "description", "steps")
-    for recipe in loaded:
-        steps = "; ".join(f"{name} {json.dumps(args)}" for step in recipe["steps"] for name, args in step.items())
-        table.add_row(Text(recipe["name"]), Text(recipe["description"]), Text(steps))
-    out_console.print(table)
-
-
-def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
-    """A two-column table; values are plain text (token strings like '[unused0]' are not markup)."""
-    table = Table(title=Text(title), show_header=False)
-    for label, value in rows:
-        table.add_row(label, Text(value))
-    out_console.print(table)
-
-
-def _print_inspection(facts: dict, analysis) -> None:
-    head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[facts["tied"]]
-    _print_rows(f"{facts['name']}: embedding table", [
-        ("architecture", f"{facts['architecture']} ({facts['format']})"),
-        ("shape", f"{facts['vocab']} x {facts['dim']}  ({facts['tensor']})"),
-        ("stored as", f"{facts['stored_dtype']}, {human_bytes(facts['table_bytes'])}"),
-        ("share of model", f"{facts['table_share_of_params']:.1%} of {facts['total_params'] / 1e6:.1f} M params, {facts['table_share_of_bytes']:.1%} of weight bytes"),
-        ("output head", head),
-        *_analysis_rows(analysis),
-    ])
-
-
-def _sparkline(values: list[float], width: int = 48) -> str:
-    """Log-scaled bars of a descending spectrum, resampled to `width` columns."""
-    bars = "▁▂▃▄▅▆▇█"
-    logs = np.log10(np.maximum(np.asarray(values, dtype=np.float64), 1e-12))
-    columns = logs[np.linspace(0, len(logs) - 1, min(width, len(logs))).astype(int)]
-    span = max(columns.max() - columns.min(), 1e-12)
-    return "".join(bars[int((v - columns.min()) / span * (len(bars) - 1))] for v in columns)
-
-
-def _examples(items, limit: int = 6) -> str:
-    return ", ".join(repr(item.token) if item.token is not None else f"#{item.id}" for item in items[:limit])
-
-
-def _analysis_rows(analysis) -> list[tuple[str, str]]:
-    spectrum, variance, norms = analysis.spectrum, analysis.variance, analysis.norms
-    ranks = ", ".join(f"{float(key):.0%}: {rank}" for key, rank in spectrum.energy_rank.items())
-    ratio = "inf" if variance.max_min_ratio is None else f"{variance.max_min_ratio:.1f}x"
-    duplicates = analysis.near_duplicates
-    return [
-        ("SVD energy ranks", f"{ranks} of {analysis.dim} (mean-centred, {spectrum.method})"),
-        ("singular values", f"{_sparkline(spectrum.singular_values)}  {spectrum.singular_values[0]:.3g} … {spectrum.singular_values[-1]:.3g}"),
-        ("per-dim variance", f"{variance.min:.3g} / {variance.median:.3g} / {variance.max:.3g} (min/median/max, {ratio}); half of it in {variance.dims_for_half} dims"),
-        ("anisotropy", f"mean cosine of random row pairs {analysis.anisotropy.mean_pair_cosine:.3f}; |mean row| / mean |row| {analysis.anisotropy.mean_norm_ratio:.3f}"),
-        ("hubness", f"k-occurrence skew {analysis.hubness.skewness:.2f} (k={analysis.hubness.k}, {analysis.hubness.sample} rows), max {analysis.hubness.max_k_occurrence}, anti-hubs {analysis.hubness.antihub_fraction:.1%}"),
-        ("row norms", f"mean {norms.mean:.3g} ± {norms.std:.3g}; {norms.outlier_count} outliers ({norms.outlier_low_count} low, {norms.outlier_high_count} high): {_examples(norms.outlier_examples)}"),
-        ("near-duplicate rows", f"~{duplicates.estimated_count} ({duplicates.fraction:.1%} of {duplicates.sample} sampled) have a neighbour with cosine > {duplicates.threshold}: {_examples(duplicates.examples)}"),
-    ]
-
-
-def _print_report(report: dict) -> None:
-    model, table, quality = report["model"], report["table"], report["quality"]
-    rows = [
-        ("table bytes", f"{human_bytes(model['table_bytes'])} -> {human_bytes(table['bytes'])}  ({table['ratio_vs_source']:.2f}x smaller)"),
-        ("bits per parameter", f"{table['bits_per_param']:.2f}"),
-        *vocabulary_rows(table),
-        *((key.replace("_", " "), format_number(value)) for key, value in quality["table"].items()),
-        *((label, f"{before} -> {after}  ({change}; {data})") for label, data, before, after, change in comparison_rows(quality)),
-    ]
-    if "drift" in quality:
-        drift = quality["drift"]
-        rows.append(("sentence cosine", f"mean {drift['mean_cosine']:.4f}, p1 {drift['p01_cosine']:.4f} over {drift['n']} texts"))
-    _print_rows(f"{model['name']}: {table['storage']}", rows)
-
-
-def _print_comparison(comparison) -> None:
-    from edgeemb.report.compare import cell, columns
-
-    table = Table(title="edgeemb compare (best of each column in bold)")
-    for head in ("output", "recipe", "storage", *columns(comparison)):
-        table.add_column(head, justify="left" if head in ("output", "recipe", "storage") else "right")
-    for i, row in enumerate(comparison.rows):
-        cells = [Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "") for c in columns(comparison)]
-        table.add_row(Text(row.label), Text(row.recipe), Text(row.storage), *cells)
-    out_console.print(table)
-    for note in comparison.notes:
-        err_console.print(f"note: {note}")
-
-
-def _print_offload(result: dict) -> None:
-    report = result["offload"]
-    layout, head = report["layout"], report["head"]
-    _print_rows(f"{result['source']}: embedding table on flash", [
-        ("table", f"{report['rows']:,} rows x {report['record_bytes']} B ({report['table']}), {human_bytes(report['table_bytes'])} all resident"),
-        ("store", f"layout {layout['kind']}" + (f", {layout['layers']} layer slices of {'/'.join(map(str, layout['slice_bytes']))} B" if layout["layers"] > 1 else "")
-         + f", {human_bytes(layout['file_bytes'])} in {layout['page_size']} B pages"),
-        ("stream", f"{report['tokens']} tokens ({report['distinct_tokens']} distinct), {report['lookups_per_token']} lookup(s) per token"),
-        ("cache", "LRU of whole pages, as the OS page cache under mmap" if report["cache_unit"] == "page" else "LRU of rows, 16 B of index each"),
-        ("hot set", f"{report['hot_set']['tokens']} tokens, {human_bytes(report['hot_set']['bytes'])}" if report["hot_set"]["tokens"] else "none"),
-        ("output head", f"{human_bytes(head['bytes'])} in RAM ({head.get('type', '')}): {head['note']}" if head["tied"] else head["note"]),
-        *([("real reads", f"{'O_DIRECT' if report['real']['o_direct'] else 'page cache in play'}, throttle {report['real']['throttle']}, "
-            f"this host unthrottled: {report['real']['host_read_us']:.0f} us per read")] if report["real"] else []),
-    ])
-    profiles = [r["profile"] for r in report["points"][0]["results"]]
-    table = Table(title="per token, against cache size (latency: mean / p99 us)")
-    for column in ("cache", "resident", "vs whole table", "hit rate", "reads", "flash bytes", *profiles):
-        table.add_column(column, justify="right")
-    for point in report["points"]:
-        cells = []
-        for r in point["results"]:
-            cell = f"{r['sim']['mean_us']:.0f} / {r['sim']['p99_us']:.0f}"
-            if r["real"] is not None:
-                cell += f"\nreal {r['real']['mean_us']:.0f} / {r['real']['p99_us']:.0f}" + (" (host slower)" if r["host_limited"] else "")
-            cells.append(cell)
-        table.add_row(
-            human_bytes(point["cache_peak_bytes"]), human_bytes(point["resident_bytes"]),
-            f"{point['resident_bytes'] / report['table_bytes']:.1%}", f"{point['hit_rate']:.1%}",
-            f"{point['reads_per_token']:.2f}", human_bytes(point["bytes_per_token"]), *cells,
-        )
-    out_console.print(table)
-    for run in result.get("runtime", []):
-        out_console.print(
-            f"llama.cpp use_mmap={run['use_mmap']}: peak RSS {human_bytes(run['peak_rss_bytes'])} "
-            f"(file pages {human_bytes(run['rss_file_bytes'])}, anonymous {human_bytes(run['rss_anon_bytes'])}), "
-            f"decode {run['decode_tokens_per_s']:.1f} tokens/s, load {run['load_seconds']:.2f} s"
-        )
-
-
-def _print_export(out: Path, report: dict) -> None:
-    exported, verify = report["export"], report["verify"]
-    if exported["format"] == "st":
-        _print_rows(f"{out}: sentence-transformers export", [
-            ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}, the table decoded to fp32)"),
-            ("vs compressed model", f"max abs difference {verify['max_abs_diff']:.2e} over {verify['texts']} texts (SentenceTransformer(path), offline)"),
-        ])
-        return
-    if exported["format"] == "onnx":
-        _print_rows(f"{out}: ONNX export, verified in onnxruntime", [
-            ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])})"),
-            ("embedding", f"{exported['table']}, {human_bytes(exported['table_bytes'])}; other MatMuls {'int8' if exported['quantized_rest'] else 'as exported'}"),
-            ("onnx.checker", verify["checker"]),
-            ("vs PyTorch", f"max abs difference {verify['max_abs_diff']:.2e} (compressed model, same table)"),
-            ("vs original", f"cosine mean {verify['mean_cosine']:.4f}, p1 {verify['p01_cosine']:.4f}, min {verify['min_cosine']:.4f} over {verify['texts']} texts"),
-            ("latency", f"p50 {verify['p50_latency_ms']:.2f} ms per sentence ({verify['threads']} thread)"),
-            ("session memory", f"{verify['session_rss_mb']:.0f} MB peak RSS above a bare process"),
-        ])
-        return
-    source_run, export_run = verify["source"], verify["export"]
-    rows = [
-        ("written", f"{exported['path']} ({human_bytes(exported['file_bytes'])}; source {human_bytes(exported['source_bytes'])}, {exported['file_bytes'] / exported['source_bytes'] - 1:+.1%})"),
-        ("token_embd", f"{exported['tensor_type']}, {human_bytes(exported['table_bytes'])} (source {human_bytes(exported['source_table_bytes'])})"),
-        *(("note", note) for note in exported["notes"]),
-        ("greedy output", f"{verify['greedy_tokens_equal_to_source']}/{len(export_run['greedy_ids'])} tokens as the source: {export_run['greedy_text'][:80]!r}"),
-        ("decode", f"{export_run['decode_tokens_per_s']:.1f} tokens/s (source {source_run['decode_tokens_per_s']:.1f}, same run)"),
-        ("peak RSS", f"{human_bytes(export_run['peak_rss_bytes'])} (source {human_bytes(source_run['peak_rss_bytes'])})"),
-    ]
-    if export_run["perplexity"] is not None:
-        before, after = source_run["perplexity"], export_run["perplexity"]
-        rows.append(("perplexity", f"{before['perplexity']:.3f} -> {after['perplexity']:.3f} ({after['perplexity'] / before['perplexity'] - 1:+.2%}; {after['tokens_scored']} tokens of {verify['text']['data']})"))
-    _print_rows(f"{out}: GGUF export, verified in llama.cpp", rows)
-
-
-def _device_names() -> list[str]:
-    from edgeemb.bench.devices import device_names
-
-    return device_names()
+    print_recipes(loaded)
 
 
 _BENCH_HELP = """Benchmark a model file in the runtime a device runs it in: load time, latency per sentence
@@ -672,125 +871,54 @@ the device's: --baseline runs the uncompressed file in the same session and repo
 --emulate counts instructions instead, on the profile's CPU (the rpi5's Cortex-A76 by default)
 under qemu user mode, one thread: per sentence in onnxruntime (an aarch64 Python, fetched once)
 or per generated token in llama-bench (built by `edgeemb cross`). The count is the same in every
-run; qemu's wall time is not the device's and is not reported. Profiles: """ + ", ".join(_device_names()) + """ (or a YAML file)."""
+run; qemu's wall time is not the device's and is not reported. Profiles: {profiles} (or a YAML file).""".format(
+    profiles=", ".join(device_names()))
 
 
 @main.command(help=_BENCH_HELP)
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
-@click.option("--backend", type=click.Choice(["onnxruntime", "llama.cpp", "numpy"]), help="Runtime (default: by the file: .onnx, .gguf, output folder).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "llama.cpp", "numpy"]),
+              help="Runtime (default: by the file: .onnx, .gguf, output folder).")
 @click.option("--profile", help="Device profile whose cores and memory cap apply (name or YAML file).")
-@click.option("--baseline", type=click.Path(exists=True, path_type=Path), help="The uncompressed file, benchmarked first in the same session; results get ratios.")
-@click.option("--runs", default=3, show_default=True, help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.")
-@click.option("--text", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Sentences to run, one per line (default: eight built-in English sentences).")
-@click.option("--tokenizer", default="minilm", show_default=True, help="Sentence model whose tokenizer feeds an ONNX file.")
+@click.option("--baseline", type=click.Path(exists=True, path_type=Path),
+              help="The uncompressed file, benchmarked first in the same session; results get ratios.")
+@click.option("--runs", default=3, show_default=True,
+              help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.")
+@click.option("--text", type=_FILE, help="Sentences to run, one per line (default: eight built-in English sentences).")
+@click.option("--tokenizer", default="minilm", show_default=True,
+              help="Sentence model whose tokenizer feeds an ONNX file.")
 @click.option("--generate", default=32, show_default=True, help="Tokens generated per round (GGUF).")
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
 @click.option("--memory-mb", type=int, help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
-@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True, help="How the memory cap is applied.")
-@click.option("--cpu-quota", type=float, help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.")
-@click.option("--flash", is_flag=True, help="Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root).")
-@click.option("--emulate", is_flag=True, help="Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes).")
-def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int, text: Path | None, tokenizer: str,
-          generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str, cpu_quota: float | None, flash: bool, emulate: bool,
-          as_json: bool) -> None:
-    from edgeemb.bench.devices import load_device
-    from edgeemb.bench.run import bench as run_bench
-    from edgeemb.bench.run import compare_runs
-
-    device = load_device(profile) if profile else None
+@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True,
+              help="How the memory cap is applied.")
+@click.option("--cpu-quota", type=float,
+              help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.")
+@click.option("--flash", is_flag=True, help=(
+    "Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root)."))
+@click.option("--emulate", is_flag=True, help=(
+    "Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host."))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the results as JSON (the same schema a device run writes).")
+def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int,
+          text: Path | None, tokenizer: str, generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str,
+          cpu_quota: float | None, flash: bool, emulate: bool, as_json: bool) -> None:
     texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
-    options = {"backend": backend, "profile": device, "runs": runs, "texts": texts, "tokenizer": tokenizer, "generate": generate,
-               "mmap": not no_mmap, "memory_mb": memory_mb, "memory_limit": memory_limit, "cpu_quota": cpu_quota, "flash": flash, "emulate": emulate}
-    with err_console.status("counting instructions under qemu (the first run fetches and builds its tools)" if emulate else "benchmarking"):
+    options = {"backend": backend, "profile": load_device(profile) if profile else None, "runs": runs, "texts": texts,
+               "tokenizer": tokenizer, "generate": generate, "mmap": not no_mmap, "memory_mb": memory_mb,
+               "memory_limit": memory_limit, "cpu_quota": cpu_quota, "flash": flash, "emulate": emulate}
+    counting = "counting instructions under qemu (the first run fetches and builds its tools)"
+    with err_console.status(counting if emulate else "benchmarking"):
         results = [run_bench(baseline, **options)] if baseline else []
         results.append(run_bench(artifact, **options))
-    if as_json:
-        _print_json({"baseline": results[0], "result": {**results[1], "vs_baseline": compare_runs(*results)}} if baseline else results[0])
-        return
-    (_print_emulated if emulate else _print_bench)(results)
+    ratios = compare_runs(*results) if baseline else {}
+    if as_json and baseline:
+        print_json({"baseline": results[0], "result": results[1].model_copy(update={"vs_baseline": ratios})})
+    elif as_json:
+        print_json(results[0])
+    else:
+        (print_emulated if emulate else print_bench)(results, ratios)
 
-
-def _bench_table(title: str, results: list[dict], ratio_column: bool) -> Table:
-    """A table with a column per benchmarked file, and one for the ratios of the second to the first."""
-    table = Table(title=title)
-    table.add_column("")
-    for result in results:
-        table.add_column(Path(result["artifact"]).name)
-    if ratio_column:
-        table.add_column("ratio")
-    return table
-
-
-def _print_emulated(results: list[dict]) -> None:
-    """Emulated runs side by side; with two, the second's ratios to the first."""
-    from edgeemb.bench.run import compare_runs
-
-    ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
-    first = results[-1]["emulated"]
-    table = _bench_table(f"{results[-1]['backend']} under qemu {first['qemu'].split()[0]} as {first['cpu']} (one thread)", results, bool(ratios))
-    rows = [
-        ("file", lambda r: human_bytes(r["file_bytes"]), "file_bytes"),
-        (f"instructions per {results[-1]['unit']}", lambda r: f"{r['instructions_per_unit'] / 1e6:,.2f} M ({r['units']} counted)", "instructions"),
-        ("start-up run", lambda r: f"{r['short_run_instructions'] / 1e6:,.1f} M instructions", None),
-        ("qemu peak RSS", lambda r: human_bytes(r["peak_rss_bytes"]), "peak_rss"),
-    ]
-    for label, value, ratio in rows:
-        table.add_row(label, *(value(result) for result in results), *([f"{ratios[ratio]:.2f}x" if ratio else ""] if ratios else []))
-    out_console.print(table)
-    for result in results:
-        if "other_thread_instructions" in result:
-            out_console.print(f"{Path(result['artifact']).name}: other threads ran {result['other_thread_instructions']} instructions (not counted per unit: they vary)")
-
-
-def _print_bench(results: list[dict]) -> None:
-    """Bench results side by side; with two, the second's ratios to the first."""
-    from edgeemb.bench.run import compare_runs
-
-    def cell(result: dict, key: str) -> str:
-        if not result["fits"]:
-            return result["message"] if key == "latency" else "-"
-        latency = result["latency_ms"]
-        spread = f"p50 {latency['p50']:.2f} ms, p95 {latency['p95']:.2f} ms" if latency.get("p50") is not None else f"mean {latency['mean']:.2f} ms"
-        return {
-            "where": f"{result['host']['machine']}, {result.get('profile') or 'no profile'}",
-            "file": human_bytes(result["file_bytes"]),
-            "load": f"{result['load_s']:.2f} s" if "load_s" in result else "-",
-            "latency": f"{spread} per {result['unit']}",
-            "prompt": f"{result['prompt_ms_per_token']:.2f} ms per token ({result['prompt_tokens']} tokens)" if "prompt_ms_per_token" in result else "-",
-            "throughput": f"{format_number(result['throughput']['value'])} {result['throughput']['unit']}",
-            "memory": human_bytes(result["peak_rss_bytes"]),
-            "charged": human_bytes(result["charged_peak_bytes"]) if "charged_peak_bytes" in result else "-",
-            "faults": str(result.get("major_faults", "-")),
-        }[key]
-
-    labels = {"where": "run on", "file": "file", "load": "load", "latency": "latency", "prompt": "prompt", "throughput": "throughput",
-              "memory": "peak RSS", "charged": "cgroup peak", "faults": "pages read (major faults)"}
-    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token", "throughput": "throughput", "memory": "peak_rss"}
-    ratios = compare_runs(results[0], results[1]) if len(results) == 2 else {}
-    if "latency_p50" not in ratios and "latency_mean" in ratios:
-        ratio_of["latency"] = "latency_mean"
-    table = _bench_table(f"{results[-1]['backend']} benchmark", results, bool(ratios))
-    for key, label in labels.items():
-        row = [label, *(cell(result, key) for result in results)]
-        if ratios:
-            ratio = ratios.get(ratio_of.get(key, ""))
-            row.append(f"{ratio:.2f}x" if ratio is not None else "")
-        table.add_row(*row)
-    out_console.print(table)
-    for result in results:
-        limits = result["limits"]
-        cores = limits["cores"]
-        note = f"{Path(result['artifact']).name}: {cores['applied']} cores ({cores['how']})" + (f"; {cores['note']}" if "note" in cores else "")
-        if "memory" in limits:
-            memory = limits["memory"]
-            note += f"; memory cap {memory['cap_mb']} MB by {memory['how']}" + (f", swap {memory['swap']}" if "swap" in memory else "")
-        if "cpu_quota" in limits:
-            note += f"; CPU quota {limits['cpu_quota']['share']:.0%} of each core by {limits['cpu_quota']['how']}"
-        if "reads" in limits:
-            reads = limits["reads"]
-            note += f"; reads of disk {reads['device']} at {reads['bytes_per_s'] / 1e6:.0f} MB/s and {reads['iops']} IOPS by {reads['how']}"
-        out_console.print(note)
 
 _CROSS_HELP = """Build llama.cpp's runtime (llama-bench, llama-completion) for a device, from the llama.cpp
 vendored in the llama-cpp-python sdist edgeemb pins, and try it under qemu as the device's CPU.
@@ -805,46 +933,42 @@ cortex-a53 is reported as needing a newer CPU)."""
 
 @main.command(help=_CROSS_HELP)
 @click.option("--target", required=True, help="Device profile name or YAML file, e.g. rpi5, rpi4, rpi3, android-mid.")
-@click.option("-o", "--out", type=click.Path(path_type=Path), help="Folder for the binaries and BUILD.json. Default: edgeemb-cross/TARGET.")
-@click.option("--ndk", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Android NDK folder (default: ANDROID_NDK_HOME).")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Folder for the binaries and BUILD.json. Default: edgeemb-cross/TARGET.")
+@click.option("--ndk", type=_FOLDER, help="Android NDK folder (default: ANDROID_NDK_HOME).")
 @click.option("--api", default=28, show_default=True, help="Android API level for an NDK build.")
-@click.option("--smoke", "smoke_model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A GGUF that llama-bench runs under qemu (default: --version only).")
+@click.option("--smoke", "smoke_model", type=_FILE,
+              help="A GGUF that llama-bench runs under qemu (default: --version only).")
 @click.option("--try-cpu", help="Run the smoke test as this QEMU_CPU instead of the target's (e.g. cortex-a53).")
 @click.option("--force", is_flag=True, help="Replace files in an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
-def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model: Path | None, try_cpu: str | None, force: bool, as_json: bool) -> None:
-    from edgeemb.bench.devices import load_device
-    from edgeemb.bench.cross import cross_build
-
+def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model: Path | None, try_cpu: str | None,
+          force: bool, as_json: bool) -> None:
     device = load_device(target)
     out = out or Path("edgeemb-cross") / device.name
-    with err_console.status(f"building llama.cpp for {device.name} ({device.arm_arch}); the first build takes ~10 minutes"):
+    status = f"building llama.cpp for {device.name} ({device.arm_arch}); the first build takes ~10 minutes"
+    with err_console.status(status):
         build = cross_build(device, out, ndk=ndk, api=api, smoke_model=smoke_model, try_cpu=try_cpu, force=force)
     if as_json:
-        _print_json(asdict(build))
+        print_json(build)
     else:
-        smoke = build.smoke
-        _print_rows(f"llama.cpp for {build.target}", [
-            ("binaries", f"{', '.join(build.binaries)} in {out}/ ({'cached build' if build.cached else 'built'})"),
-            ("architecture", f"aarch64, -march={build.arm_arch}; {build.toolchain}; llama.cpp of llama-cpp-python {build.llama_cpp}"),
-            *(("note", note) for note in build.notes),
-            ("under qemu", f"{smoke.cpu}: {'ok' if smoke.ok else 'FAILED'}: {smoke.message}"),
-        ])
+        print_cross(build, out)
     if not build.smoke.ok:
         raise click.exceptions.Exit(1)
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=_FILE)
 @click.option("--target", required=True, help="Device profile name or YAML file (see `edgeemb cross --help`).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The bundle to write (.tar.gz).")
+@click.option("-o", "--out", type=_NEW_FILE, required=True, help="The bundle to write (.tar.gz).")
 @click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length llama-bench processes.")
 @click.option("--generate", default=32, show_default=True, help="Tokens llama-bench generates.")
 @click.option("--runs", default=3, show_default=True, help="llama-bench repetitions.")
-@click.option("--ndk", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Android NDK folder for an Android target.")
+@click.option("--ndk", type=_FOLDER, help="Android NDK folder for an Android target.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: int, runs: int, ndk: Path | None, force: bool, as_json: bool) -> None:
+def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: int, runs: int, ndk: Path | None,
+           force: bool, as_json: bool) -> None:
     """Pack a GGUF, llama-bench built for a device (`edgeemb cross`) and run.sh into a tarball. On
     the device, `sh run.sh` benchmarks the model and writes bench.json in the schema of `edgeemb
     bench`; `edgeemb compare host.json bench.json` shows it beside this host's run.
@@ -852,21 +976,15 @@ def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: in
     \b
     edgeemb bundle out/gemma-english-q5_0/model.gguf --target rpi5 -o gemma-rpi5.tar.gz
     """
-    from edgeemb.bench.devices import load_device
-    from edgeemb.bench.bundle import make_bundle
-
     device = load_device(target)
-    with err_console.status(f"building llama-bench for {device.name} (cached after the first build, ~10 minutes)"):
-        written = make_bundle(model, device, out, prompt_tokens=prompt_tokens, generate=generate, runs=runs, ndk=ndk, force=force)
+    status = f"building llama-bench for {device.name} (cached after the first build, ~10 minutes)"
+    with err_console.status(status):
+        written = make_bundle(model, device, out, prompt_tokens=prompt_tokens, generate=generate, runs=runs, ndk=ndk,
+                              force=force)
     if as_json:
-        _print_json(written)
+        print_json(written)
         return
-    _print_rows(f"bundle for {device.name}", [
-        ("written", f"{written['bundle']} ({human_bytes(written['bytes'])}): {written['folder']}/ with {written['model']}, llama-bench, run.sh"),
-        ("llama-bench", f"aarch64 -march={written['llama_bench']['arm_arch']}, {written['llama_bench']['toolchain']}"),
-        *(("note", note) for note in written["notes"]),
-        ("on the device", f"tar xzf {Path(written['bundle']).name} && sh {written['folder']}/run.sh  (writes {written['folder']}/bench.json)"),
-    ])
+    print_bundle(written, device.name)
 
 
 if __name__ == "__main__":

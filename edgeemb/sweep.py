@@ -24,8 +24,8 @@ from typing import Protocol
 
 import yaml
 
-from edgeemb.outputs import check_target
 from edgeemb.errors import EdgeembError
+from edgeemb.outputs import check_target
 from edgeemb.pipeline import EvaluationData, compress
 from edgeemb.progress import track
 from edgeemb.recipe import Recipe, load_recipe, parse_recipe
@@ -95,7 +95,8 @@ def _drain(pool: ProcessPoolExecutor, futures: list) -> Iterable:
             yield future.result()
 
 
-def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool, calibration: Path | None) -> str:
+def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool,
+                      calibration: Path | None) -> str:
     compress(model, parse_recipe(recipe), out, force=force, data=data, calibration=calibration)
     return str(out)
 

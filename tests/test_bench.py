@@ -63,11 +63,12 @@ def test_bad_profiles_are_clear(tmp_path):
 def test_numpy_lookup_bench_pins_the_cores_it_is_given(tmp_path):
     artifact = _table_artifact(tmp_path / "int4", 2000, quantized=True)
     result = bench(artifact, profile=load_device(_profile(tmp_path, cores=1, memory_cap_mb=2000)), runs=1, batch=256)
-    assert result["fits"] and result["backend"] == "numpy" and result["unit"] == "lookup of 256 rows"
-    assert result["limits"]["cores"] == {"asked": 1, "applied": 1, "cpus": result["limits"]["cores"]["cpus"], "how": "sched_setaffinity"}
-    assert len(result["limits"]["cores"]["cpus"]) == 1
-    assert result["latency_ms"]["count"] == 20 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
-    assert result["throughput"]["value"] > 0 and result["peak_rss_bytes"] > result["interpreter_rss_bytes"]
+    assert result.fits and result.backend == "numpy" and result.unit == "lookup of 256 rows"
+    cores = result.limits.cores
+    assert (cores.asked, cores.applied, cores.how, cores.note) == (1, 1, "sched_setaffinity", None)
+    assert len(cores.cpus) == 1
+    assert result.latency_ms.count == 20 and 0 < result.latency_ms.p50 <= result.latency_ms.p95
+    assert result.throughput.value > 0 and result.peak_rss_bytes > result.interpreter_rss_bytes
 
 
 @pytest.mark.parametrize(("how", "cap"), [("watchdog", 300), *([("cgroup", 100)] if CGROUPS else [])])
@@ -79,12 +80,12 @@ def test_a_model_over_the_memory_cap_does_not_fit_and_one_under_it_does(tmp_path
     its table in memory while it loads; int4 peaks near 85 MB), so each gets a cap between its two."""
     profile = load_device(_profile(tmp_path, cores=1, memory_cap_mb=cap))
     big = bench(_table_artifact(tmp_path / "fp32", 200_000), profile=profile, runs=1, batch=256, memory_limit=how)
-    assert big["fits"] is False and big["message"].startswith(f"does not fit in {cap} MB")
-    assert big["limits"]["memory"]["cap_mb"] == cap
-    assert ("cgroup" in big["limits"]["memory"]["how"]) == (how == "cgroup")
+    assert big.fits is False and big.message.startswith(f"does not fit in {cap} MB")
+    assert big.limits.memory.cap_mb == cap
+    assert ("cgroup" in big.limits.memory.how) == (how == "cgroup")
     small = bench(_table_artifact(tmp_path / "int4", 200_000, quantized=True), profile=profile, runs=1, batch=256, memory_limit=how)
-    assert small["fits"] is True
-    assert (small["charged_peak_bytes"] if how == "cgroup" else small["peak_rss_bytes"]) <= cap * 2**20
+    assert small.fits is True
+    assert (small.charged_peak_bytes if how == "cgroup" else small.peak_rss_bytes) <= cap * 2**20
     assert compare_runs(big, small) == {}  # no ratios against a run that did not fit
 
 
@@ -95,8 +96,10 @@ def test_onnx_bench_measures_sentences_and_compares(tiny_model, tmp_path):
     export_onnx(tiny_model, None, fp32)
     first = bench(fp32, tokenizer=str(tiny_model), runs=2, texts=["a short sentence", "another one"])
     second = bench(fp32, tokenizer=str(tiny_model), runs=2, texts=["a short sentence", "another one"])
-    assert first["fits"] and first["unit"] == "sentence" and first["latency_ms"]["count"] == 4
-    assert first["limits"] == {"cores": {"asked": None, "applied": first["threads"], "cpus": first["limits"]["cores"]["cpus"], "how": "sched_setaffinity"}}
+    assert first.fits and first.unit == "sentence" and first.latency_ms.count == 4
+    cores = first.limits.cores
+    assert (cores.asked, cores.applied, cores.how, cores.note) == (None, first.threads, "sched_setaffinity", None)
+    assert (first.limits.memory, first.limits.cpu_quota, first.limits.reads) == (None, None, None)
     ratios = compare_runs(first, second)
     assert ratios["file_bytes"] == 1.0 and ratios["latency_p50"] > 0
 
@@ -106,10 +109,10 @@ def test_gguf_bench_measures_prompt_and_generation(tmp_path):
     embd = np.random.default_rng(1).standard_normal((512, 256)).astype(np.float32)
     _write_llama(path, embd, Q.F32, _layer_weights(256, seed=2))
     result = bench(path, runs=1, prompt_tokens=16, generate=8, texts=["w1 w2 w3"])
-    assert result["fits"] and result["backend"] == "llama.cpp" and result["unit"] == "generated token"
-    assert result["latency_ms"]["count"] == 8 and result["prompt_tokens"] == 16 and result["prompt_ms_per_token"] > 0
+    assert result.fits and result.backend == "llama.cpp" and result.unit == "generated token"
+    assert result.latency_ms.count == 8 and result.prompt_tokens == 16 and result.prompt_ms_per_token > 0
     no_mmap = bench(path, runs=1, prompt_tokens=16, generate=8, texts=["w1 w2 w3"], mmap=False)
-    assert no_mmap["mmap"] is False and result["mmap"] is True
+    assert no_mmap.mmap is False and result.mmap is True
 
 
 def test_cli_bench_json_and_errors(tmp_path):

@@ -12,6 +12,17 @@ from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
 from edgeemb.pipeline import EvaluationData, compress
 from edgeemb.report.compare import compare_outputs, pareto, to_html, to_markdown
+from edgeemb.results import (
+    GGUFCheck,
+    GGUFExported,
+    GGUFFile,
+    LlamaRun,
+    Report,
+    RetrievalQuality,
+    RetrievalScores,
+    from_json,
+    to_json,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +51,28 @@ def test_compare_lines_up_sizes_and_shared_quality(outputs):
     assert "<table>" in to_html(comparison)
 
 
+def _llama_run(decode_tokens_per_s: float, peak_rss_bytes: int) -> LlamaRun:
+    return LlamaRun(path="m.gguf", file_bytes=1000, load_seconds=0.1, greedy_ids=[1], greedy_text="a", greedy_pieces=["a"],
+                    decode_tokens_per_s=decode_tokens_per_s, prefill_tokens_per_s=None, peak_rss_bytes=peak_rss_bytes,
+                    perplexity=None, rss_file_bytes=0, rss_anon_bytes=0, options={})
+
+
 def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, tmp_path):
-    """nDCG@10 (whose 'original' is a dict of figures) and the export's decode speed against the
+    """nDCG@10 (whose 'original' is a block of figures) and the export's decode speed against the
     source in the same run, as OUT/report.json records them after an export."""
     folders = []
     for name, speed in (("int8", 30.0), ("int4", 45.0)):
         folder = tmp_path / name
         shutil.copytree(outputs / name, folder)
-        report = json.loads((folder / "report.json").read_text())
-        figures = {"ndcg_at_10": 0.5, "recall_at_10": 0.6}
-        report["quality"]["retrieval"] = {"sha256": "a" * 64, "original": figures, "compressed": figures}
-        runs = {"source": {"decode_tokens_per_s": 30.0, "peak_rss_bytes": 10}, "export": {"decode_tokens_per_s": speed, "peak_rss_bytes": 9}}
-        report["export"] = {"export": {"file_bytes": 1000}, "verify": runs}
-        (folder / "report.json").write_text(json.dumps(report))
+        report = from_json(Report, (folder / "report.json").read_text())
+        figures = RetrievalScores(ndcg_at_10=0.5, recall_at_10=0.6, queries=10)
+        retrieval = RetrievalQuality(data="qrels/test.tsv", sha256="a" * 64, original=figures, compressed=figures)
+        written = GGUFFile(path="m.gguf", source="s.gguf", tensor_type="Q8_0", rebuilt=False, replaced=["token_embd.weight"],
+                           source_bytes=2000, file_bytes=1000, source_table_bytes=500, table_bytes=300, notes=[])
+        runs = GGUFCheck(runtime="llama.cpp", greedy_tokens_equal_to_source=1, source=_llama_run(30.0, 10), export=_llama_run(speed, 9))
+        report = report.model_copy(update={"quality": report.quality.model_copy(update={"retrieval": retrieval}),
+                                           "export": GGUFExported(export=written, verify=runs)})
+        (folder / "report.json").write_text(to_json(report))
         folders.append(folder)
     comparison = compare_outputs(folders)
     assert {"nDCG@10", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as Q
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.instructions import _fake_machine, count_instructions, run_counted
 from edgeemb.bench.run import bench, compare_runs
+from edgeemb.results import BenchResult
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
 from tests.test_formats_ggml import _layer_weights, _write_llama
@@ -86,9 +87,9 @@ def test_onnx_counts_per_sentence_repeat(tiny_model, tmp_path):
     export_onnx(tiny_model, None, fp32)
     texts = ["a short sentence", "another one that is a little longer"]
     first, second = (bench(fp32, tokenizer=str(tiny_model), texts=texts, emulate=True) for _ in range(2))
-    assert first["unit"] == "sentence" and first["units"] == 2 and first["emulated"]["cpu"] == "cortex-a76"
-    assert first["instructions"] == second["instructions"] > 0 and first["short_run_instructions"] == second["short_run_instructions"]
-    assert "other_thread_instructions" not in first  # one thread: nothing left out of the count
+    assert first.unit == "sentence" and first.units == 2 and first.emulated.cpu == "cortex-a76"
+    assert first.instructions == second.instructions > 0 and first.short_run_instructions == second.short_run_instructions
+    assert first.other_thread_instructions is None  # one thread: nothing left out of the count
     assert compare_runs(first, second)["instructions"] == 1.0
 
 
@@ -123,16 +124,18 @@ def test_minilm_int4_onnx_costs_fewer_instructions_per_sentence(minilm_onnx, tmp
     # int8 MatMuls with the A76's dot products against fp32: well under half the instructions
     # (0.458x over bench's eight sentences, docs/bench-emulated.md)
     assert ratios["instructions"] < 0.6 and ratios["file_bytes"] < 0.25 and ratios["peak_rss"] < 1
-    assert os.path.getsize(small) == after["file_bytes"]
+    assert os.path.getsize(small) == after.file_bytes
 
 
 def test_compare_keeps_counts_and_timings_apart(tmp_path):
-    counted = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
-               "instructions_per_unit": 5.0, "peak_rss_bytes": 100}
-    timed = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
-             "latency_ms": {"p50": 1.0}, "throughput": {"value": 1.0}, "peak_rss_bytes": 100}
-    assert compare_runs(counted, timed) == {} and compare_runs(timed, counted) == {}
-    assert compare_runs(counted, {**counted, "instructions_per_unit": 2.5, "file_bytes": 5}) == {"file_bytes": 0.5, "instructions": 0.5, "peak_rss": 1.0}
+    run = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
+           "host": {"machine": "x86_64"}, "profile": None, "peak_rss_bytes": 100}
+    counted = {**run, "instructions_per_unit": 5.0}
+    timed = {**run, "latency_ms": {"p50": 1.0, "p95": 1.0, "mean": 1.0, "count": 1}, "throughput": {"value": 1.0, "unit": "sentences/s"}}
+    results = {name: BenchResult.model_validate(data) for name, data in (("counted", counted), ("timed", timed))}
+    assert compare_runs(results["counted"], results["timed"]) == {} and compare_runs(results["timed"], results["counted"]) == {}
+    halved = results["counted"].model_copy(update={"instructions_per_unit": 2.5, "file_bytes": 5})
+    assert compare_runs(results["counted"], halved) == {"file_bytes": 0.5, "instructions": 0.5, "peak_rss": 1.0}
     (tmp_path / "a.json").write_text(json.dumps(counted))
     (tmp_path / "b.json").write_text(json.dumps(timed))
     done = CliRunner().invoke(main, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])

@@ -152,7 +152,7 @@ def test_hot_set_serves_first_occurrences():
     tokens = np.array([4, 4, 9, 4, 9, 300])
     config = OffloadConfig(("ufs-3.1",), cache_bytes=(0,), hot_bytes=2 * (rows.records.shape[1] + INDEX_BYTES_PER_ENTRY))
     report = emulate_offload(rows, layout, tokens, config, calibration=np.array([9, 4, 4, 9, 4, 1]))
-    assert report.hot_set["tokens"] == 2
+    assert report.hot_set.tokens == 2
     # only token 300, not in the hot set, is read
     assert report.points[0].hit_rate == pytest.approx(5 / 6)
     assert report.points[0].bytes_per_token == pytest.approx(PAGE / 6)
@@ -165,7 +165,7 @@ def test_sim_and_real_read_the_same_bytes_and_order_the_profiles_alike(tmp_path)
     tokens = np.random.default_rng(2).integers(0, 20000, 200)
     config = OffloadConfig(("nvme", "emmc-5.1", "microsd-a2"), cache_bytes=(0, 20000), mode="real")
     report = emulate_offload(rows, layout, tokens, config, store=tmp_path / "t.store")
-    assert report.real["host_reads"] > 0
+    assert report.real.host_reads > 0
     for point in report.points:
         assert point.bytes_per_token > 0
         sim = [r.sim.mean_us for r in point.results]
@@ -240,7 +240,7 @@ def test_cli_model_without_a_tokenizer(tiny_model, tmp_path):
 @pytest.mark.real
 def test_gemma_table_streams_from_flash_with_a_cache_under_five_percent(tmp_path):
     """The issue's case: Gemma 3 270M, a 512-token WikiText-2 stream, UFS 3.1, single and PLE."""
-    from edgeemb.pipeline import offload
+    from edgeemb.offload.run import offload
 
     wiki = data_file("wikitext2", "wikitext2_raw_test_joined.txt")
     source = open_model("gemma3-270m")
@@ -249,29 +249,29 @@ def test_gemma_table_streams_from_flash_with_a_cache_under_five_percent(tmp_path
     budget = int(0.05 * stored.nbytes)
     for layout in ("single", "ple"):
         result = offload("gemma3-270m", wiki, OffloadConfig(("ufs-3.1",), cache_bytes=(budget,)), layout=layout, head_type="Q4_0")
-        report = result["offload"]
-        point = report["points"][0]
-        assert report["layout"]["layers"] == (18 if layout == "ple" else 1)
-        assert report["tokens"] == 512 and point.get("cache_peak_bytes") <= budget
-        assert 0.5 < point["hit_rate"] < 1  # repeats hit; first occurrences must come from flash
-        assert point["reads_per_token"] == pytest.approx(1 - point["hit_rate"], abs=0.02 if layout == "ple" else 1e-9)
-        assert 0 < point["results"][0]["sim"]["p99_us"] < 1000
+        report = result.offload
+        point = report.points[0]
+        assert report.layout.layers == (18 if layout == "ple" else 1)
+        assert report.tokens == 512 and point.cache_peak_bytes <= budget
+        assert 0.5 < point.hit_rate < 1  # repeats hit; first occurrences must come from flash
+        assert point.reads_per_token == pytest.approx(1 - point.hit_rate, abs=0.02 if layout == "ple" else 1e-9)
+        assert 0 < point.results[0].sim.p99_us < 1000
         # a tied table keeps a head in RAM: a Q4_0 head is about 53% of the Q8_0 table
-        assert report["head"]["bytes"] == pytest.approx(0.53 * stored.nbytes, rel=0.01)
+        assert report.head.bytes == pytest.approx(0.53 * stored.nbytes, rel=0.01)
 
 
 @pytest.mark.real
 def test_smollm2_mmap_on_and_off_in_llama_cpp():
-    from edgeemb.pipeline import offload
+    from edgeemb.offload.run import offload
 
     wiki = data_file("wikitext2", "wikitext2_raw_test_joined.txt")
     result = offload("smollm2-135m", wiki, OffloadConfig(("ufs-3.1",), cache_bytes=(0,)), max_tokens=64, runtime=True)
-    mapped, loaded = result["runtime"]
-    assert (mapped["use_mmap"], loaded["use_mmap"]) == (True, False)
+    mapped, loaded = result.runtime
+    assert (mapped.use_mmap, loaded.use_mmap) == (True, False)
     # mmap leaves the weights as file pages; without it they are copied into anonymous memory
-    assert mapped["rss_file_bytes"] > loaded["rss_file_bytes"] + 50e6
-    assert loaded["rss_anon_bytes"] > mapped["rss_anon_bytes"] + 50e6
-    assert mapped["decode_tokens_per_s"] > 0 and loaded["decode_tokens_per_s"] > 0
+    assert mapped.rss_file_bytes > loaded.rss_file_bytes + 50e6
+    assert loaded.rss_anon_bytes > mapped.rss_anon_bytes + 50e6
+    assert mapped.decode_tokens_per_s > 0 and loaded.decode_tokens_per_s > 0
 
 
 def test_o_direct_is_used_on_this_filesystem(tmp_path):
@@ -285,20 +285,21 @@ def test_o_direct_is_used_on_this_filesystem(tmp_path):
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     write_store(tmp_path / "t.store", rows, layout)
     report = emulate_offload(rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store")
-    assert report.real["o_direct"] is True and report.real["page_cache"] is False
+    assert report.real.o_direct is True and report.real.page_cache is False
 
 
 def test_offload_of_an_output_folder_streams_its_compressed_rows(tiny_model, tmp_path):
-    from edgeemb.pipeline import compress, offload
+    from edgeemb.offload.run import offload
+    from edgeemb.pipeline import compress
 
     compress(str(tiny_model), "int8", tmp_path / "out")
     text = tmp_path / "t.txt"
     text.write_text("the water was long and the people made a way " * 10)
     result = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(0,)))
-    report = result["offload"]
-    assert result["source"] == str(tmp_path / "out")
-    assert report["record_bytes"] == 64 + 2  # int8 codes and an fp16 scale per row, not the fp32 source's 256
-    assert report["table"].startswith("int8")
+    report = result.offload
+    assert result.source == str(tmp_path / "out")
+    assert report.record_bytes == 64 + 2  # int8 codes and an fp16 scale per row, not the fp32 source's 256
+    assert report.table.startswith("int8")
     with pytest.raises(EdgeembError, match="needs a GGUF model"):
         offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(0,)), runtime=True)
 

@@ -115,11 +115,11 @@ def test_model2vec_distills_a_static_model_scored_as_one(tiny_model, tiny_sts, t
             compress(str(tiny_model), recipe, tmp_path / "m2v")
         pytest.skip("model2vec is not installed (pip install -e '.[peers]'); its clear error is checked")
     result = compress(str(tiny_model), recipe, tmp_path / "m2v", data=EvaluationData(sts=tiny_sts))
-    table, quality = result.report["table"], result.report["quality"]
-    assert table["storage"] == "dense float16" and table["bytes"] == 192 * 16 * 2
-    assert table["model_bytes"] == table["bytes"] and "replaces_model" in table
-    assert quality["table"] == {} and "drift" not in quality
-    assert -100 <= quality["sts"]["compressed"] <= 100 and quality["sts"]["compressed"] != quality["sts"]["original"]
+    table, quality = result.report.table, result.report.quality
+    assert table.storage == "dense float16" and table.bytes == 192 * 16 * 2
+    assert table.model_bytes == table.bytes and table.replaces_model is not None
+    assert quality.table is None and quality.drift is None
+    assert -100 <= quality.sts.compressed <= 100 and quality.sts.compressed != quality.sts.original
     with pytest.raises(EdgeembError, match="static model"):
         export_artifact(tmp_path / "m2v", ExportConfig(format="onnx"))
 

@@ -195,13 +195,13 @@ def test_compress_trims_then_quantises_and_reports_it(tiny_model, tiny_sts, tmp_
     corpus.write_text("\n".join([" ".join(WORDS[i : i + 8]) for i in range(0, 64, 8)] + held))
     recipe = parse_recipe({"name": "trim-int8", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0.2}}, {"quantize": {"format": "int8"}}]})
     result = compress(tiny_model, recipe, tmp_path / "out", data=EvaluationData(sts=tiny_sts))
-    vocabulary = result.report["table"]["vocabulary"]
-    assert vocabulary["rows"] == result.manifest["table"]["shape"][0] < vocabulary["source_rows"]
-    assert vocabulary["holdout"]["lines"] == 2 and 0 < vocabulary["holdout"]["token_coverage"] < 1
-    assert vocabulary["holdout"]["lines_changed"] == 1 and vocabulary["holdout"]["token_increase"] > 0
-    assert "vocabulary trimmed" in result.report["table"]["storage"] and "held-out corpus" in (tmp_path / "out" / "report.md").read_text()
+    vocabulary = result.report.table.vocabulary
+    assert vocabulary.rows == result.manifest.table.shape[0] < vocabulary.source_rows
+    assert vocabulary.holdout.lines == 2 and 0 < vocabulary.holdout.token_coverage < 1
+    assert vocabulary.holdout.lines_changed == 1 and vocabulary.holdout.token_increase > 0
+    assert "vocabulary trimmed" in result.report.table.storage and "held-out corpus" in (tmp_path / "out" / "report.md").read_text()
     again = evaluate_artifact(tmp_path / "out", EvaluationData(sts=tiny_sts))
-    assert again["quality"]["sts"]["compressed"] == pytest.approx(result.report["quality"]["sts"]["compressed"])
+    assert again.quality.sts.compressed == pytest.approx(result.report.quality.sts.compressed)
 
 
 # --- real models ----------------------------------------------------------------------------------
@@ -221,11 +221,11 @@ def test_minilm_trimmed_on_cranfield_keeps_its_queries_and_reports_other_text_de
     assert table.shape[0] < 0.3 * model.vocab_size and table.facts["holdout"]["token_coverage"] > 0.98
     queries, sts = tmp_path / "queries.txt", data_file("stsb", "stsb_en_dev.tsv")
     queries.write_text("\n".join(read_beir(beir).query_texts) + "\n")
-    in_domain = evaluate_quality(model, table, EvaluationData(texts=queries))["drift"]
+    in_domain = evaluate_quality(model, table, EvaluationData(texts=queries)).drift
     sentences = tmp_path / "sts.txt"
     sentences.write_text("\n".join(read_sts(sts).sentences1[:300]) + "\n")
-    other = evaluate_quality(model, table, EvaluationData(texts=sentences))["drift"]
-    assert in_domain["mean_cosine"] > 0.99 and other["mean_cosine"] < in_domain["mean_cosine"] - 0.1
+    other = evaluate_quality(model, table, EvaluationData(texts=sentences)).drift
+    assert in_domain.mean_cosine > 0.99 and other.mean_cosine < in_domain.mean_cosine - 0.1
 
 
 @pytest.mark.real
@@ -245,13 +245,13 @@ def test_smollm2_trimmed_gguf_runs_in_llama_cpp_and_scores_by_bits_per_byte(tmp_
     policy = {"scripts": ["ascii"], "corpus": [str(tmp_path / "second.txt")]}
     recipe = parse_recipe({"name": "trim", "steps": [{"trim_vocab": policy}], "export": {"format": "gguf", "type": "Q8_0"}})
     result = compress("smollm2-135m", recipe, tmp_path / "out", data=EvaluationData(perplexity=tmp_path / "first.txt", max_tokens=1024))
-    ppl = result.report["quality"]["perplexity"]
-    assert ppl["runtime"] == "llama.cpp" and ppl["bits_per_byte"]["compressed"] < 1.01 * ppl["bits_per_byte"]["original"]
-    assert result.export["export"]["file_bytes"] < result.export["export"]["source_bytes"]
+    ppl = result.report.quality.perplexity
+    assert ppl.runtime == "llama.cpp" and ppl.bits_per_byte.compressed < 1.01 * ppl.bits_per_byte.original
+    assert result.export.export.file_bytes < result.export.export.source_bytes
     vocab = llama_vocabulary(tmp_path / "out" / "model.gguf")
     russian = "Привет, мир! Как дела?".encode()
     ids = vocab.tokenize(russian, add_bos=False, special=False)
-    assert vocab.detokenize(ids) == russian and max(ids) < result.report["table"]["vocabulary"]["rows"]
+    assert vocab.detokenize(ids) == russian and max(ids) < result.report.table.vocabulary.rows
 
 
 def test_trimmed_tables_export_to_onnx_and_sentence_transformers_with_their_tokenizer(tiny_model, tmp_path):
@@ -264,9 +264,9 @@ def test_trimmed_tables_export_to_onnx_and_sentence_transformers_with_their_toke
                                                               {"quantize": {"format": "int4", "block_size": 32}}]})
     compress(tiny_model, recipe, tmp_path / "out")
     st = export_artifact(tmp_path / "out", ExportConfig(format="st"), tmp_path / "st")
-    assert st["verify"]["max_abs_diff"] < 1e-5  # the saved directory tokenises as the trimmed model does
+    assert st.verify.max_abs_diff < 1e-5  # the saved directory tokenises as the trimmed model does
     onnx = export_artifact(tmp_path / "out", ExportConfig(format="onnx"), tmp_path / "model.onnx")
-    assert onnx["verify"]["max_abs_diff"] < 1e-4 and Path(onnx["export"]["tokenizer"]) == tmp_path / "model.tokenizer.json"
+    assert onnx.verify.max_abs_diff < 1e-4 and Path(onnx.export.tokenizer) == tmp_path / "model.tokenizer.json"
     from tokenizers import Tokenizer
 
     rows = json.loads((tmp_path / "st" / "config.json").read_text())["vocab_size"]
@@ -290,13 +290,14 @@ def test_cli_previews_a_trim_and_refuses_bad_policies(tiny_model, tmp_path):
 
 def test_a_trimmed_table_offloads_as_a_smaller_store_streamed_in_its_own_ids(tiny_model, tmp_path):
     from edgeemb.offload import OffloadConfig
-    from edgeemb.pipeline import compress, offload
+    from edgeemb.offload.run import offload
+    from edgeemb.pipeline import compress
 
     corpus, text = tmp_path / "corpus.txt", tmp_path / "text.txt"
     corpus.write_text(KEPT_TEXT)
     text.write_text(KEPT_TEXT + " people")  # 'people' was dropped: it streams as character pieces
     compress(tiny_model, parse_recipe({"name": "trim", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}]}), tmp_path / "out")
-    report = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(4096,)))["offload"]
+    report = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(4096,))).offload
     table = load_table(tmp_path / "out" / "table.safetensors")
-    assert report["rows"] == table.shape[0] < 192
-    assert report["tokens"] == len(KEPT_TEXT.split()) + len("people")
+    assert report.rows == table.shape[0] < 192
+    assert report.tokens == len(KEPT_TEXT.split()) + len("people")

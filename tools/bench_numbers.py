@@ -28,6 +28,7 @@ from edgeemb.export.onnx import export_onnx
 from edgeemb.steps import StepContext
 from edgeemb.pipeline import compress
 from edgeemb.recipe import load_recipe
+from edgeemb.results import to_dict
 from edgeemb.sources import open_model
 
 
@@ -66,7 +67,7 @@ def measure(work: Path) -> dict:
         device = load_device(profile)
         before = bench(original, profile=device, **options)
         after = bench(compressed, profile=device, **options)
-        rows.append({"scenario": label, "profile": profile, "options": options, "original": before, "compressed": after, "ratios": compare_runs(before, after)})
+        rows.append({"scenario": label, "profile": profile, "options": options, "original": to_dict(before), "compressed": to_dict(after), "ratios": compare_runs(before, after)})
     return {"seconds": time.time() - started, "rows": rows}
 
 

@@ -24,6 +24,7 @@ from report_files import write_report
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.run import bench, compare_runs
 from edgeemb.pipeline import compress
+from edgeemb.results import BenchResult, to_dict
 from edgeemb.sources import open_model
 
 GENERATE = 16
@@ -43,12 +44,12 @@ def smollm2_files(work: Path, text: Path) -> list[Path]:
     return files
 
 
-def counted_twice(path: Path, device) -> dict:
+def counted_twice(path: Path, device) -> tuple[BenchResult, dict]:
     first, second = (bench(path, profile=device, emulate=True, generate=GENERATE) for _ in range(2))
     for key in ("instructions", "short_run_instructions"):
-        if first[key] != second[key]:
-            raise SystemExit(f"{path.name}: {key} differ between two runs: {first[key]} and {second[key]}")
-    return {**first, "repeated": {"instructions": second["instructions"], "short_run_instructions": second["short_run_instructions"], "peak_rss_bytes": second["peak_rss_bytes"]}}
+        if getattr(first, key) != getattr(second, key):
+            raise SystemExit(f"{path.name}: {key} differ between two runs: {getattr(first, key)} and {getattr(second, key)}")
+    return first, {"instructions": second.instructions, "short_run_instructions": second.short_run_instructions, "peak_rss_bytes": second.peak_rss_bytes}
 
 
 def measure(work: Path, text: Path) -> dict:
@@ -57,7 +58,8 @@ def measure(work: Path, text: Path) -> dict:
     started, groups = time.time(), []
     for label, files in (("MiniLM ONNX, per sentence", list(minilm_files(work))), ("SmolLM2-135M GGUF, per generated token", smollm2_files(work, text))):
         results = [counted_twice(path, device) for path in files]
-        groups.append({"group": label, "results": [{**result, "vs_original": compare_runs(results[0], result)} for result in results]})
+        groups.append({"group": label, "results": [{**to_dict(result), "repeated": repeated, "vs_original": compare_runs(results[0][0], result)}
+                                                   for result, repeated in results]})
     return {"seconds": time.time() - started, "profile": device.name, "groups": groups}
 
 

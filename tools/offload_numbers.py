@@ -26,9 +26,11 @@ from pathlib import Path
 
 from edgeemb.export.gguf import export_gguf
 from edgeemb.offload import OffloadConfig, profile_names
-from edgeemb.pipeline import offload, step_context
+from edgeemb.offload.run import offload
+from edgeemb.pipeline import step_context
 from edgeemb.recipe import load_recipe
 from edgeemb.report.plots import plot_offload
+from edgeemb.results import to_dict
 from edgeemb.sources import open_model
 
 
@@ -53,23 +55,24 @@ def main() -> None:
         calibration.write_text(text[len(text) // 2 :], encoding="utf-8")
         common = {"max_tokens": args.max_tokens, "head_type": args.head_type if source.tied else None}
 
-        sweep = offload(args.model, stream, OffloadConfig((args.profile,)), **common)
-        pages = offload(args.model, stream, OffloadConfig((args.profile,), cache_unit="page"), **common)["offload"]
-        plot_offload(sweep["offload"], args.out / f"{stem}.png", args.model)
+        swept = offload(args.model, stream, OffloadConfig((args.profile,)), **common)
+        sweep = to_dict(swept)
+        pages = to_dict(offload(args.model, stream, OffloadConfig((args.profile,), cache_unit="page"), **common).offload)
+        plot_offload(swept.offload, args.out / f"{stem}.png", args.model)
         five = int(0.05 * sweep["offload"]["table_bytes"])
         layouts = {
-            layout: offload(args.model, stream, OffloadConfig((args.profile,), (five,)), layout=layout, **common)["offload"]
+            layout: to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five,)), layout=layout, **common).offload)
             for layout in ("single", "ple", "ple-layer")
         }
-        hot = offload(args.model, stream, OffloadConfig((args.profile,), (five // 2,), hot_bytes=five // 2), calibration=calibration, **common)["offload"]
-        modes = offload(args.model, stream, OffloadConfig(tuple(profile_names()), (five,), mode="real"), **common)["offload"]
+        hot = to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five // 2,), hot_bytes=five // 2), calibration=calibration, **common).offload)
+        modes = to_dict(offload(args.model, stream, OffloadConfig(tuple(profile_names()), (five,), mode="real"), **common).offload)
 
         compressed = work / f"{args.recipe}.gguf"
         recipe = load_recipe(args.recipe)
         export_gguf(source.path, recipe.apply(source.table, step_context(source, calibration)), compressed)
         runtime = {
-            "shipped": offload(args.model, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common),
-            args.recipe: offload(compressed, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common),
+            "shipped": to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)),
+            args.recipe: to_dict(offload(compressed, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)),
         }
 
     data = {

@@ -93,10 +93,10 @@ def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list
             continue
         quality = evaluate_quality(source, table, sentence_data)
         row.update(storage=table.describe(), bytes=table.nbytes, bits_per_param=table.bits_per_param,
-                   ratio_vs_fp32=4 * source.table_params / table.nbytes, relative_error=quality["table"]["relative_error"],
-                   row_cosine_mean=quality["table"]["row_cosine_mean"])
-        if "sts" in quality:
-            row.update(sts=quality["sts"]["compressed"], sts_original=quality["sts"]["original"])
+                   ratio_vs_fp32=4 * source.table_params / table.nbytes, relative_error=quality.table.relative_error,
+                   row_cosine_mean=quality.table.row_cosine_mean)
+        if quality.sts is not None:
+            row.update(sts=quality.sts.compressed, sts_original=quality.sts.original)
         if lm is not None:
             row["perplexity"] = lm.perplexity(ids, table.to_dense()).perplexity
         rows.append(row)

@@ -21,6 +21,7 @@ from edgeemb.pipeline import EvaluationData, compress, model_facts
 from edgeemb.recipe import parse_recipe
 from edgeemb.report.markdown import human_bytes
 from edgeemb.report.plots import plot_analysis
+from edgeemb.results import to_dict
 from edgeemb.sources import open_model
 
 RECIPES = {
@@ -63,7 +64,7 @@ def compress_rows(data: Path) -> tuple[list[dict], list[str]]:
     with tempfile.TemporaryDirectory() as scratch:
         for name, recipe in RECIPES.items():
             result = compress(source, parse_recipe({"name": name, **recipe}), Path(scratch) / name, data=evaluation)
-            report = result.report
+            report = to_dict(result.report)
             table, quality = report["table"], report["quality"]
             tq, sts, ret, drift = quality["table"], quality["sts"], quality["retrieval"], quality["drift"]
             lines.append(

@@ -18,6 +18,8 @@ import platform
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from edgeemb.bench.backends import BACKENDS, SCHEMA, backend_for
 from edgeemb.bench.devices import DeviceProfile, load_device
 from edgeemb.bench.instructions import count_instructions
@@ -33,6 +35,7 @@ from edgeemb.evaluate.llamacpp import tokenize_text
 from edgeemb.evaluate.onnxruntime import sentence_tokenizer
 from edgeemb.export.onnx import tokenizer_beside
 from edgeemb.offload.profiles import load_profile
+from edgeemb.results import BenchResult
 from edgeemb.sources import open_model
 
 DEFAULT_TEXTS = (
@@ -64,8 +67,8 @@ def bench(
     cpu_quota: float | None = None,
     flash: bool = False,
     emulate: bool = False,
-) -> dict:
-    """Benchmark one file (see the module docstring); returns the JSON-able result (`SCHEMA`).
+) -> BenchResult:
+    """Benchmark one file (see the module docstring); returns its result (schema `SCHEMA`).
     `runs` passes over the texts (onnxruntime), prompt-and-generate rounds of `prompt_tokens` and
     `generate` tokens (llama.cpp, which maps the file unless `mmap` is False: then the weights are
     read into memory, as a runtime without mmap holds them), or 20 lookups of `batch` ids each
@@ -86,7 +89,8 @@ def bench(
         if memory_mb is not None or cpu_quota is not None or flash:
             raise EdgeembError("an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs on this host")
         ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
-        return count_instructions(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
+        counted = count_instructions(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
+        return BenchResult.model_validate(counted)
     ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
     request = {
         "artifact": str(artifact), "backend": backend, "runs": runs, "ids": ids,
@@ -105,52 +109,58 @@ def bench(
         "profile": profile.name if profile else None, "limits": run.limits,
     }
     if run.out_of_memory:
-        return {**result, "fits": False, "message": f"does not fit in {cap} MB ({run.limits['memory']['how']} killed it)"}
+        message = f"does not fit in {cap} MB ({run.limits['memory']['how']} killed it)"
+        return BenchResult.model_validate({**result, "fits": False, "message": message})
     if run.returncode:
         last = (run.stderr.strip().splitlines() or ["no message"])[-1]
         raise EdgeembError(f"{artifact}: the {backend} benchmark failed: {last.removeprefix('edgeemb.errors.EdgeembError: ')}")
     measured = json.loads(run.stdout)
     if run.charged_peak_bytes is not None:
         measured["charged_peak_bytes"] = run.charged_peak_bytes
-    return {**result, "fits": True, **measured}
+    return BenchResult.model_validate({**result, "fits": True, **measured})
 
 
-def compare_runs(baseline: dict, result: dict) -> dict:
+def compare_runs(baseline: BenchResult, result: BenchResult) -> dict[str, float]:
     """`result` against `baseline` (ratios, result / baseline), for runs that both fit. Latency is
     compared at p50, or by means where one side has no percentiles (a device's llama-bench run);
     emulated runs by instructions per unit."""
-    if not (baseline.get("fits") and result.get("fits")):
+    if not (baseline.fits and result.fits):
         return {}
-    counted = ("instructions_per_unit" in baseline) + ("instructions_per_unit" in result)
+    counted = (baseline.instructions_per_unit is not None) + (result.instructions_per_unit is not None)
     if counted == 1:  # an instruction count and a timed run have no ratios
         return {}
     if counted == 2:
-        return {key: result[name] / baseline[name] for key, name in
-                (("file_bytes", "file_bytes"), ("instructions", "instructions_per_unit"), ("peak_rss", "peak_rss_bytes"))}
-    both = {key for key in ("p50", "p95") if baseline["latency_ms"].get(key) is not None and result["latency_ms"].get(key) is not None}
+        pairs = (
+            ("file_bytes", "file_bytes"), ("instructions", "instructions_per_unit"), ("peak_rss", "peak_rss_bytes"),
+        )
+        return {key: getattr(result, name) / getattr(baseline, name) for key, name in pairs}
+    before, after = baseline.latency_ms, result.latency_ms
+    both = {key for key in ("p50", "p95") if getattr(before, key) is not None and getattr(after, key) is not None}
     ratios = {
-        "file_bytes": result["file_bytes"] / baseline["file_bytes"],
-        **{f"latency_{key}": result["latency_ms"][key] / baseline["latency_ms"][key] for key in (both or {"mean"})},
-        "throughput": result["throughput"]["value"] / baseline["throughput"]["value"],
-        "peak_rss": result["peak_rss_bytes"] / baseline["peak_rss_bytes"],
+        "file_bytes": result.file_bytes / baseline.file_bytes,
+        **{f"latency_{key}": getattr(after, key) / getattr(before, key) for key in (both or {"mean"})},
+        "throughput": result.throughput.value / baseline.throughput.value,
+        "peak_rss": result.peak_rss_bytes / baseline.peak_rss_bytes,
     }
     for key in ("load_s", "prompt_ms_per_token"):
-        if key in result and key in baseline:
-            ratios[key] = result[key] / baseline[key]
+        if getattr(result, key) is not None and getattr(baseline, key) is not None:
+            ratios[key] = getattr(result, key) / getattr(baseline, key)
     return ratios
 
 
-def read_results(path: Path) -> list[dict]:
+def read_results(path: Path) -> list[BenchResult]:
     """Bench results from a JSON file `edgeemb bench --json` or a device's run.sh wrote."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise EdgeembError(f"{path}: not a readable JSON file ({exc})") from None
     results = [data["baseline"], data["result"]] if isinstance(data, dict) and "baseline" in data else [data]
-    for result in results:
-        if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-            raise EdgeembError(f"{path}: not an edgeemb bench result (schema {SCHEMA})")
-    return results
+    if not all(isinstance(result, dict) and result.get("schema") == SCHEMA for result in results):
+        raise EdgeembError(f"{path}: not an edgeemb bench result (schema {SCHEMA})")
+    try:
+        return [BenchResult.model_validate(result) for result in results]
+    except ValidationError as exc:
+        raise EdgeembError(f"{path}: not an edgeemb bench result ({exc.errors()[0]['msg']})") from None
 
 
 def _token_ids(artifact: Path, backend: str, texts: list[str], tokenizer: str, prompt_tokens: int) -> list:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -43,13 +43,15 @@ from edgeemb.offload.store import (
     write_store,
 )
 from edgeemb.progress import track
+from edgeemb.results import Result
 
 __all__ = [
-    "LAYOUTS", "FlashProfile", "Layout", "OffloadConfig", "OffloadReport", "StoredRows", "emulate_offload", "load_profile",
-    "profile_names", "source_rows", "sweep_budgets", "table_rows", "write_store",
+    "INPUT_ONLY", "LAYOUTS", "FlashProfile", "Layout", "OffloadConfig", "OffloadReport", "OffloadedHead", "StoredRows",
+    "emulate_offload", "load_profile", "profile_names", "source_rows", "sweep_budgets", "table_rows", "write_store",
 ]
 
 Mode = Literal["sim", "real"]
+CacheUnit = Literal["row", "page"]
 Throttle = Literal["user", "cgroup", "none"]
 
 
@@ -61,13 +63,12 @@ class OffloadConfig:
     profiles: tuple[str, ...] = ("ufs-3.1",)
     cache_bytes: tuple[int, ...] = ()  # empty: `sweep_budgets` of the stream
     hot_bytes: int = 0
-    cache_unit: Literal["row", "page"] = "row"  # page: whole pages as read, as the OS page cache under mmap
+    cache_unit: CacheUnit = "row"  # page: whole pages as read, as the OS page cache under mmap
     mode: Mode = "sim"
     throttle: Throttle = "user"  # real mode: how reads are held to each profile (see `replay.measure`)
 
 
-@dataclass(frozen=True)
-class Latency:
+class Latency(Result):
     p50_us: float
     p99_us: float
     mean_us: float
@@ -75,20 +76,19 @@ class Latency:
     @classmethod
     def of(cls, seconds: np.ndarray) -> Latency:
         micro = np.asarray(seconds) * 1e6
-        return cls(float(np.percentile(micro, 50)), float(np.percentile(micro, 99)), float(micro.mean()))
+        p50, p99 = np.percentile(micro, [50, 99])
+        return cls(p50_us=float(p50), p99_us=float(p99), mean_us=float(micro.mean()))
 
 
-@dataclass(frozen=True)
-class ProfileResult:
+class ProfileResult(Result):
     profile: str
     sim: Latency  # added latency per token, from the profile's read model
-    real: Latency | None = None  # measured on the store file (real mode)
-    real_bytes_per_token: float | None = None  # bytes the reads returned, for checking against sim
-    host_limited: bool | None = None  # this disk is slower than the profile: real shows the host
+    real: Latency | None  # measured on the store file (real mode)
+    real_bytes_per_token: float | None  # bytes the reads returned, for checking against sim
+    host_limited: bool | None  # this disk is slower than the profile: real shows the host
 
 
-@dataclass(frozen=True)
-class CachePoint:
+class CachePoint(Result):
     cache_budget_bytes: int
     cache_peak_bytes: int  # LRU rows and index entries at their fullest
     resident_bytes: int  # cache + hot set + resident table parts + the head (tied tables)
@@ -98,25 +98,59 @@ class CachePoint:
     results: list[ProfileResult]
 
 
-@dataclass(frozen=True)
-class OffloadReport:
+class StoreLayout(Result):
+    """Where the rows sit in the store file (`Layout.describe()`)."""
+
+    kind: str
+    layers: int
+    rows: int
+    record_bytes: int
+    slice_bytes: list[int]
+    page_size: int
+    file_bytes: int
+    padding_bytes: int
+
+
+class HotSet(Result):
+    budget_bytes: int
+    tokens: int
+    bytes: int
+
+
+class OffloadedHead(Result):
+    """RAM an output head keeps once the table's input lookups move to flash."""
+
+    bytes: int
+    tied: bool
+    type: str | None = None
+    note: str
+
+
+class RealReads(Result):
+    """Real mode: O_DIRECT or page cache, the throttle, this host's own time per read."""
+
+    o_direct: bool
+    page_cache: bool
+    throttle: str
+    host_read_us: float | None  # unthrottled, mean per read
+    host_reads: int
+
+
+class OffloadReport(Result):
     table: str
     rows: int
     record_bytes: int
     table_bytes: int  # the table as stored, all resident: the baseline
-    layout: dict
+    layout: StoreLayout
     tokens: int
     distinct_tokens: int
     lookups_per_token: int
     cache_unit: str
-    hot_set: dict
-    head: dict
+    hot_set: HotSet
+    head: OffloadedHead
     resident_fixed_bytes: int  # what stays in RAM at any cache size (table's resident parts, head, hot set)
     points: list[CachePoint]
-    real: dict | None  # real mode: O_DIRECT or page cache, the throttle, this host's own time per read
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    real: RealReads | None
 
 
 def _token_bytes(layout: Layout) -> int:
@@ -145,13 +179,16 @@ def hot_units(calibration: np.ndarray, layout: Layout, budget_bytes: int) -> fro
     return frozenset(pinned)
 
 
+INPUT_ONLY = OffloadedHead(bytes=0, tied=False, note="the table is input-only: nothing of it has to stay in RAM")
+
+
 def emulate_offload(
     rows: StoredRows, layout: Layout, tokens: np.ndarray, config: OffloadConfig, *,
-    head_bytes: int = 0, head: dict | None = None, calibration: np.ndarray | None = None, store: Path | None = None,
+    head: OffloadedHead = INPUT_ONLY, calibration: np.ndarray | None = None, store: Path | None = None,
 ) -> OffloadReport:
     """Replay `tokens` (ids) against `rows` stored with `layout`, for each cache budget and each
-    flash profile. `head_bytes` is RAM that an untied output head keeps whatever the cache
-    (tied tables); `store` is the file real mode reads (written by `write_store`)."""
+    flash profile. `head` is the output head a tied table keeps in RAM whatever the cache;
+    `store` is the file real mode reads (written by `write_store`)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     if len(tokens) == 0:
         raise EdgeembError("the token stream is empty: give a text with at least one token")
@@ -161,7 +198,8 @@ def emulate_offload(
     budgets = config.cache_bytes or sweep_budgets(tokens, layout, rows.records.nbytes)
     too_big = [b for b in budgets if b > rows.records.nbytes]
     if too_big:
-        raise EdgeembError(f"a cache of {too_big[0]:,} bytes is larger than the table's rows ({rows.records.nbytes:,} bytes): keep the table resident instead")
+        raise EdgeembError(f"a cache of {too_big[0]:,} bytes is larger than the table's rows "
+                           f"({rows.records.nbytes:,} bytes): keep the table resident instead")
     if config.hot_bytes and calibration is None:
         raise EdgeembError("a hot set needs calibration text to count token frequencies (--calibration)")
     if config.mode == "real" and store is None:
@@ -169,24 +207,31 @@ def emulate_offload(
     profiles = [load_profile(name) for name in config.profiles]
     pinned = hot_units(calibration, layout, config.hot_bytes) if config.hot_bytes else frozenset()
     hot_set_bytes = (len(pinned) // layout.layers) * _token_bytes(layout)
-    fixed = rows.resident_bytes + head_bytes + hot_set_bytes
+    fixed = rows.resident_bytes + head.bytes + hot_set_bytes
     host_reads: list[Measured] = []
     points = []
     for budget in track(budgets, "cache sizes", len(budgets)):
         replay = plan(tokens, layout, int(budget), pinned, config.cache_unit)
-        results = [ProfileResult(p.name, Latency.of(simulate(replay.runs, p))) for p in profiles]
+        results = [
+            ProfileResult(profile=p.name, sim=Latency.of(simulate(replay.runs, p)), real=None,
+                          real_bytes_per_token=None, host_limited=None)
+            for p in profiles
+        ]
         if config.mode == "real":
             results = _real(store, replay, profiles, results, config.throttle, host_reads)
         points.append(CachePoint(
-            int(budget), replay.peak_cache_bytes, fixed + replay.peak_cache_bytes,
-            float(replay.hits.sum() / replay.lookups.sum()), float(replay.reads.mean()), float(replay.bytes_read.mean()),
-            results,
+            cache_budget_bytes=int(budget), cache_peak_bytes=replay.peak_cache_bytes,
+            resident_bytes=fixed + replay.peak_cache_bytes, hit_rate=float(replay.hits.sum() / replay.lookups.sum()),
+            reads_per_token=float(replay.reads.mean()),
+            bytes_per_token=float(replay.bytes_read.mean()), results=results,
         ))
     return OffloadReport(
-        rows.describe, layout.rows, layout.record_bytes, table_bytes, layout.describe(), len(tokens),
-        len(np.unique(tokens)), layout.layers, config.cache_unit,
-        {"budget_bytes": config.hot_bytes, "tokens": len(pinned) // layout.layers, "bytes": hot_set_bytes},
-        {"bytes": head_bytes, **(head or {})}, fixed, points, _real_facts(host_reads, config.throttle) if host_reads else None,
+        table=rows.describe, rows=layout.rows, record_bytes=layout.record_bytes, table_bytes=table_bytes,
+        layout=StoreLayout(**layout.describe()), tokens=len(tokens), distinct_tokens=len(np.unique(tokens)),
+        lookups_per_token=layout.layers, cache_unit=config.cache_unit,
+        hot_set=HotSet(budget_bytes=config.hot_bytes, tokens=len(pinned) // layout.layers, bytes=hot_set_bytes),
+        head=head, resident_fixed_bytes=fixed, points=points,
+        real=_real_facts(host_reads, config.throttle) if host_reads else None,
     )
 
 
@@ -194,7 +239,8 @@ def _real(store: Path, replay: Plan, profiles: list[FlashProfile], results: list
           host_reads: list[Measured]) -> list[ProfileResult]:
     """Read the plan's pages from `store`: once unthrottled (this host), then held to each profile."""
     if throttle == "cgroup" and not cgroup_available():
-        raise EdgeembError("cgroup throttling needs root and cgroup v1 blkio (/sys/fs/cgroup/blkio); use --throttle user")
+        raise EdgeembError("cgroup throttling needs root and cgroup v1 blkio (/sys/fs/cgroup/blkio); "
+                           "use --throttle user")
     host = measure(store, replay.runs, None, "none")
     host_reads.append(host)
     host_read = _seconds_per_read(host)
@@ -202,10 +248,14 @@ def _real(store: Path, replay: Plan, profiles: list[FlashProfile], results: list
     for result, profile in zip(results, profiles):
         run = host if throttle == "none" else _measure_throttled(store, replay.runs, profile, throttle)
         if not np.array_equal(run.bytes_read, replay.bytes_read):
-            raise EdgeembError(f"{store}: reads returned {run.bytes_read.sum():,} bytes, the plan asked for {replay.bytes_read.sum():,} (was the file changed?)")
+            raise EdgeembError(f"{store}: reads returned {run.bytes_read.sum():,} bytes, the plan asked for "
+                               f"{replay.bytes_read.sum():,} (was the file changed?)")
         # a profile whose single page read is quicker than this disk's cannot be played here
         host_limited = host_read is not None and host_read > profile.read_seconds(1, profile.page_size)
-        measured.append(ProfileResult(result.profile, result.sim, Latency.of(run.seconds), float(run.bytes_read.mean()), host_limited))
+        measured.append(result.model_copy(update={
+            "real": Latency.of(run.seconds), "real_bytes_per_token": float(run.bytes_read.mean()),
+            "host_limited": host_limited,
+        }))
     return measured
 
 
@@ -213,15 +263,14 @@ def _seconds_per_read(run: Measured) -> float | None:
     return float(run.seconds.sum() / run.reads) if run.reads else None
 
 
-def _real_facts(host_reads: list[Measured], throttle: Throttle) -> dict:
+def _real_facts(host_reads: list[Measured], throttle: Throttle) -> RealReads:
     reads = sum(run.reads for run in host_reads)
     per_read = sum(float(run.seconds.sum()) for run in host_reads) / reads if reads else None
-    return {
-        "o_direct": host_reads[0].direct, "page_cache": not host_reads[0].direct,
-        "throttle": {"cgroup": "cgroup-blkio", "user": "user-space", "none": "none"}[throttle],
-        "host_read_us": per_read * 1e6 if per_read is not None else None,  # unthrottled, mean per read
-        "host_reads": reads,
-    }
+    return RealReads(
+        o_direct=host_reads[0].direct, page_cache=not host_reads[0].direct,
+        throttle={"cgroup": "cgroup-blkio", "user": "user-space", "none": "none"}[throttle],
+        host_read_us=per_read * 1e6 if per_read is not None else None, host_reads=reads,
+    )
 
 
 def _measure_throttled(store: Path, runs: list[np.ndarray], profile: FlashProfile, mode: str) -> Measured:

@@ -8,41 +8,53 @@ file's sha256 matches); otherwise the column is left out and the comparison says
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from edgeemb.artifact import load_artifact
+from edgeemb.artifact import Artifact, load_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import TEXT_MARK
+from edgeemb.results import GGUFExported, Report
 from edgeemb.steps import STEPS
 
 
 @dataclass(frozen=True)
 class Metric:
     label: str
-    path: tuple[str, ...]  # keys into an output's report
+    block: Callable[[Report], Any]  # the report's block holding the figure (None when not measured)
+    figure: Callable[[Any], float]  # the output's figure in that block
     higher_is_better: bool
-    data: tuple[str, ...] | None = None  # the report section naming the data: its sha256, runtime and token count must match
-    per: tuple[str, ...] | None = None  # a ratio: divided by this figure, measured in the same run
+    # Measured on data: the block's sha256, runtime and token count must match across outputs,
+    # and `original` is the source model's figure on that data.
+    original: Callable[[Any], float] | None = None
 
 
-_SOURCE_RUN, _EXPORT_RUN = ("export", "verify", "source"), ("export", "verify", "export")
+def _gguf_export(report: Report) -> GGUFExported | None:
+    return report.export if isinstance(report.export, GGUFExported) else None
+
+
 METRICS: tuple[Metric, ...] = (
-    Metric("STS Spearman", ("quality", "sts", "compressed"), True, ("quality", "sts")),
-    Metric("nDCG@10", ("quality", "retrieval", "compressed", "ndcg_at_10"), True, ("quality", "retrieval")),
-    Metric("recall@10", ("quality", "retrieval", "compressed", "recall_at_10"), True, ("quality", "retrieval")),
-    Metric("perplexity", ("quality", "perplexity", "compressed"), False, ("quality", "perplexity")),
-    Metric("sentence cosine", ("quality", "drift", "mean_cosine"), True),
-    Metric("row cosine", ("quality", "table", "row_cosine_mean"), True),
-    Metric("row cosine p1", ("quality", "table", "row_cosine_p1"), True),
-    Metric("relative error", ("quality", "table", "relative_error"), False),
-    Metric("nn overlap", ("quality", "table", "nn_overlap_mean"), True),
+    Metric("STS Spearman", lambda r: r.quality.sts, lambda b: b.compressed, True, lambda b: b.original),
+    Metric("nDCG@10", lambda r: r.quality.retrieval, lambda b: b.compressed.ndcg_at_10, True,
+           lambda b: b.original.ndcg_at_10),
+    Metric("recall@10", lambda r: r.quality.retrieval, lambda b: b.compressed.recall_at_10, True,
+           lambda b: b.original.recall_at_10),
+    Metric("perplexity", lambda r: r.quality.perplexity, lambda b: b.compressed, False, lambda b: b.original),
+    Metric("sentence cosine", lambda r: r.quality.drift, lambda b: b.mean_cosine, True),
+    Metric("row cosine", lambda r: r.quality.table, lambda b: b.row_cosine_mean, True),
+    Metric("row cosine p1", lambda r: r.quality.table, lambda b: b.row_cosine_p1, True),
+    Metric("relative error", lambda r: r.quality.table, lambda b: b.relative_error, False),
+    Metric("nn overlap", lambda r: r.quality.table, lambda b: b.nn_overlap_mean, True),
     # From the recipe's export, verified in its runtime (OUT/report.json "export").
-    Metric("exported file bytes", ("export", "export", "file_bytes"), False),
-    Metric("decode vs source", (*_EXPORT_RUN, "decode_tokens_per_s"), True, per=(*_SOURCE_RUN, "decode_tokens_per_s")),
-    Metric("llama.cpp peak RSS bytes", (*_EXPORT_RUN, "peak_rss_bytes"), False),
+    Metric("exported file bytes", lambda r: r.export, lambda e: e.export.file_bytes, False),
+    Metric("decode vs source", _gguf_export,
+           lambda e: e.verify.export.decode_tokens_per_s / e.verify.source.decode_tokens_per_s, True),
+    Metric("llama.cpp peak RSS bytes", _gguf_export, lambda e: e.verify.export.peak_rss_bytes, False),
 )
 SIZE_COLUMNS = (("table bytes", False), ("model bytes", False), ("bits / param", False))
+_SAME_DATA = ("sha256", "runtime", "tokens_scored")  # a figure's block: what must match for outputs to compare
 
 
 @dataclass(frozen=True)
@@ -77,27 +89,28 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     if len(outs) < 2:
         raise EdgeembError("compare needs at least two output folders")
     artifacts = [load_artifact(Path(out)) for out in outs]
-    sources = {a.manifest["source"]["sha256"] for a in artifacts}
+    sources = {a.manifest.source.sha256 for a in artifacts}
     if len(sources) > 1 and not allow_mixed:
-        names = ", ".join(sorted({f"{a.path.name}: {a.manifest['source']['name']}" for a in artifacts}))
-        raise EdgeembError(f"the outputs come from different source models ({names}); pass --allow-mixed to compare them anyway")
+        names = ", ".join(sorted({f"{a.path.name}: {a.manifest.source.name}" for a in artifacts}))
+        raise EdgeembError(f"the outputs come from different source models ({names}); "
+                           "pass --allow-mixed to compare them anyway")
     notes = ["the outputs come from different source models (--allow-mixed)"] if len(sources) > 1 else []
     metrics = []
     for metric in METRICS:
-        if any(_value(a.report, metric) is None for a in artifacts):
+        blocks = [metric.block(a.report) for a in artifacts]
+        if any(block is None for block in blocks):
             continue
-        if metric.data is not None:
-            measured = {tuple(_lookup(a.report, (*metric.data, key)) for key in ("sha256", "runtime", "tokens_scored")) for a in artifacts}
+        if metric.original is not None:
+            measured = {tuple(getattr(block, key, None) for key in _SAME_DATA) for block in blocks}
             if len(measured) > 1:
                 notes.append(f"{metric.label} left out: the outputs measured it on different data, tokens or runtimes")
                 continue
+            originals = {metric.original(block) for block in blocks}
+            if len(originals) == 1:
+                runtime = getattr(blocks[0], "runtime", None)
+                where = f" ({runtime})" if runtime else ""
+                notes.append(f"{metric.label} of the source model on the same data{where}: {originals.pop():.4g}")
         metrics.append(metric)
-        # The source model's own figure sits where the output's does, under "original".
-        original_path = tuple("original" if key == "compressed" else key for key in metric.path)
-        originals = [_lookup(a.report, original_path) for a in artifacts] if metric.data else []
-        if originals and all(isinstance(v, int | float) for v in originals) and len(set(originals)) == 1:
-            runtime = _lookup(artifacts[0].report, (*metric.data, "runtime"))
-            notes.append(f"{metric.label} of the source model on the same data{f' ({runtime})' if runtime else ''}: {originals[0]:.4g}")
     rows = [_row(a, metrics) for a in artifacts]
     columns = [(label, higher) for label, higher in SIZE_COLUMNS] + [(m.label, m.higher_is_better) for m in metrics]
     best = {}
@@ -108,34 +121,15 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     return Comparison(rows, [m.label for m in metrics], best, notes)
 
 
-def _lookup(data: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def _value(report: dict, metric: Metric) -> float | None:
-    value = _lookup(report, metric.path)
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    if metric.per is None:
-        return float(value)
-    base = _lookup(report, metric.per)
-    return float(value) / base if isinstance(base, int | float) and base else None
-
-
-def _row(artifact, metrics: list[Metric]) -> Row:
+def _row(artifact: Artifact, metrics: list[Metric]) -> Row:
     report, manifest = artifact.report, artifact.manifest
-    table, model = report["table"], report["model"]
-    model_bytes = table.get("model_bytes", model["total_bytes"] - model["table_bytes"] + table["bytes"])
+    table = report.table
     return Row(
-        artifact.path.name, str(artifact.path), manifest["source"]["name"], manifest["source"]["sha256"],
-        manifest["recipe"]["name"], table["storage"],
-        {"table bytes": table["bytes"], "model bytes": model_bytes, "bits / param": table["bits_per_param"]},
-        {m.label: _value(report, m) for m in metrics},
-        any(name in STEPS and STEPS[name].peer for step in manifest["recipe"]["steps"] for name in step),
+        artifact.path.name, str(artifact.path), manifest.source.name, manifest.source.sha256, manifest.recipe["name"],
+        table.storage,
+        {"table bytes": table.bytes, "model bytes": table.model_bytes, "bits / param": table.bits_per_param},
+        {m.label: float(m.figure(m.block(report))) for m in metrics},
+        any(name in STEPS and STEPS[name].peer for step in manifest.recipe["steps"] for name in step),
     )
 
 
@@ -199,7 +193,8 @@ def _mark(text: str, best: bool, tag: str) -> str:
 def pareto(comparison: Comparison, metric: str) -> list[int]:
     """Rows no other row beats on both table bytes and `metric` (ties kept)."""
     higher = comparison.higher_is_better(metric)
-    points = [(row.sizes["table bytes"], row.metrics[metric] if higher else -row.metrics[metric]) for row in comparison.rows]
+    points = [(row.sizes["table bytes"], row.metrics[metric] if higher else -row.metrics[metric])
+              for row in comparison.rows]
     return [
         i for i, (size, quality) in enumerate(points)
         if not any(s <= size and q >= quality and (s, q) != (size, quality) for s, q in points)

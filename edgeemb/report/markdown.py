@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgeemb.results import Quality, Report, TrimFacts
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -17,76 +19,80 @@ def format_number(value: object) -> str:
     return str(value)
 
 
-def comparison_rows(quality: dict) -> list[tuple[str, str, str, str, str]]:
+def comparison_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
     """(metric, data, original, compressed, change) for each model-level figure, formatted."""
     rows = []
-    if "sts" in quality:
-        sts = quality["sts"]
-        rows.append(("STS Spearman x100", f"{sts['data']} ({sts['pairs']} pairs)", f"{sts['original']:.2f}", f"{sts['compressed']:.2f}", f"{sts['delta']:+.2f}"))
-    if "retrieval" in quality:
-        ret = quality["retrieval"]
+    if quality.sts is not None:
+        sts = quality.sts
+        data = f"{sts.data} ({sts.pairs} pairs)"
+        rows.append(("STS Spearman x100", data, f"{sts.original:.2f}", f"{sts.compressed:.2f}", f"{sts.delta:+.2f}"))
+    if quality.retrieval is not None:
+        ret = quality.retrieval
         for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
-            before, after = ret["original"][key], ret["compressed"][key]
-            rows.append((label, ret["data"], f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
-    if "perplexity" in quality:
-        ppl = quality["perplexity"]
-        change = f"{ppl['compressed'] / ppl['original'] - 1:+.2%}"
-        per = " per source token" if "compressed_tokens_scored" in ppl else ""
-        rows.append((f"perplexity{per}", f"{ppl['data']} ({ppl['tokens_scored']} tokens, {ppl.get('runtime', 'transformers')})", f"{ppl['original']:.3f}", f"{ppl['compressed']:.3f}", change))
-        if "bits_per_byte" in ppl:
-            bits = ppl["bits_per_byte"]
-            rows.append(("bits per byte", ppl["data"], f"{bits['original']:.4f}", f"{bits['compressed']:.4f}", f"{bits['delta']:+.4f}"))
+            before, after = getattr(ret.original, key), getattr(ret.compressed, key)
+            rows.append((label, ret.data, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+    if quality.perplexity is not None:
+        ppl = quality.perplexity
+        change = f"{ppl.compressed / ppl.original - 1:+.2%}"
+        per = " per source token" if ppl.compressed_tokens_scored is not None else ""
+        data = f"{ppl.data} ({ppl.tokens_scored} tokens, {ppl.runtime})"
+        rows.append((f"perplexity{per}", data, f"{ppl.original:.3f}", f"{ppl.compressed:.3f}", change))
+        if ppl.bits_per_byte is not None:
+            bits = ppl.bits_per_byte
+            rows.append(("bits per byte", ppl.data, f"{bits.original:.4f}", f"{bits.compressed:.4f}",
+                         f"{bits.delta:+.4f}"))
     return rows
 
 
-def vocabulary_rows(table: dict) -> list[tuple[str, str]]:
+def vocabulary_rows(vocab: TrimFacts | None) -> list[tuple[str, str]]:
     """What a vocabulary trim kept and how held-out text fares, as (label, value) rows."""
-    vocab = table.get("vocabulary")
     if vocab is None:
         return []
-    rows = [("vocabulary", f"{vocab['rows']:,} of {vocab['source_rows']:,} rows ({vocab['rows'] / vocab['source_rows']:.1%}): "
-             f"{vocab['floor_rows']:,} always kept (special, byte, fallback), {vocab.get('script_rows', 0):,} by script, "
-             f"{vocab.get('corpus', {}).get('frequent_rows', 0):,} by corpus, {vocab['closure_rows_added']:,} merge intermediates added")]
-    if "holdout" in vocab:
-        held = vocab["holdout"]
-        rows.append(("held-out corpus", f"{held['lines']:,} lines: {held['token_coverage']:.2%} of their tokens kept, "
-                     f"{held['lines_changed']:.1%} of lines tokenised differently, {held['token_increase']:+.2%} tokens"))
+    frequent_rows = vocab.corpus.frequent_rows if vocab.corpus is not None else 0
+    rows = [("vocabulary", f"{vocab.rows:,} of {vocab.source_rows:,} rows ({vocab.rows / vocab.source_rows:.1%}): "
+             f"{vocab.floor_rows:,} always kept (special, byte, fallback), {vocab.script_rows or 0:,} by script, "
+             f"{frequent_rows:,} by corpus, {vocab.closure_rows_added:,} merge intermediates added")]
+    if vocab.holdout is not None:
+        held = vocab.holdout
+        rows.append(("held-out corpus", f"{held.lines:,} lines: {held.token_coverage:.2%} of their tokens kept, "
+                     f"{held.lines_changed:.1%} of lines tokenised differently, {held.token_increase:+.2%} tokens"))
     return rows
 
 
-def render_report(report: dict) -> str:
-    model, table, quality = report["model"], report["table"], report["quality"]
-    head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[model["tied"]]
+def render_report(report: Report) -> str:
+    model, table, quality = report.model, report.table, report.quality
+    head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[model.tied]
     lines = [
-        f"# edgeemb: {model['name']} with recipe `{report['recipe']['name']}`",
+        f"# edgeemb: {model.name} with recipe `{report.recipe.name}`",
         "",
-        f"{model['architecture']} ({model['format']}), vocab {model['vocab']} x dim {model['dim']}; "
-        f"the table is {model['table_share_of_params']:.1%} of {model['total_params'] / 1e6:.1f} M parameters "
-        f"and {model['table_share_of_bytes']:.1%} of the weights' bytes; output head: {head}.",
+        f"{model.architecture} ({model.format}), vocab {model.vocab} x dim {model.dim}; "
+        f"the table is {model.table_share_of_params:.1%} of {model.total_params / 1e6:.1f} M parameters "
+        f"and {model.table_share_of_bytes:.1%} of the weights' bytes; output head: {head}.",
         "",
         "| | source | compressed |",
         "|---|---|---|",
-        f"| storage | {model['stored_dtype']} | {table['storage']} |",
-        f"| table bytes | {human_bytes(model['table_bytes'])} | {human_bytes(table['bytes'])} "
-        f"({table['ratio_vs_source']:.2f}x smaller; {table['ratio_vs_fp32']:.2f}x vs fp32) |",
-        f"| bits per parameter | {8 * model['table_bytes'] / model['table_params']:.2f} | {table['bits_per_param']:.2f} |",
+        f"| storage | {model.stored_dtype} | {table.storage} |",
+        f"| table bytes | {human_bytes(model.table_bytes)} | {human_bytes(table.bytes)} "
+        f"({table.ratio_vs_source:.2f}x smaller; {table.ratio_vs_fp32:.2f}x vs fp32) |",
+        f"| bits per parameter | {8 * model.table_bytes / model.table_params:.2f} | {table.bits_per_param:.2f} |",
         "",
-        *(f"- {label}: {value}" for label, value in vocabulary_rows(table)),
-        *([""] if "vocabulary" in table else []),
+        *(f"- {label}: {value}" for label, value in vocabulary_rows(table.vocabulary)),
+        *([""] if table.vocabulary is not None else []),
         "## Quality",
         "",
     ]
-    if "replaces_model" in table:
-        lines.append(f"No table-level figures: {table['replaces_model']}.")
+    if quality.table is None:
+        lines.append(f"No table-level figures: {table.replaces_model}.")
     else:
         lines += ["Table level (no data):", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality["table"].items()]
+        lines += [f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality.table]
     comparisons = comparison_rows(quality)
     if comparisons:
-        lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |", "|---|---|---|---|---|"]
+        lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |",
+                  "|---|---|---|---|---|"]
         lines += [f"| {' | '.join(row)} |" for row in comparisons]
-    if "drift" in quality:
-        drift = quality["drift"]
-        lines += ["", f"Sentence-embedding cosine, original vs compressed, over {drift['n']} texts: "
-                  f"mean {drift['mean_cosine']:.4f}, 1st percentile {drift['p01_cosine']:.4f}, min {drift['min_cosine']:.4f}."]
+    if quality.drift is not None:
+        drift = quality.drift
+        lines += ["", f"Sentence-embedding cosine, original vs compressed, over {drift.n} texts: "
+                  f"mean {drift.mean_cosine:.4f}, 1st percentile {drift.p01_cosine:.4f}, min {drift.min_cosine:.4f}."]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from edgeemb.analysis import TableAnalysis
+from edgeemb.offload import OffloadReport
 from edgeemb.outputs import png_metadata, staged
+from edgeemb.report.compare import Comparison, pareto
 
 _LEVEL_COLOURS = {"0.90": "tab:green", "0.95": "tab:orange", "0.99": "tab:red"}
 
@@ -42,7 +44,8 @@ def _spectrum(ax, analysis: TableAnalysis) -> None:
     twin.set_ylabel("cumulative energy", color="0.4")
     twin.set_ylim(0, 1.02)
     for level, rank in spectrum.energy_rank.items():
-        ax.axvline(rank, color=_LEVEL_COLOURS[level], linestyle="--", linewidth=1, label=f"{float(level):.0%}: rank {rank}")
+        ax.axvline(rank, color=_LEVEL_COLOURS[level], linestyle="--", linewidth=1,
+                   label=f"{float(level):.0%}: rank {rank}")
     ax.legend(loc="lower left", fontsize=8)
     source = "exact" if spectrum.method == "gram" else f"{spectrum.rows_used:,}-row sample"
     ax.set_title(f"Singular values ({source})")
@@ -75,7 +78,8 @@ def _norms(ax, analysis: TableAnalysis) -> None:
     if label is not None:
         ax.plot([], [], color="tab:red", linestyle="--", label=label)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"Row norms: {norms.outlier_count:,} outliers ({norms.outlier_low_count:,} low, {norms.outlier_high_count:,} high)")
+    ax.set_title(f"Row norms: {norms.outlier_count:,} outliers "
+                 f"({norms.outlier_low_count:,} low, {norms.outlier_high_count:,} high)")
 
 
 def _hubness(ax, analysis: TableAnalysis) -> None:
@@ -94,35 +98,36 @@ def _hubness(ax, analysis: TableAnalysis) -> None:
     )
 
 
-def plot_offload(report: dict, path: Path, title: str) -> None:
+def plot_offload(report: OffloadReport, path: Path, title: str) -> None:
     """Two panels against cache size: what the cache catches (hit rate, flash bytes per token)
-    and what each flash profile adds per token (mean and p99); `report` is `OffloadReport.to_dict()`."""
+    and what each flash profile adds per token (mean and p99)."""
     figure = Figure(figsize=(12, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
-    layout = report["layout"]
+    layout = report.layout
     figure.suptitle(
-        f"{title}: {report['table']} rows of {layout['record_bytes']} B, layout {layout['kind']}"
-        + (f" ({layout['layers']} layers)" if layout["layers"] > 1 else "") + f", {report['tokens']} tokens", fontsize=12,
+        f"{title}: {report.table} rows of {layout.record_bytes} B, layout {layout.kind}"
+        + (f" ({layout.layers} layers)" if layout.layers > 1 else "") + f", {report.tokens} tokens", fontsize=12,
     )
     cache_ax, latency_ax = figure.subplots(1, 2)
-    points = report["points"]
-    cache_kb = np.array([p["cache_peak_bytes"] for p in points]) / 1024
-    share = 100 * np.array([p["cache_peak_bytes"] for p in points]) / report["table_bytes"]
-    cache_ax.plot(cache_kb, [100 * p["hit_rate"] for p in points], marker="o", color="tab:green")
+    points = report.points
+    cache_kb = np.array([p.cache_peak_bytes for p in points]) / 1024
+    share = 100 * np.array([p.cache_peak_bytes for p in points]) / report.table_bytes
+    cache_ax.plot(cache_kb, [100 * p.hit_rate for p in points], marker="o", color="tab:green")
     cache_ax.set_ylabel("hit rate (%)", color="tab:green")
     cache_ax.set_ylim(0, 100)
     twin = cache_ax.twinx()
-    twin.plot(cache_kb, [p["bytes_per_token"] / 1024 for p in points], marker="s", color="tab:blue")
+    twin.plot(cache_kb, [p.bytes_per_token / 1024 for p in points], marker="s", color="tab:blue")
     twin.set_ylabel("flash read per token (KiB)", color="tab:blue")
     cache_ax.set_title(f"Cache: up to {share.max():.2g}% of the table's bytes")
-    for profile_index, profile in enumerate(points[0]["results"]):
+    for profile_index, profile in enumerate(points[0].results):
         colour = f"C{profile_index}"
-        mean = [p["results"][profile_index]["sim"]["mean_us"] for p in points]
-        p99 = [p["results"][profile_index]["sim"]["p99_us"] for p in points]
-        latency_ax.plot(cache_kb, mean, marker="o", color=colour, label=f"{profile['profile']} mean")
-        latency_ax.plot(cache_kb, p99, linestyle="--", color=colour, label=f"{profile['profile']} p99")
-        if profile.get("real") is not None:
-            latency_ax.plot(cache_kb, [p["results"][profile_index]["real"]["mean_us"] for p in points], marker="x", linestyle=":", color=colour, label=f"{profile['profile']} real mean")
+        results = [p.results[profile_index] for p in points]
+        name = profile.profile
+        latency_ax.plot(cache_kb, [r.sim.mean_us for r in results], marker="o", color=colour, label=f"{name} mean")
+        latency_ax.plot(cache_kb, [r.sim.p99_us for r in results], linestyle="--", color=colour, label=f"{name} p99")
+        if profile.real is not None:
+            real = [r.real.mean_us for r in results if r.real is not None]
+            latency_ax.plot(cache_kb, real, marker="x", linestyle=":", color=colour, label=f"{name} real mean")
     latency_ax.set_ylim(bottom=0)
     latency_ax.set_ylabel("added latency per token (us)")
     latency_ax.set_title("Flash reads per token (no overlap with compute)")
@@ -133,11 +138,9 @@ def plot_offload(report: dict, path: Path, title: str) -> None:
     _save_atomic(figure, Path(path))
 
 
-def plot_pareto(comparison, metric: str, path: Path) -> None:
+def plot_pareto(comparison: Comparison, metric: str, path: Path) -> None:
     """Table size against `metric` for every compared output, the Pareto frontier drawn through
-    the outputs no other beats on both (`comparison` is a `report.compare.Comparison`)."""
-    from edgeemb.report.compare import pareto
-
+    the outputs no other beats on both."""
     figure = Figure(figsize=(8, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
@@ -153,9 +156,11 @@ def plot_pareto(comparison, metric: str, path: Path) -> None:
     span = float(np.ptp(values)) or 1.0
     below, previous = False, None
     for i in np.argsort(sizes):
-        close = previous is not None and abs(np.log(sizes[i] / sizes[previous])) < 0.15 and abs(values[i] - values[previous]) < 0.05 * span
+        close = (previous is not None and abs(np.log(sizes[i] / sizes[previous])) < 0.15
+                 and abs(values[i] - values[previous]) < 0.05 * span)
         below = not below if close else False
-        ax.annotate(comparison.rows[i].label, (sizes[i], values[i]), textcoords="offset points", xytext=(4, -11 if below else 4), fontsize=8)
+        ax.annotate(comparison.rows[i].label, (sizes[i], values[i]), textcoords="offset points",
+                    xytext=(4, -11 if below else 4), fontsize=8)
         previous = i
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
