@@ -87,8 +87,13 @@ def bench(
         raise EdgeembError(f"runs must be at least 1, got {runs}")
     if emulate:
         if memory_mb is not None or cpu_quota is not None or flash:
-            raise EdgeembError("an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs on this host")
-        ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens) if backend == "onnxruntime" else None
+            raise EdgeembError(
+                "an emulated run counts instructions; memory caps, CPU quotas and flash throttling apply to runs "
+                "on this host"
+            )
+        ids = None
+        if backend == "onnxruntime":
+            ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
         counted = count_instructions(artifact, profile or load_device("rpi5"), ids=ids, generate=generate, mmap=mmap)
         return BenchResult.model_validate(counted)
     ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
@@ -109,11 +114,13 @@ def bench(
         "profile": profile.name if profile else None, "limits": run.limits,
     }
     if run.out_of_memory:
-        message = f"does not fit in {cap} MB ({run.limits['memory']['how']} killed it)"
+        killer = run.limits["memory"]["how"]
+        message = f"does not fit in {cap} MB ({killer} killed it)"
         return BenchResult.model_validate({**result, "fits": False, "message": message})
     if run.returncode:
         last = (run.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EdgeembError(f"{artifact}: the {backend} benchmark failed: {last.removeprefix('edgeemb.errors.EdgeembError: ')}")
+        reason = last.removeprefix("edgeemb.errors.EdgeembError: ")
+        raise EdgeembError(f"{artifact}: the {backend} benchmark failed: {reason}")
     measured = json.loads(run.stdout)
     if run.charged_peak_bytes is not None:
         measured["charged_peak_bytes"] = run.charged_peak_bytes
@@ -184,7 +191,9 @@ def _flash_throttle(artifact: Path, profile: DeviceProfile | None) -> ReadThrott
         raise EdgeembError("flash throttling reads as a device profile's storage does: give --profile")
     device = block_device(artifact)
     if device is None:
-        raise EdgeembError(f"{artifact}: cannot throttle its reads: it is on no block device (tmpfs, overlay or network)")
+        raise EdgeembError(
+            f"{artifact}: cannot throttle its reads: it is on no block device (tmpfs, overlay or network)"
+        )
     storage = load_profile(profile.flash)
     return ReadThrottle(device, round(storage.seq_read_mb_s * 1e6), round(storage.rand_read_iops))
 
