@@ -1,6 +1,7 @@
 """Rate–distortion table of every quantisation format, on the real models and data.
 
     python tools/rate_distortion.py --data ../shared/data -o docs/rate-distortion
+    python tools/rate_distortion.py --data ../shared/data -o docs/rate-distortion --only IQ4_NL  # new rows only
 
 For each format (and combinations with svd and mixed precision): bits per parameter (codes,
 scales, zero points, codebooks, factors and routing arrays all counted), relative reconstruction
@@ -8,7 +9,8 @@ error and mean row cosine; for MiniLM the whole model's STS-B dev Spearman with 
 replaced; for SmolLM2-135M the WikiText-2 perplexity of the first 4096 test tokens with the
 (tied) table replaced, through the transformers model that dequantises the GGUF.
 
-Writes OUT.md (the README's table), OUT.json and OUT.png.
+Writes OUT.md (the README's table), OUT.json and OUT.png. `--only` measures just the rows named
+(no source row) and merges them into the existing OUT.json, in the grid's order.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
         "int4 b128": [q("int4", block_size=128)],
         "Q4_0": [q("Q4_0")],
         "Q4_1": [q("Q4_1")],
+        "IQ4_NL": [q("IQ4_NL")],
         "Q4_K": [q("Q4_K")],
         "int2 b16": [q("int2", block_size=16)],
         "int2 b32": [q("int2", block_size=32)],
@@ -71,7 +74,7 @@ def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
     }
 
 
-def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list[dict]:
+def measure(model_name: str, data: Path, corpus: Path, text: str | None, only: set[str] | None = None) -> list[dict]:
     source = open_model(model_name)
     context = StepContext(source.tokens, source.tokenize)
     sentence_data = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv") if source.format == "sentence-transformers" else EvaluationData()
@@ -80,9 +83,12 @@ def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list
     if text is not None:
         lm = CausalLM(source.path)
         ids = lm.tokens(text, 4096)
+    if lm is not None and only is None:
         rows.append({"model": model_name, "format": "source table (" + source.stored_dtype + ")", "bits_per_param": 8 * source.stored_nbytes / source.table_params,
                      "perplexity": lm.perplexity(ids).perplexity, "tokens": len(ids)})
     for label, steps in grid(corpus, source.dim).items():
+        if only is not None and label not in only:
+            continue
         row = {"model": model_name, "format": label}
         try:
             start = time.perf_counter()
@@ -101,6 +107,16 @@ def measure(model_name: str, data: Path, corpus: Path, text: str | None) -> list
             row["perplexity"] = lm.perplexity(ids, table.to_dense()).perplexity
         rows.append(row)
     return rows
+
+
+def merged(old: list[dict], new: list[dict], labels: list[str]) -> list[dict]:
+    """`old` rows with the `new` ones replacing or joining them; each model's rows in grid order
+    (its source row first)."""
+    fresh = {(r["model"], r["format"]): r for r in new}
+    rows = [fresh.pop((r["model"], r["format"]), r) for r in old] + list(fresh.values())
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    rank = {label: i for i, label in enumerate(labels)}
+    return sorted(rows, key=lambda r: (models.index(r["model"]), rank.get(r["format"], -1)))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -169,6 +185,7 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("rate-distortion"), help="output path without suffix")
     parser.add_argument("--models", default="minilm,smollm2-135m")
     parser.add_argument("--from-json", action="store_true", help="re-render OUT.md and OUT.png from OUT.json without measuring")
+    parser.add_argument("--only", help="grid rows to measure (comma-separated labels), merged into OUT.json")
     args = parser.parse_args()
     if args.from_json:
         rows = json.loads(args.out.with_suffix(".json").read_text())
@@ -177,9 +194,15 @@ def main() -> None:
         return
     corpus = args.data / "wikitext2" / "wikitext2_raw_test_joined.txt"
     text = corpus.read_text(encoding="utf-8")
+    only = set(args.only.split(",")) if args.only else None
+    labels = list(grid(corpus, 384))
+    if only is not None and not only <= set(labels):
+        parser.error(f"--only: no grid row {sorted(only - set(labels))[0]!r}")
     rows = []
     for name in args.models.split(","):
-        rows += measure(name, args.data, corpus, text if name != "minilm" else None)
+        rows += measure(name, args.data, corpus, text if name != "minilm" else None, only)
+    if only is not None:
+        rows = merged(json.loads(args.out.with_suffix(".json").read_text()), rows, labels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows))
