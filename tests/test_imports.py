@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import edgeemb
 
 PACKAGE = Path(edgeemb.__file__).parent
@@ -109,18 +107,10 @@ def test_every_edgeemb_import_is_an_edge_inside_functions_too(tmp_path):
     assert "edgeemb.sources.hf" in _imported("edgeemb.sources", MODULES["edgeemb.sources"])  # a package's own
 
 
-# TEMPORARY (issue #18, lead removes): steps/__init__.py imports its step modules, which import
-# StepContext/StepConfig/register back from the package; the recipe helper is reshaping steps/.
-IN_PROGRESS = {f"edgeemb.steps{name}" for name in ("", ".peers", ".quantize", ".svd", ".trim")}
-
-
 def test_edgeemb_modules_import_one_another_without_a_cycle():
     graph = {module: _imported(module, path) for module, path in MODULES.items()}
     cycles = _cycles(graph)
-    message = "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
-    assert all(set(cycle) <= IN_PROGRESS for cycle in cycles), message
-    if cycles:
-        pytest.xfail(f"TEMPORARY, the lead removes it: steps/ is mid-change; {message}")
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
 
 
 # Imports each module in a child forked from an interpreter that has loaded no edgeemb module, only

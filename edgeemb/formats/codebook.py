@@ -30,7 +30,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from threadpoolctl import threadpool_limits
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat
+from edgeemb.formats.base import Arrays, QuantFormat
 from edgeemb.onnxgraph import OnnxGraph
 from edgeemb.progress import track
 from edgeemb.rows import unit_rows

@@ -29,7 +29,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
+from edgeemb.formats.base import Arrays, QuantFormat, reciprocal_or_zero
 from edgeemb.progress import track
 
 _F32 = np.float32

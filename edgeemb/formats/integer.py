@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import PositiveInt
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import Arrays, QuantFormat, reciprocal_or_zero
+from edgeemb.formats.base import Arrays, QuantFormat, reciprocal_or_zero
 from edgeemb.onnxgraph import OnnxGraph
 
 

@@ -35,7 +35,7 @@ from pydantic import Field
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.formats.integer import pack_codes
-from edgeemb.steps import StepContext, StepConfig, register
+from edgeemb.steps.base import StepContext, StepConfig, register
 from edgeemb.progress import quiet, silenced_output
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_ser
 
 from edgeemb import formats
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import PathArgument, StepConfig, StepContext, register
+from edgeemb.steps.base import PathArgument, StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
 
 DEFAULT_FORMAT = "int4"

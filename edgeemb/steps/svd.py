@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import StepContext, StepConfig, register
+from edgeemb.steps.base import StepContext, StepConfig, register
 from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable
 

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import PathArgument, StepContext, StepConfig, register
+from edgeemb.steps.base import PathArgument, StepContext, StepConfig, register
 from edgeemb.progress import track
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 from edgeemb.vocab import Vocabulary, require_kept, script_mask, single_characters
