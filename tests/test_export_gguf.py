@@ -127,7 +127,7 @@ def test_cli_refuses_a_source_that_is_not_gguf(tiny_model, tmp_path):
 def test_smollm2_activation_weighted_q4_0_beats_llama_cpp_q4_0(tmp_path):
     """Q4_0 with block scales weighted by the tied head's input power (calibrated on the second
     half of WikiText-2) runs in llama.cpp and scores a lower perplexity on the first 512 tokens
-    than llama.cpp's own Q4_0 of the same table, at the same file size."""
+    than llama.cpp's own Q4_0 of the same table, at the same tensor bytes."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
     from edgeemb.evaluate.data import read_text
@@ -144,12 +144,14 @@ def test_smollm2_activation_weighted_q4_0_beats_llama_cpp_q4_0(tmp_path):
     llama_quantize_token_embd(model.path, tmp_path / "llama-q4_0.gguf", "Q4_0")
     (llama_run,) = measure_ggufs([tmp_path / "llama-q4_0.gguf"], text, 512)
 
-    verify = report["verify"]
-    source, ours, theirs = verify["source"]["perplexity"], verify["export"]["perplexity"], llama_run.perplexity
-    assert ours["tokens_scored"] == theirs.tokens_scored == 511
-    assert report["export"]["file_bytes"] == llama_run.file_bytes
-    assert source["perplexity"] < ours["perplexity"] < theirs.perplexity
-    assert len(verify["export"]["greedy_ids"]) == 32 and verify["export"]["greedy_text"].strip()
+    verify = report.verify
+    source, ours, theirs = verify.source.perplexity, verify.export.perplexity, llama_run.perplexity
+    assert ours.tokens_scored == theirs.tokens_scored == 511
+    tensors = [sorted((t.name, t.type_name, t.nbytes) for t in read_gguf_header(path).tensors) for path in (tmp_path / "out" / "model.gguf", tmp_path / "llama-q4_0.gguf")]
+    assert tensors[0] == tensors[1]  # the same tensors at the same size; the file adds edgeemb's mark key
+    assert 0 < report.export.file_bytes - llama_run.file_bytes <= 128
+    assert source.perplexity < ours.perplexity < theirs.perplexity
+    assert len(verify.export.greedy_ids) == 32 and verify.export.greedy_text.strip()
 
 def test_an_export_llama_cpp_cannot_load_fails_and_is_removed(tmp_path):
     """A GGUF whose architecture llama.cpp cannot build (here: a llama without its vocabulary
@@ -263,8 +265,8 @@ def test_smollm2_recipe_and_llama_cpp_peer_compared_on_llama_cpp_perplexity(tmp_
     data = EvaluationData(perplexity=wikitext, max_tokens=512)
     for recipe in ("smollm2-135m-q4_0-act", "peer-llama-q4_0"):
         result = compress("smollm2-135m", recipe, tmp_path / recipe, data=data, calibration=tmp_path / "calibration.txt", calibration_tokens=1024)
-        assert result.report["quality"]["perplexity"]["runtime"] == "llama.cpp"
-        assert result.report["export"]["verify"]["export"]["perplexity"]["tokens_scored"] == 511
+        assert result.report.quality.perplexity.runtime == "llama.cpp"
+        assert result.report.export.verify.export.perplexity.tokens_scored == 511
     comparison = compare_outputs([tmp_path / "smollm2-135m-q4_0-act", tmp_path / "peer-llama-q4_0"])
     ours, peer = comparison.rows
     assert {"perplexity", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)
