@@ -347,13 +347,15 @@ def _bench_cell(result: BenchResult, key: str) -> str:
         spread = f"p50 {latency.p50:.2f} ms, p95 {latency.p95:.2f} ms"
     else:
         spread = f"mean {latency.mean:.2f} ms"
-    prompt = f"{result.prompt_ms_per_token:.2f} ms per token ({result.prompt_tokens} tokens)"
+    prompt = "-"
+    if result.prompt_ms_per_token is not None:
+        prompt = f"{result.prompt_ms_per_token:.2f} ms per token ({result.prompt_tokens} tokens)"
     return {
         "where": f"{result.host.machine}, {result.profile or 'no profile'}",
         "file": human_bytes(result.file_bytes),
         "load": f"{result.load_s:.2f} s" if result.load_s is not None else "-",
         "latency": f"{spread} per {result.unit}",
-        "prompt": prompt if result.prompt_ms_per_token is not None else "-",
+        "prompt": prompt,
         "throughput": f"{format_number(throughput.value)} {throughput.unit}",
         "memory": human_bytes(result.peak_rss_bytes),
         "charged": human_bytes(result.charged_peak_bytes) if result.charged_peak_bytes is not None else "-",
