@@ -35,6 +35,8 @@ REPORT_SCHEMA_FILE = Path(__file__).parent / "report" / "report.schema.json"
 class Result(BaseModel):
     """A result: frozen, unknown keys rejected, JSON by `to_json`."""
 
+    # defer_build: each type's validator is built when first used, not at import (~0.08 s of every
+    # `edgeemb` start-up); inf stays Infinity in JSON, as json.dumps wrote it before.
     model_config = ConfigDict(
         extra="forbid", frozen=True, ser_json_inf_nan="constants", defer_build=True,
         validate_by_name=True, validate_by_alias=True, serialize_by_alias=True,
@@ -42,6 +44,7 @@ class Result(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_unmeasured(self, handler: Any) -> dict[str, Any]:
+        """A field that defaults to None is left out while None; a required one keeps its null."""
         data = handler(self)
         for name, field in type(self).model_fields.items():
             if field.default is None and getattr(self, name) is None:
