@@ -56,7 +56,8 @@ def test_a_fresh_report_validates_and_round_trips_byte_for_byte(out):
     assert to_json(report) + "\n" == text
     manifest_text = (out / "manifest.json").read_text()
     assert to_json(from_json(Manifest, manifest_text)) + "\n" == manifest_text
-    assert report.quality.sts.pairs == 60 and report.table.ratio_vs_source == pytest.approx(report.model.table_bytes / report.table.bytes)
+    assert report.quality.sts.pairs == 60
+    assert report.table.ratio_vs_source == pytest.approx(report.model.table_bytes / report.table.bytes)
     assert (out / "report.md").read_text() == render_report(report)
 
 
@@ -75,10 +76,12 @@ def test_a_report_of_another_shape_is_one_line_saying_to_rerun_compress(out, tmp
         data = json.loads((folder / "report.json").read_text())
         change(data)
         (folder / "report.json").write_text(json.dumps(data))
-        with pytest.raises(EdgeembError, match=r"report.json: written by another edgeemb version .*rerun `edgeemb compress`"):
+        rerun = r"report.json: written by another edgeemb version .*rerun `edgeemb compress`"
+        with pytest.raises(EdgeembError, match=rerun):
             load_artifact(folder).report
         result = CliRunner().invoke(main, ["compare", str(out), str(folder)])
-        assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1 and "rerun `edgeemb compress`" in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and "rerun `edgeemb compress`" in lines[0]
 
 
 def test_reports_written_before_schema_1_load_and_compare():
