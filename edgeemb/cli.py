@@ -1,8 +1,9 @@
 """The `edgeemb` command: a thin Click layer that parses, calls the library, and prints
 (`edgeemb.report.console`).
 
-Errors from the library (EdgeembError) become one line on stderr and exit status 1; progress bars
-go to stderr, so `--json` output on stdout stays clean for scripts.
+Every way a run ends badly (bad input, a failing file operation, a signal) is one line on stderr
+and a non-zero exit (`edgeemb.boundary`); progress bars go to stderr, so `--json` output on stdout
+stays clean for scripts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from edgeemb.bench.cross import cross_build
 from edgeemb.bench.devices import device_names, load_device
 from edgeemb.bench.run import bench as run_bench
 from edgeemb.bench.run import compare_runs, read_results
+from edgeemb.boundary import one_line, signals_unwind
 from edgeemb.errors import EdgeembError
 from edgeemb.offload.profiles import builtin_names
 from edgeemb.offload.run import offload as run_offload
@@ -36,6 +38,7 @@ from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_
 from edgeemb.sources import open_model
 from edgeemb.sources.catalog import catalog
 from edgeemb.steps.trim import TrimConfig
+from edgeemb.table import require_finite
 from edgeemb.sweep import sweep as run_sweep
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)  # a file to read
@@ -44,11 +47,39 @@ _NEW_FILE = click.Path(dir_okay=False, path_type=Path)  # a file to write
 
 
 class _Cli(click.Group):
+    def main(self, *args, **kwargs):
+        """Click's usage errors as one line too (the usage and a --help hint would add three)."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `edgeemb` alone: its help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "edgeemb"
+            click.echo(f"Error: {exc.format_message()} (see `{command} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
-        except EdgeembError as exc:
-            raise click.ClickException(str(exc)) from None
+            with signals_unwind():
+                return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BaseException as exc:  # the edge: every ending is one line (edgeemb.boundary)
+            ending = one_line(exc)
+            if ending is None or isinstance(exc, SystemExit):
+                raise
+            error = click.ClickException(ending[0])
+            error.exit_code = ending[1]
+            raise error from None
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
@@ -63,7 +94,7 @@ _DATA_OPTIONS = (
     click.option("--perplexity", "perplexity_text", type=_FILE, help=(
         "Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table "
         "(transformers; llama.cpp, on the exported file, when the recipe exports GGUF).")),
-    click.option("--max-tokens", default=4096, show_default=True, help="Tokens of --perplexity text to score."),
+    click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens of --perplexity text to score."),
 )
 _CALIBRATION_HELP = ("Plain text for steps that measure activations (quantize importance: head); "
                      "keep it apart from evaluation text.")
@@ -111,6 +142,7 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
         check_target(plot, force)
     with console.progress_bars():
         source = open_model(model)
+        require_finite(source.table.weight, f"{source.name}'s embedding table")
         analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
     if plot is not None:
         from edgeemb.report.plots import plot_analysis  # matplotlib: ~0.5 s to import, only for --plot
@@ -146,9 +178,9 @@ edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
               help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
 @click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
-@click.option("--min-count", type=int, help="Keep pieces seen at least this often in the corpus (default 1).")
-@click.option("--top-k", type=int, help="Keep the corpus's k most frequent pieces.")
-@click.option("--coverage", type=float, help="Keep the most frequent pieces covering this share of corpus tokens.")
+@click.option("--min-count", type=click.IntRange(min=1), help="Keep pieces seen at least this often in the corpus (default 1).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Keep the corpus's k most frequent pieces.")
+@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), help="Keep the most frequent pieces covering this share of corpus tokens.")
 @click.option("--holdout", default=0.1, show_default=True,
               help="Last share of the corpus lines held back to judge the trim.")
 @click.option("--drop", multiple=True, help="A piece to drop even if kept otherwise (repeat for more).")
@@ -192,7 +224,7 @@ causal LM. """ + _MODEL_HELP
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
 @click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
-@click.option("--calibration-tokens", default=2048, show_default=True, help="Tokens of --calibration text to run.")
+@click.option("--calibration-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Tokens of --calibration text to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
              texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None,
@@ -259,7 +291,7 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
               help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.")
 @click.option("--text", type=_FILE,
               help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks.")
-@click.option("--max-tokens", default=8192, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
               help="gguf: tokens of --text to score (windows of 1024).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
@@ -296,12 +328,12 @@ the same pages from a store file (O_DIRECT) and times them, held to each profile
 @main.command(help=_OFFLOAD_HELP)
 @_model_argument
 @click.option("--text", type=_FILE, required=True, help="Plain text to decode, tokenised by the model's own tokenizer.")
-@click.option("--max-tokens", default=512, show_default=True, help="Tokens of --text in the stream.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens of --text in the stream.")
 @click.option("-p", "--profile", "profiles", multiple=True, default=("ufs-3.1",), show_default=True,
               help="Flash profile (repeat for several; 'all' for every built-in one).")
-@click.option("--cache-mb", "cache_mb", type=float, multiple=True, help=(
+@click.option("--cache-mb", "cache_mb", type=click.FloatRange(min=0), multiple=True, help=(
     "RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set."))
-@click.option("--hot-mb", type=float, default=0.0, show_default=True,
+@click.option("--hot-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
 @click.option("--calibration", type=_FILE,
               help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
@@ -310,7 +342,7 @@ the same pages from a store file (O_DIRECT) and times them, held to each profile
 @click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help=(
     "single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; "
     "ple-layer: one table per layer."))
-@click.option("--layers", type=int, help="Layers for the ple layouts. Default: the model's decoder layers.")
+@click.option("--layers", type=click.IntRange(min=1), help="Layers for the ple layouts. Default: the model's decoder layers.")
 @click.option("--head-type", help=(
     "Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored."))
 @click.option("--mode", type=click.Choice(["sim", "real"]), default="sim", show_default=True,
@@ -412,7 +444,7 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
     "STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is."))
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for one output folder per variant, compare.md and pareto.png.")
-@click.option("-j", "--jobs", default=1, show_default=True, help="Variants compressed at once (local processes).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Variants compressed at once (local processes).")
 @_data_options
 @click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
 @click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
@@ -495,17 +527,17 @@ run; qemu's wall time is not the device's and is not reported. Profiles: {profil
 @click.option("--profile", help="Device profile whose cores and memory cap apply (name or YAML file).")
 @click.option("--baseline", type=click.Path(exists=True, path_type=Path),
               help="The uncompressed file, benchmarked first in the same session; results get ratios.")
-@click.option("--runs", default=3, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.")
 @click.option("--text", type=_FILE, help="Sentences to run, one per line (default: eight built-in English sentences).")
 @click.option("--tokenizer", default="minilm", show_default=True,
               help="Sentence model whose tokenizer feeds an ONNX file.")
-@click.option("--generate", default=32, show_default=True, help="Tokens generated per round (GGUF).")
+@click.option("--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens generated per round (GGUF).")
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
-@click.option("--memory-mb", type=int, help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
+@click.option("--memory-mb", type=click.IntRange(min=1), help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
 @click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True,
               help="How the memory cap is applied.")
-@click.option("--cpu-quota", type=float,
+@click.option("--cpu-quota", type=click.FloatRange(0, 1, min_open=True),
               help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.")
 @click.option("--flash", is_flag=True, help=(
     "Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root)."))
@@ -574,9 +606,9 @@ def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model
 @click.argument("model", type=_FILE)
 @click.option("--target", required=True, help="Device profile name or YAML file (see `edgeemb cross --help`).")
 @click.option("-o", "--out", type=_NEW_FILE, required=True, help="The bundle to write (.tar.gz).")
-@click.option("--prompt-tokens", default=64, show_default=True, help="Prompt length llama-bench processes.")
-@click.option("--generate", default=32, show_default=True, help="Tokens llama-bench generates.")
-@click.option("--runs", default=3, show_default=True, help="llama-bench repetitions.")
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Prompt length llama-bench processes.")
+@click.option("--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens llama-bench generates.")
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="llama-bench repetitions.")
 @click.option("--ndk", type=_FOLDER, help="Android NDK folder for an Android target.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")

@@ -68,7 +68,7 @@ from edgeemb.sources import SourceModel, open_model
 from edgeemb.sources.catalog import catalog
 from edgeemb.steps import StepContext
 from edgeemb.steps.trim import TrimConfig, trim_vocab
-from edgeemb.table import EmbeddingTable, TrimmedTable
+from edgeemb.table import EmbeddingTable, TrimmedTable, require_finite
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,7 @@ def compress(
     check_target(out, force)
     data = data.merged_over(recipe)
 
+    require_finite(source.table.weight, f"{source.name}'s embedding table")
     table = recipe.apply(source.table, step_context(source, calibration, calibration_tokens))
     # A GGUF export is verified in llama.cpp, perplexity included: that figure, from the runtime
     # the file is for, replaces the transformers one (and saves running both).
@@ -303,9 +304,14 @@ def step_context(source: SourceModel, calibration: Path | None = None, calibrati
     head_importance = None
     if calibration is not None and source.head_input_power is not None:
         text = read_text(calibration)
-        head_importance = functools.cache(lambda: source.head_input_power(text, calibration_tokens))
+        head_importance = functools.cache(lambda: _finite(source.head_input_power(text, calibration_tokens), f"{source.name}'s head input power on {calibration}"))
     return StepContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format,
                        source.vocabulary)
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    require_finite(values, what)
+    return values
 
 
 def open_source(artifact: Artifact) -> SourceModel:

@@ -391,6 +391,15 @@ def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
     return _KINDS[kind].from_parts(spec, arrays)
 
 
+def require_finite(values: np.ndarray, what: str) -> None:
+    """Raise EdgeembError naming the rows of `values` (2-D, or 1-D: one row) that hold NaN or Inf:
+    every format would carry them into scales and codes, and every figure computed from them."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, 1)).all(axis=1))
+    if bad.size:
+        listed = ", ".join(map(str, bad[:8])) + (f" and {bad.size - 8} more" if bad.size > 8 else "")
+        raise EdgeembError(f"{what} holds NaN or Inf values in {bad.size} row(s): {listed}")
+
+
 def _check(condition: bool, problem: str) -> None:
     if not condition:
         raise EdgeembError(f"the table's arrays do not fit its spec: {problem}")
