@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.outputs import staged
 from edgeemb.results import Manifest, Report, read_json_file, to_json
 from edgeemb.table import EmbeddingTable, load_table, save_table
@@ -75,7 +75,10 @@ def write_report_files(folder: Path, report: Report, report_md: str) -> None:
 
 
 def load_artifact(out: Path) -> Artifact:
+    """OUT/, if it has a manifest (a regular file: each file is validated when first read, and
+    one of another shape, a list or one without `source`, is one line saying to rerun compress)."""
     out = Path(out)
-    if not (out / MANIFEST_FILE).is_file():
+    if not (out / MANIFEST_FILE).exists():
         raise EdgeembError(f"{out}: not an edgeemb output folder (no {MANIFEST_FILE})")
+    regular_file(out / MANIFEST_FILE, MANIFEST_FILE)
     return Artifact(out)

@@ -32,7 +32,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.outputs import MARK, register_mark, staged
 from edgeemb.progress import track
 from edgeemb.vocab import merge_survives
@@ -228,8 +228,10 @@ class _Parser:
 
 
 def read_gguf_header(path: Path) -> GGUFHeader:
-    """Parse the metadata and tensor infos of a GGUF file, and check every tensor fits in it."""
-    path = Path(path)
+    """Parse the metadata and tensor infos of a GGUF file, and check its layout as llama.cpp does:
+    every tensor inside the file, starting on `general.alignment` (a power of two), sharing no byte
+    with another."""
+    path = regular_file(path, "GGUF file")
     try:
         with open(path, "rb") as handle:
             file_size = handle.seek(0, 2)
@@ -271,8 +273,8 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
         raise EdgeembError(f"{path}: malformed GGUF header: {exc}") from None
 
     alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0:
-        raise EdgeembError(f"{path}: malformed GGUF header: general.alignment is {alignment!r}")
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
+        raise EdgeembError(f"{path}: malformed GGUF header: general.alignment is {alignment!r}, not a power of two")
     data_offset = -(-parser.pos // alignment) * alignment
 
     tensors: list[GGUFTensorInfo] = []
@@ -287,6 +289,11 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
                 f"{path}: malformed GGUF header: tensor {name!r} has rows of {shape[-1]}, "
                 f"not a multiple of the {qtype.name} block of {block_size}"
             )
+        if offset % alignment:
+            raise EdgeembError(
+                f"{path}: malformed GGUF header: tensor {name!r} starts at data offset {offset}, "
+                f"not a multiple of general.alignment {alignment}"
+            )
         info = GGUFTensorInfo(name, shape, qtype.name, data_offset + offset, math.prod(shape) // block_size * type_size)
         # A cut-off download keeps a whole header: only the tensor extents reveal it.
         if info.offset + info.nbytes > file_size:
@@ -295,7 +302,27 @@ def _parse(parser: _Parser, path: Path, file_size: int) -> GGUFHeader:
                 f"the file has {file_size})"
             )
         tensors.append(info)
+    _refuse_overlaps(path, tensors)
     return GGUFHeader(version, metadata, spans, tensors, infos_offset, data_offset, file_size)
+
+
+def _refuse_overlaps(path: Path, tensors: list[GGUFTensorInfo]) -> None:
+    """No byte belongs to two tensors: llama.cpp lays tensors out back to back and refuses any
+    other layout, and a table that shares bytes with another tensor is not a table."""
+    sized = [t for t in tensors if t.nbytes]
+    # every extent is inside the file by now: int64 holds them
+    order = np.argsort(np.array([t.offset for t in sized], dtype=np.int64), kind="stable")
+    starts = np.array([sized[i].offset for i in order], dtype=np.int64)
+    ends = starts + np.array([sized[i].nbytes for i in order], dtype=np.int64)
+    reach = np.maximum.accumulate(ends)  # the furthest byte covered by the tensors starting so far
+    clash = np.flatnonzero(starts[1:] < reach[:-1])
+    if clash.size:
+        later = sized[order[clash[0] + 1]]
+        earlier = sized[order[int(np.argmax(ends[: clash[0] + 1]))]]
+        raise EdgeembError(
+            f"{path}: malformed GGUF file: tensor {later.name!r} (bytes {later.offset}-{later.offset + later.nbytes}) "
+            f"overlaps tensor {earlier.name!r} (bytes {earlier.offset}-{earlier.offset + earlier.nbytes})"
+        )
 
 
 def tensor_bytes(path: Path, info: GGUFTensorInfo) -> np.ndarray:

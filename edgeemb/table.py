@@ -33,7 +33,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.formats import Arrays, QuantFormat, format_from_spec, onnx_formats
 from edgeemb.onnxgraph import OnnxGraph
 
@@ -430,7 +430,7 @@ def save_table(table: EmbeddingTable, path: Path) -> None:
 
 def load_table(path: Path) -> EmbeddingTable:
     """Read a table written by `save_table`, with a clear error for anything else."""
-    path = Path(path)
+    path = regular_file(path, "table file")
     try:
         with safe_open(os.fspath(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}

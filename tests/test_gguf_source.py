@@ -203,9 +203,9 @@ def test_not_a_gguf(tmp_path: Path, blob: bytes) -> None:
 
 
 def test_unreadable_path(tmp_path: Path) -> None:
-    with pytest.raises(EdgeembError, match="cannot read"):
+    with pytest.raises(EdgeembError, match="GGUF file not found"):
         read_gguf_header(tmp_path / "absent.gguf")
-    with pytest.raises(EdgeembError, match="cannot read"):
+    with pytest.raises(EdgeembError, match="the GGUF file is a folder, not a regular file"):
         read_gguf_header(tmp_path)
 
 

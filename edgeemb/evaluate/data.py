@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
 
@@ -41,11 +41,6 @@ class BeirData:
     ignored_qrels: int  # judgements naming documents absent from the corpus (dropped)
 
 
-def _require_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise EdgeembError(f"{what} not found: {path}")
-
-
 def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) for each non-blank line of a tab-separated, unquoted file."""
     try:
@@ -56,12 +51,13 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                     yield reader.line_num, fields
     except UnicodeDecodeError as exc:
         raise EdgeembError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
+    except csv.Error as exc:  # a field past csv's limit (128 KiB), say: the line it stopped on
+        raise EdgeembError(f"{path} line {reader.line_num}: not tab-separated text edgeemb reads ({exc})") from None
 
 
 def read_sts(path: str | Path) -> StsData:
     """Read an STS TSV whose header names `sentence1`, `sentence2` and `score` columns."""
-    path = Path(path)
-    _require_file(path, "STS file")
+    path = regular_file(path, "STS file")
     rows = _tsv_rows(path)
     header = next(rows, None)
     if header is None:
@@ -152,9 +148,11 @@ def read_beir(folder: str | Path) -> BeirData:
     if not folder.is_dir():
         raise EdgeembError(f"BEIR folder not found: {folder}")
     paths = {name: folder / name for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")}
-    missing = [name for name, path in paths.items() if not path.is_file()]
+    missing = [name for name, path in paths.items() if not path.exists()]
     if missing:
         raise EdgeembError(f"BEIR folder {folder} lacks {', '.join(missing)}")
+    for name, path in paths.items():
+        regular_file(path, f"BEIR {name}")
     corpus = _texts_by_id(paths["corpus.jsonl"], with_title=True)
     queries = _texts_by_id(paths["queries.jsonl"], with_title=False)
     judged = _read_qrels(paths["qrels/test.tsv"])
@@ -186,8 +184,7 @@ def read_beir(folder: str | Path) -> BeirData:
 
 def read_text(path: str | Path) -> str:
     """A plain-text file, whole (for perplexity: the text as it is, blank lines included)."""
-    path = Path(path)
-    _require_file(path, "text file")
+    path = regular_file(path, "text file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

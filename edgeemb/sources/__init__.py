@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.sources.base import SourceModel
 from edgeemb.sources.catalog import DEFAULT_MODEL, catalog, locate
 from edgeemb.sources.gguf import load_gguf
@@ -32,7 +32,7 @@ def open_model(spec: str | Path | None = None) -> SourceModel:
         path = path.parent
     if path.is_dir():
         return load_hf(path, name)
-    with open(path, "rb") as handle:
+    with open(regular_file(path, "model file"), "rb") as handle:
         magic = handle.read(4)
     if magic == b"GGUF" or path.suffix == ".gguf":
         return load_gguf(path, name)

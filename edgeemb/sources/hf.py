@@ -1,6 +1,7 @@
 """Load the token embedding table of a local Hugging Face transformers or sentence-transformers
-directory. Reads safetensors headers and the one embedding tensor; never unpickles (.bin files
-are refused) and never loads the rest of the model."""
+directory. Reads safetensors headers and the one embedding tensor; never unpickles (a folder
+whose weights, or any of whose modules' weights, are only .bin/.pt pickles is refused before
+anything loads them) and never loads the rest of the model."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.sources.base import SourceModel
 from edgeemb.table import DenseTable
 from edgeemb.vocab import TokenType, Vocabulary, merge_survives
@@ -28,26 +29,67 @@ _EMBEDDING_SUFFIXES = (
 )
 _HEAD_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# Files torch.load reads (pickles). transformers and sentence-transformers fall back to them when
+# a folder has no model.safetensors, so such a folder is refused before either library sees it.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# The JSON objects sentence-transformers and transformers read when they load a model's folders.
+_LOADED_CONFIGS = ("config.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+                   "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _modules(path: Path) -> list[dict[str, str]]:
+    """The entries of a sentence-transformers folder's modules.json ([] without one), each a module
+    type and a folder inside `path`."""
+    file = path / "modules.json"
+    if not file.exists():
+        return []
+    modules = _read_json(file, list)
+    for number, module in enumerate(modules):
+        if not (isinstance(module, dict) and all(isinstance(module.get(key, ""), str) for key in ("type", "path"))):
+            raise EdgeembError(f"{file}: module {number} is not a JSON object with a string type and path")
+        inside = (path / module.get("path", "")).resolve()
+        if inside != path.resolve() and path.resolve() not in inside.parents:
+            raise EdgeembError(f"{file}: module path {module['path']!r} leaves the model folder")
+    return modules
 
 
 def transformer_dir(path: Path) -> Path:
     """The folder holding config.json: the model itself, or a sentence-transformers Transformer module."""
-    modules = path / "modules.json"
-    if modules.exists():
-        for module in json.loads(modules.read_text()):
-            if module.get("type", "").endswith("Transformer"):
-                return path / module.get("path", "")
+    for module in _modules(path):
+        if module.get("type", "").endswith("Transformer"):
+            return path / module.get("path", "")
     return path
+
+
+def _check_folders(path: Path) -> None:
+    """Before any library loads the model, refuse it in one line if the folder or a module's
+    folder holds its weights only as pickles, or a config the loaders read that is not a JSON
+    object."""
+    folders = dict.fromkeys([path, *(path / module.get("path", "") for module in _modules(path))])
+    for folder in folders:
+        pickles = sorted(file.name for file in folder.glob("*") if file.suffix in _PICKLE_SUFFIXES)
+        if pickles and not any((folder / name).exists() for name in _SAFE_WEIGHTS):
+            raise EdgeembError(
+                f"{folder}: weights only as pickles ({', '.join(pickles)}), no model.safetensors; "
+                "edgeemb never unpickles: save the model with safetensors"
+            )
+        for name in _LOADED_CONFIGS:
+            if (folder / name).exists():
+                _read_json(folder / name)
 
 
 def load_hf(path: Path, name: str | None = None) -> SourceModel:
     path = Path(path)
+    _check_folders(path)
     model_dir = transformer_dir(path)
+    if not (model_dir / "config.json").exists():
+        raise EdgeembError(f"{model_dir}: no config.json: not a Hugging Face model directory")
     config = _read_json(model_dir / "config.json")
     vocab = config.get("vocab_size")
     hidden = config.get("hidden_size") or config.get("d_model") or config.get("n_embd")
     architecture = str(config.get("model_type", "unknown"))
-    if not vocab or not hidden:
+    if not _positive_int(vocab) or not _positive_int(hidden):
         raise EdgeembError(
             f"{model_dir / 'config.json'}: no vocab_size/hidden_size: architecture '{architecture}' is not supported"
         )
@@ -68,7 +110,10 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
     with safe_open(os.fspath(weights_file), framework="pt") as handle:
         weight = handle.get_tensor(key).float().numpy()
 
-    has_head = any(arch.endswith(_HEAD_ARCHITECTURES) for arch in config.get("architectures") or [])
+    architectures = config.get("architectures")
+    has_head = isinstance(architectures, list) and any(
+        isinstance(arch, str) and arch.endswith(_HEAD_ARCHITECTURES) for arch in architectures
+    )
     tied = None
     if has_head:
         tied = config.get("tie_word_embeddings", True) and not any(k.endswith("lm_head.weight") for k in shapes)
@@ -92,30 +137,40 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
     )
 
 
-def _read_json(path: Path) -> dict:
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_JSON_KINDS = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _read_json(path: Path, kind: type = dict) -> Any:
+    """A JSON file of the model folder, which must hold a `kind` (an object, or a list)."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EdgeembError(f"{path.parent}: no config.json: not a Hugging Face model directory") from None
-    except (OSError, ValueError) as exc:
+        data = json.loads(regular_file(path, path.name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise EdgeembError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, kind):
+        found = _JSON_KINDS.get(type(data), "null")
+        raise EdgeembError(f"{path}: holds a JSON {found}, not a JSON {_JSON_KINDS[kind]}")
+    return data
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
-        return sorted({model_dir / file for file in _read_json(index).get("weight_map", {}).values()})
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(file, str) for file in weight_map.values()):
+            raise EdgeembError(f"{index}: no weight_map object naming each tensor's file")
+        return sorted({model_dir / file for file in weight_map.values()})
     files = sorted(model_dir.glob("*.safetensors"))
-    if files:
-        return files
-    if any(model_dir.glob("*.bin")) or any(model_dir.glob("*.pt")):
-        raise EdgeembError(
-            f"{model_dir}: only pickled weights (.bin/.pt); edgeemb reads safetensors and never unpickles"
-        )
-    raise EdgeembError(f"{model_dir}: no .safetensors weights")
+    if not files:
+        raise EdgeembError(f"{model_dir}: no .safetensors weights")
+    return files
 
 
 def _tensor_headers(file: Path) -> dict[str, tuple[list[int], str]]:
+    regular_file(file, "safetensors file")
     try:
         with safe_open(os.fspath(file), framework="pt") as handle:
             slices = {key: handle.get_slice(key) for key in handle.keys()}
@@ -129,13 +184,26 @@ def _tokenizer(model_dir: Path, root: Path) -> Callable[[str], list[int]] | None
     file = _tokenizer_file(model_dir, root)
     if file is None:
         return None
-    load = functools.cache(lambda: _load_tokenizer(file.read_text(encoding="utf-8")))
+    load = functools.cache(lambda: _read_tokenizer(file))
     return lambda text: load().encode(text, add_special_tokens=False).ids
 
 
 def _tokenizer_file(model_dir: Path, root: Path) -> Path | None:
     files = (folder / "tokenizer.json" for folder in (model_dir, root))
     return next((file for file in files if file.exists()), None)
+
+
+def _read_tokenizer(file: Path) -> Tokenizer:
+    """The model's tokenizer.json, or one line naming it when the tokenizers library refuses it."""
+    try:
+        text = regular_file(file, "tokenizer.json").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeembError(f"{file}: unreadable ({exc})") from None
+    try:
+        return _load_tokenizer(text)
+    except Exception as exc:  # noqa: BLE001  the tokenizers library raises a bare Exception for a malformed file
+        reason = " ".join(str(exc).split())
+        raise EdgeembError(f"{file}: not a tokenizer.json the tokenizers library reads ({reason})") from None
 
 
 def _vocabulary(model_dir: Path, root: Path, size: int) -> Callable[[], Vocabulary] | None:
@@ -256,14 +324,18 @@ def _encoder(tokenizer) -> Callable[[str], list[int]]:
 
 
 def _read_tokens(model_dir: Path, root: Path, vocab: int) -> list[str] | None:
+    """Token text by id (read now, so a malformed tokenizer.json is refused when the model opens)."""
     for folder in (model_dir, root):
         if (folder / "tokenizer.json").exists():
             tokens = [""] * vocab
-            for token, index in Tokenizer.from_file(os.fspath(folder / "tokenizer.json")).get_vocab().items():
+            for token, index in _read_tokenizer(folder / "tokenizer.json").get_vocab().items():
                 if index < vocab:
                     tokens[index] = token
             return tokens
         if (folder / "vocab.txt").exists():
-            lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+            try:
+                lines = regular_file(folder / "vocab.txt", "vocab.txt").read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise EdgeembError(f"{folder / 'vocab.txt'}: unreadable ({exc})") from None
             return (lines + [""] * vocab)[:vocab]
     return None

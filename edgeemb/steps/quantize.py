@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edgeemb import formats
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.steps.base import PathArgument, StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable, MixedTable, QuantizedTable
 
@@ -123,7 +123,7 @@ def token_frequency(rows: int, context: StepContext, corpus: Path | None) -> np.
     if context.tokenize is None:
         raise EdgeembError("mixed_precision: counting a corpus needs the model's tokenizer, and this model has none")
     try:
-        lines = Path(corpus).read_text(encoding="utf-8").splitlines()
+        lines = regular_file(corpus, "mixed_precision corpus").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgeembError(f"mixed_precision: cannot read corpus {corpus} ({exc})") from None
     ids = np.fromiter((i for line in lines if line.strip() for i in context.tokenize(line)), dtype=np.int64)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from edgeemb.errors import EdgeembError
+from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.steps.base import PathArgument, StepContext, StepConfig, register
 from edgeemb.progress import track
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
@@ -153,7 +153,8 @@ def _corpus_lines(config: TrimConfig) -> tuple[list[str], list[str]]:
             lines += [text for text in read_beir(path).corpus_texts if text.strip()]
             continue
         try:
-            lines += [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+            text = regular_file(path, "trim_vocab corpus").read_text(encoding="utf-8")
+            lines += [line for line in text.splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise EdgeembError(f"trim_vocab: cannot read corpus {path} ({exc})") from None
     if not lines:
