@@ -25,7 +25,7 @@ import pytest
 
 from edgeemb.ggufio import TOKEN_EMBD, read_gguf_header
 from tests.test_cli import assert_one_line_error, run
-from tests.test_gguf_source import write_gguf
+from tests.sources.test_gguf import write_gguf
 
 _CHILD_MEMORY = 2 << 30
 

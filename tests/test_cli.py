@@ -98,7 +98,7 @@ def test_sentence_level_evaluation_with_user_data(tiny_model, tiny_sts, tmp_path
 
 
 def test_sentence_data_on_a_gguf_model_is_refused(tmp_path, tiny_sts):
-    from tests.test_gguf_source import write_gguf
+    from tests.sources.test_gguf import write_gguf
 
     path = tmp_path / "m.gguf"
     write_gguf(path)

@@ -17,7 +17,7 @@ from gguf.quants import dequantize
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.table import QuantizedTable
-from tests.test_formats_ggml import VOCAB, _layer_weights, _logits, _write_llama
+from tests.formats.test_ggml import VOCAB, _layer_weights, _logits, _write_llama
 
 BLOCK_BYTES = 18
 F32 = np.float32

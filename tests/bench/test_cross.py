@@ -16,7 +16,7 @@ from edgeemb.bench.devices import load_device
 from edgeemb.cli import main
 from edgeemb.bench.cross import cross_build, smoke_test
 from edgeemb.errors import EdgeembError
-from tests.test_formats_ggml import _layer_weights, _write_llama
+from tests.formats.test_ggml import _layer_weights, _write_llama
 
 TOOLS = all(shutil.which(tool) for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64", "cmake"))
 

@@ -21,7 +21,7 @@ from edgeemb.outputs import MARK, owned
 from edgeemb.recipe import ExportConfig
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
 from tests.conftest import data_file
-from tests.test_gguf_source import write_gguf
+from tests.sources.test_gguf import write_gguf
 
 
 def _table_bytes(path: Path, name: str) -> np.ndarray:

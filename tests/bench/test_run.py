@@ -20,7 +20,7 @@ from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.table import DenseTable, QuantizedTable
-from tests.test_formats_ggml import _layer_weights, _write_llama
+from tests.formats.test_ggml import _layer_weights, _write_llama
 
 CGROUPS = memory_cgroups_available()
 

@@ -21,7 +21,7 @@ from edgeemb.bench.run import bench, compare_runs
 from edgeemb.results import BenchResult
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
-from tests.test_formats_ggml import _layer_weights, _write_llama
+from tests.formats.test_ggml import _layer_weights, _write_llama
 
 QEMU = all(shutil.which(tool) for tool in ("qemu-aarch64", "aarch64-linux-gnu-gcc", "gcc", "unshare", "apt-get"))
 NEEDS_QEMU = pytest.mark.skipif(not QEMU, reason="needs qemu-user, gcc-aarch64-linux-gnu, gcc and apt (.ci/run installs them)")

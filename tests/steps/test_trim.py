@@ -169,7 +169,7 @@ def test_gguf_export_rewrites_the_vocabulary_and_copies_the_rest(tmp_path):
 
     from edgeemb.export.gguf import export_gguf
     from edgeemb.sources.gguf import TOKEN_EMBD, read_gguf_header
-    from tests.test_gguf_source import TOKENS, write_gguf
+    from tests.sources.test_gguf import TOKENS, write_gguf
 
     weight = write_gguf(tmp_path / "src.gguf", Q.Q8_0)
     keep = np.array([0, 3, 50, 93, 94], np.int32)

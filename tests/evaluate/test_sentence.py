@@ -13,8 +13,8 @@ import pytest
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import BeirData, StsData, read_beir, read_sts, read_texts
 from edgeemb.evaluate.sentence import Drift, RetrievalScores, embedding_drift, retrieval, sts_spearman
+from tests.conftest import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
