@@ -333,8 +333,11 @@ def _near_duplicates(
         nearest_cosine_median=float(np.median(best)),
         examples=[
             NearDuplicate(
-                int(ids[q]), _token(tokens, int(ids[q])),
-                int(best_id[q]), _token(tokens, int(best_id[q])), float(best[q]),
+                int(ids[q]),
+                _token(tokens, int(ids[q])),
+                int(best_id[q]),
+                _token(tokens, int(best_id[q])),
+                float(best[q]),
             )
             for q in hits
         ],

@@ -53,15 +53,17 @@ class Artifact:
         return load_table(self.path / TABLE_FILE)
 
 
-def write_artifact(out: Path, table: EmbeddingTable, manifest: Manifest, report: Report, report_md: str,
-                   force: bool) -> None:
+def write_artifact(
+    out: Path, table: EmbeddingTable, manifest: Manifest, report: Report, report_md: str, force: bool
+) -> None:
     """Write OUT/ whole or not at all (see `edgeemb.outputs.staged`)."""
     with staged(Path(out), force) as staging:
         write_artifact_files(staging, table, manifest, report, report_md)
 
 
-def write_artifact_files(folder: Path, table: EmbeddingTable, manifest: Manifest, report: Report,
-                         report_md: str) -> None:
+def write_artifact_files(
+    folder: Path, table: EmbeddingTable, manifest: Manifest, report: Report, report_md: str
+) -> None:
     """OUT/'s files, written into `folder` (a staging folder: `staged` puts it in place)."""
     folder.mkdir(exist_ok=True)
     save_table(table, folder / TABLE_FILE)

@@ -75,4 +75,7 @@ def one_line(exc: BaseException) -> tuple[str, int] | None:
     if os.environ.get(DEBUG):
         return None
     message = " ".join(str(exc).split())[:300]
-    return f"edgeemb hit an unexpected error ({type(exc).__name__}: {message}); this is a bug: rerun with {DEBUG}=1 for the traceback and report it", 1
+    return (
+        f"edgeemb hit an unexpected error ({type(exc).__name__}: {message}); this is a bug: rerun with {DEBUG}=1 for the traceback and report it",
+        1,
+    )

@@ -38,8 +38,8 @@ from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_
 from edgeemb.sources import open_model
 from edgeemb.sources.catalog import catalog
 from edgeemb.steps.trim import TrimConfig
-from edgeemb.table import require_finite
 from edgeemb.sweep import sweep as run_sweep
+from edgeemb.table import require_finite
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)  # a file to read
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)  # a folder to read
@@ -83,21 +83,40 @@ class _Cli(click.Group):
 
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
-_MODEL_HELP = ("MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or "
-               "sentence-transformers directory, or a GGUF file. Default: minilm.")
+_MODEL_HELP = (
+    "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or "
+    "sentence-transformers directory, or a GGUF file. Default: minilm."
+)
 _DATA_OPTIONS = (
     click.option("--sts", type=_FILE, help="STS TSV (sentence1, sentence2, score): Spearman x100 of the whole model."),
-    click.option("--beir", type=_FOLDER,
-                 help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10."),
-    click.option("--texts", type=_FILE,
-                 help="Plain text, one text per line: cosine of original vs compressed sentence embeddings."),
-    click.option("--perplexity", "perplexity_text", type=_FILE, help=(
-        "Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table "
-        "(transformers; llama.cpp, on the exported file, when the recipe exports GGUF).")),
-    click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True, help="Tokens of --perplexity text to score."),
+    click.option(
+        "--beir", type=_FOLDER, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv): nDCG@10 and recall@10."
+    ),
+    click.option(
+        "--texts",
+        type=_FILE,
+        help="Plain text, one text per line: cosine of original vs compressed sentence embeddings.",
+    ),
+    click.option(
+        "--perplexity",
+        "perplexity_text",
+        type=_FILE,
+        help=(
+            "Plain text: perplexity of a causal LM (GGUF or Hugging Face) with the original and the compressed table "
+            "(transformers; llama.cpp, on the exported file, when the recipe exports GGUF)."
+        ),
+    ),
+    click.option(
+        "--max-tokens",
+        type=click.IntRange(min=1),
+        default=4096,
+        show_default=True,
+        help="Tokens of --perplexity text to score.",
+    ),
 )
-_CALIBRATION_HELP = ("Plain text for steps that measure activations (quantize importance: head); "
-                     "keep it apart from evaluation text.")
+_CALIBRATION_HELP = (
+    "Plain text for steps that measure activations (quantize importance: head); " "keep it apart from evaluation text."
+)
 
 
 def _given(**options):
@@ -125,10 +144,13 @@ def main() -> None:
     """
 
 
-_INSPECT_HELP = """Describe MODEL's embedding table: size and share of the model, dtype, tying, SVD
+_INSPECT_HELP = (
+    """Describe MODEL's embedding table: size and share of the model, dtype, tying, SVD
 spectrum, per-dimension variance, anisotropy, hubness and rows that look untrained.
 
-""" + _MODEL_HELP
+"""
+    + _MODEL_HELP
+)
 
 
 @main.command(help=_INSPECT_HELP)
@@ -157,7 +179,8 @@ def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, se
         console.out_console.print(f"plot written to {plot}")
 
 
-_TRIM_HELP = """Preview a vocabulary trim of MODEL (the `trim_vocab` recipe step): how many rows a
+_TRIM_HELP = (
+    """Preview a vocabulary trim of MODEL (the `trim_vocab` recipe step): how many rows a
 policy keeps, the bytes the table and the model would take, and, with a corpus, how text held
 back from it tokenises. Writes nothing; put the same policy in a recipe to compress.
 
@@ -166,31 +189,69 @@ edgeemb trim gemma3-270m --scripts ascii,latin:100000 --characters
 edgeemb trim minilm --corpus my-domain.txt --min-count 2
 edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
 
-""" + _MODEL_HELP
+"""
+    + _MODEL_HELP
+)
 
 
 @main.command(help=_TRIM_HELP)
 @_model_argument
-@click.option("--scripts", help=(
-    "Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII "
-    "and common punctuation along); latin:100000 keeps them only among the first 100000 ids."))
-@click.option("--characters", is_flag=True,
-              help="Also keep every single-character piece, so any other text falls back to characters, not bytes.")
-@click.option("--corpus", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).")
-@click.option("--min-count", type=click.IntRange(min=1), help="Keep pieces seen at least this often in the corpus (default 1).")
+@click.option(
+    "--scripts",
+    help=(
+        "Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII "
+        "and common punctuation along); latin:100000 keeps them only among the first 100000 ids."
+    ),
+)
+@click.option(
+    "--characters",
+    is_flag=True,
+    help="Also keep every single-character piece, so any other text falls back to characters, not bytes.",
+)
+@click.option(
+    "--corpus",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).",
+)
+@click.option(
+    "--min-count", type=click.IntRange(min=1), help="Keep pieces seen at least this often in the corpus (default 1)."
+)
 @click.option("--top-k", type=click.IntRange(min=1), help="Keep the corpus's k most frequent pieces.")
-@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), help="Keep the most frequent pieces covering this share of corpus tokens.")
-@click.option("--holdout", default=0.1, show_default=True,
-              help="Last share of the corpus lines held back to judge the trim.")
+@click.option(
+    "--coverage",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Keep the most frequent pieces covering this share of corpus tokens.",
+)
+@click.option(
+    "--holdout", default=0.1, show_default=True, help="Last share of the corpus lines held back to judge the trim."
+)
 @click.option("--drop", multiple=True, help="A piece to drop even if kept otherwise (repeat for more).")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-def trim(model: str | None, scripts: str | None, characters: bool, corpus: tuple[Path, ...], min_count: int | None,
-         top_k: int | None, coverage: float | None, holdout: float, drop: tuple[str, ...], as_json: bool) -> None:
+def trim(
+    model: str | None,
+    scripts: str | None,
+    characters: bool,
+    corpus: tuple[Path, ...],
+    min_count: int | None,
+    top_k: int | None,
+    coverage: float | None,
+    holdout: float,
+    drop: tuple[str, ...],
+    as_json: bool,
+) -> None:
     entries = tuple(_script_entry(s) for s in scripts.split(",")) if scripts else ()
     try:
-        config = TrimConfig(scripts=entries, characters=characters, corpus=corpus, min_count=min_count, top_k=top_k,
-                            coverage=coverage, holdout=holdout, drop=drop)
+        config = TrimConfig(
+            scripts=entries,
+            characters=characters,
+            corpus=corpus,
+            min_count=min_count,
+            top_k=top_k,
+            coverage=coverage,
+            holdout=holdout,
+            drop=drop,
+        )
     except ValidationError as exc:
         raise EdgeembError(f"trim: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     with console.progress_bars():
@@ -209,12 +270,15 @@ def _script_entry(text: str) -> str | dict[str, int]:
     return {name: int(first_ids)} if first_ids else name
 
 
-_COMPRESS_HELP = """Compress MODEL's embedding table with a recipe and write OUT/: the table
+_COMPRESS_HELP = (
+    """Compress MODEL's embedding table with a recipe and write OUT/: the table
 (safetensors), manifest.json, report.json and report.md.
 
 Quality is always measured on the table itself; pass --sts/--beir/--texts (or name them in the
 recipe's `evaluate:`) to measure the whole sentence-embedding model too, or --perplexity for a
-causal LM. """ + _MODEL_HELP
+causal LM. """
+    + _MODEL_HELP
+)
 
 
 @main.command(help=_COMPRESS_HELP)
@@ -224,15 +288,33 @@ causal LM. """ + _MODEL_HELP
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
 @click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
-@click.option("--calibration-tokens", type=click.IntRange(min=1), default=2048, show_default=True, help="Tokens of --calibration text to run.")
+@click.option(
+    "--calibration-tokens",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Tokens of --calibration text to run.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def compress(model: str | None, recipe: str | None, out: Path | None, force: bool, sts: Path | None, beir: Path | None,
-             texts: Path | None, perplexity_text: Path | None, max_tokens: int, calibration: Path | None,
-             calibration_tokens: int, as_json: bool) -> None:
+def compress(
+    model: str | None,
+    recipe: str | None,
+    out: Path | None,
+    force: bool,
+    sts: Path | None,
+    beir: Path | None,
+    texts: Path | None,
+    perplexity_text: Path | None,
+    max_tokens: int,
+    calibration: Path | None,
+    calibration_tokens: int,
+    as_json: bool,
+) -> None:
     data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
     with console.progress_bars():
-        result = run_compress(model, recipe, out, force=force, data=data, calibration=calibration,
-                              calibration_tokens=calibration_tokens)
+        result = run_compress(
+            model, recipe, out, force=force, data=data, calibration=calibration, calibration_tokens=calibration_tokens
+        )
     if as_json:
         console.print_json(result.report)
         return
@@ -246,8 +328,15 @@ def compress(model: str | None, recipe: str | None, out: Path | None, force: boo
 @click.argument("out", type=_FOLDER)
 @_data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(out: Path, sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None,
-             max_tokens: int, as_json: bool) -> None:
+def evaluate(
+    out: Path,
+    sts: Path | None,
+    beir: Path | None,
+    texts: Path | None,
+    perplexity_text: Path | None,
+    max_tokens: int,
+    as_json: bool,
+) -> None:
     """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
     with console.progress_bars():
         evaluation = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
@@ -279,35 +368,71 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
 
 @main.command(help=_EXPORT_HELP)
 @click.argument("out", type=_FOLDER)
-@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True,
-              help="Target runtime format.")
-@click.option("-o", "--output", "file", type=click.Path(path_type=Path), help=(
-    "Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers."))
-@click.option("--type", "tensor_type", help=(
-    "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32."))
-@click.option("--quantize-rest", is_flag=True,
-              help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).")
-@click.option("--from", "onnx_source", type=_FILE,
-              help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.")
-@click.option("--text", type=_FILE,
-              help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="gguf: tokens of --text to score (windows of 1024).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True, help="Target runtime format."
+)
+@click.option(
+    "-o",
+    "--output",
+    "file",
+    type=click.Path(path_type=Path),
+    help=("Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers."),
+)
+@click.option(
+    "--type",
+    "tensor_type",
+    help=(
+        "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32."
+    ),
+)
+@click.option(
+    "--quantize-rest",
+    is_flag=True,
+    help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).",
+)
+@click.option(
+    "--from",
+    "onnx_source",
+    type=_FILE,
+    help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.",
+)
+@click.option(
+    "--text", type=_FILE, help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks."
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="gguf: tokens of --text to score (windows of 1024).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
-def export(out: Path, fmt: str, file: Path | None, tensor_type: str | None, quantize_rest: bool,
-           onnx_source: Path | None, text: Path | None, max_tokens: int, force: bool, as_json: bool) -> None:
+def export(
+    out: Path,
+    fmt: str,
+    file: Path | None,
+    tensor_type: str | None,
+    quantize_rest: bool,
+    onnx_source: Path | None,
+    text: Path | None,
+    max_tokens: int,
+    force: bool,
+    as_json: bool,
+) -> None:
     config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
     with console.progress_bars():
-        exported = export_artifact(out, config, file, force=force, text=text, max_tokens=max_tokens,
-                                   onnx_source=onnx_source)
+        exported = export_artifact(
+            out, config, file, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source
+        )
     if as_json:
         console.print_json(exported)
         return
     console.print_export(out, exported)
 
 
-_OFFLOAD_HELP = """Emulate keeping MODEL's embedding table on flash: rows stream into a small RAM
+_OFFLOAD_HELP = (
+    """Emulate keeping MODEL's embedding table on flash: rows stream into a small RAM
 cache as TEXT is decoded, as Gemma 3n's per-layer embeddings do. Reports resident memory, flash
 reads and bytes per token, hit rate and the latency the reads add per token (p50, p99), for each
 cache size and flash profile, against the whole table resident.
@@ -322,54 +447,138 @@ MODEL may also be an OUT/ folder (its compressed table is what flash holds); if 
 or a profile YAML file. sim prices each read with the profile's published figures; real reads
 the same pages from a store file (O_DIRECT) and times them, held to each profile (--throttle).
 
-""".format(profiles=", ".join(builtin_names())) + _MODEL_HELP
+""".format(profiles=", ".join(builtin_names()))
+    + _MODEL_HELP
+)
 
 
 @main.command(help=_OFFLOAD_HELP)
 @_model_argument
 @click.option("--text", type=_FILE, required=True, help="Plain text to decode, tokenised by the model's own tokenizer.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens of --text in the stream.")
-@click.option("-p", "--profile", "profiles", multiple=True, default=("ufs-3.1",), show_default=True,
-              help="Flash profile (repeat for several; 'all' for every built-in one).")
-@click.option("--cache-mb", "cache_mb", type=click.FloatRange(min=0), multiple=True, help=(
-    "RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set."))
-@click.option("--hot-mb", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.")
-@click.option("--calibration", type=_FILE,
-              help="Plain text to count token frequencies for the hot set (keep it apart from --text).")
-@click.option("--cache-unit", type=click.Choice(["row", "page"]), default="row", show_default=True, help=(
-    "row: the cache keeps the rows it needs; page: whole pages as read, as the OS page cache does under mmap."))
-@click.option("--layout", type=click.Choice(["single", "ple", "ple-layer"]), default="single", show_default=True, help=(
-    "single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; "
-    "ple-layer: one table per layer."))
-@click.option("--layers", type=click.IntRange(min=1), help="Layers for the ple layouts. Default: the model's decoder layers.")
-@click.option("--head-type", help=(
-    "Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored."))
-@click.option("--mode", type=click.Choice(["sim", "real"]), default="sim", show_default=True,
-              help="sim: the profiles' read model; real: also read the store file and time it.")
-@click.option("--throttle", type=click.Choice(["user", "cgroup", "none"]), default="user", show_default=True, help=(
-    "real: hold each token's reads to the profile's modelled time (user), or cap read bandwidth and IOPS with a "
-    "blkio cgroup (root; no access latency), or not at all."))
-@click.option("--store", type=_NEW_FILE,
-              help="Write the flash store file here and keep it (default: a temporary file for real mode).")
-@click.option("--runtime", is_flag=True,
-              help="Also run the GGUF in llama.cpp with mmap on and off: peak RSS and tokens/s.")
+@click.option(
+    "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens of --text in the stream."
+)
+@click.option(
+    "-p",
+    "--profile",
+    "profiles",
+    multiple=True,
+    default=("ufs-3.1",),
+    show_default=True,
+    help="Flash profile (repeat for several; 'all' for every built-in one).",
+)
+@click.option(
+    "--cache-mb",
+    "cache_mb",
+    type=click.FloatRange(min=0),
+    multiple=True,
+    help=(
+        "RAM cache budget in MB (rows + index; repeat for several). Default: a sweep up to the stream's working set."
+    ),
+)
+@click.option(
+    "--hot-mb",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Pinned hot set: the most frequent tokens of --calibration, within this many MB.",
+)
+@click.option(
+    "--calibration",
+    type=_FILE,
+    help="Plain text to count token frequencies for the hot set (keep it apart from --text).",
+)
+@click.option(
+    "--cache-unit",
+    type=click.Choice(["row", "page"]),
+    default="row",
+    show_default=True,
+    help=("row: the cache keeps the rows it needs; page: whole pages as read, as the OS page cache does under mmap."),
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["single", "ple", "ple-layer"]),
+    default="single",
+    show_default=True,
+    help=(
+        "single: a row per token; ple: the row split into per-layer slices, a token's slices contiguous; "
+        "ple-layer: one table per layer."
+    ),
+)
+@click.option(
+    "--layers", type=click.IntRange(min=1), help="Layers for the ple layouts. Default: the model's decoder layers."
+)
+@click.option(
+    "--head-type",
+    help=("Tied tables: the format of a separate RAM-resident output head (e.g. Q4_0). Default: the table as stored."),
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["sim", "real"]),
+    default="sim",
+    show_default=True,
+    help="sim: the profiles' read model; real: also read the store file and time it.",
+)
+@click.option(
+    "--throttle",
+    type=click.Choice(["user", "cgroup", "none"]),
+    default="user",
+    show_default=True,
+    help=(
+        "real: hold each token's reads to the profile's modelled time (user), or cap read bandwidth and IOPS with a "
+        "blkio cgroup (root; no access latency), or not at all."
+    ),
+)
+@click.option(
+    "--store",
+    type=_NEW_FILE,
+    help="Write the flash store file here and keep it (default: a temporary file for real mode).",
+)
+@click.option(
+    "--runtime", is_flag=True, help="Also run the GGUF in llama.cpp with mmap on and off: peak RSS and tokens/s."
+)
 @click.option("--plot", type=_NEW_FILE, help="Write a PNG: hit rate, bytes and added latency against cache size.")
 @click.option("--force", is_flag=True, help="Replace an existing --store or --plot file.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-def offload(model: str | None, text: Path, max_tokens: int, profiles: tuple[str, ...], cache_mb: tuple[float, ...],
-            hot_mb: float, calibration: Path | None, cache_unit: str, layout: str, layers: int | None,
-            head_type: str | None, mode: str, throttle: str, store: Path | None, runtime: bool, plot: Path | None,
-            force: bool, as_json: bool) -> None:
+def offload(
+    model: str | None,
+    text: Path,
+    max_tokens: int,
+    profiles: tuple[str, ...],
+    cache_mb: tuple[float, ...],
+    hot_mb: float,
+    calibration: Path | None,
+    cache_unit: str,
+    layout: str,
+    layers: int | None,
+    head_type: str | None,
+    mode: str,
+    throttle: str,
+    store: Path | None,
+    runtime: bool,
+    plot: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     if plot is not None:
         check_target(plot, force)
     # Options left at their defaults are filled from an OUT/ recipe's `offload:` plan when it has one.
     given = _given(profiles=profiles, cache_mb=cache_mb, hot_mb=hot_mb, layout=layout, head_type=head_type)
     planned = plan_offload(model, **given, cache_unit=cache_unit, mode=mode, throttle=throttle)
     with console.progress_bars():
-        result = run_offload(model, text, planned.config, layout=planned.layout, layers=layers, max_tokens=max_tokens,
-                             calibration=calibration, head_type=planned.head_type, store=store, force=force,
-                             runtime=runtime)
+        result = run_offload(
+            model,
+            text,
+            planned.config,
+            layout=planned.layout,
+            layers=layers,
+            max_tokens=max_tokens,
+            calibration=calibration,
+            head_type=planned.head_type,
+            store=store,
+            force=force,
+            runtime=runtime,
+        )
     if plot is not None:
         from edgeemb.report.plots import plot_offload  # matplotlib: ~0.5 s to import, only for --plot
 
@@ -381,18 +590,29 @@ def offload(model: str | None, text: Path, max_tokens: int, profiles: tuple[str,
 
 
 @main.command()
-@click.argument("outs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
-                metavar="OUT OUT [OUT ...]")
+@click.argument(
+    "outs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="OUT OUT [OUT ...]"
+)
 @click.option("--md", type=_NEW_FILE, help="Write the table as Markdown.")
 @click.option("--html", "html_file", type=_NEW_FILE, help="Write the table as an HTML page.")
 @click.option("--plot", type=_NEW_FILE, help="Write a PNG: table size against --metric, with the Pareto frontier.")
-@click.option("--metric", help=(
-    "Quality column for --plot. Default: the first shared of STS Spearman, nDCG@10, perplexity, row cosine."))
+@click.option(
+    "--metric",
+    help=("Quality column for --plot. Default: the first shared of STS Spearman, nDCG@10, perplexity, row cosine."),
+)
 @click.option("--allow-mixed", is_flag=True, help="Compare outputs of different source models.")
 @click.option("--force", is_flag=True, help="Replace existing --md, --html or --plot files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plot: Path | None, metric: str | None,
-            allow_mixed: bool, force: bool, as_json: bool) -> None:
+def compare(
+    outs: tuple[Path, ...],
+    md: Path | None,
+    html_file: Path | None,
+    plot: Path | None,
+    metric: str | None,
+    allow_mixed: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Compare output folders side by side: table and whole-model size, bits per parameter and
     every quality figure they all measured on the same data; the best of each column is marked.
     Given bench results instead (JSON from `edgeemb bench --json` or a bundle's run.sh on a
@@ -406,8 +626,10 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
         results = [result for path in outs for result in read_results(path)]
         emulated = {result.instructions_per_unit is not None for result in results}
         if len(emulated) > 1:
-            raise EdgeembError("instruction counts (bench --emulate) and timed runs measure different things; "
-                               "compare each kind on its own")
+            raise EdgeembError(
+                "instruction counts (bench --emulate) and timed runs measure different things; "
+                "compare each kind on its own"
+            )
         if as_json:
             console.print_json({"results": results})
         else:
@@ -440,18 +662,49 @@ def compare(outs: tuple[Path, ...], md: Path | None, html_file: Path | None, plo
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, metavar="RECIPE [RECIPE ...]")
 @click.option("-m", "--model", help="Model to compress (see MODEL in `edgeemb compress --help`). Default: minilm.")
-@click.option("--grid", "grid", multiple=True, help=(
-    "STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is."))
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for one output folder per variant, compare.md and pareto.png.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Variants compressed at once (local processes).")
+@click.option(
+    "--grid",
+    "grid",
+    multiple=True,
+    help=(
+        "STEP.KEY=V1,V2,... (repeat for more axes), e.g. svd.rank=64,128,256. Without it, each RECIPE runs as it is."
+    ),
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for one output folder per variant, compare.md and pareto.png.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Variants compressed at once (local processes).",
+)
 @_data_options
 @click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
 @click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], out_dir: Path, jobs: int,
-          sts: Path | None, beir: Path | None, texts: Path | None, perplexity_text: Path | None, max_tokens: int,
-          calibration: Path | None, force: bool, as_json: bool) -> None:
+def sweep(
+    recipes: tuple[str, ...],
+    model: str | None,
+    grid: tuple[str, ...],
+    out_dir: Path,
+    jobs: int,
+    sts: Path | None,
+    beir: Path | None,
+    texts: Path | None,
+    perplexity_text: Path | None,
+    max_tokens: int,
+    calibration: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Compress MODEL with several recipes, or with every variant of a recipe on a grid, then
     compare the outputs (writes OUT/compare.md and OUT/pareto.png, size against the first shared
     quality figure). Peers run as recipes too (peer-onnxruntime-arm64, peer-llama-q4_0, ...).
@@ -483,8 +736,10 @@ def sweep(recipes: tuple[str, ...], model: str | None, grid: tuple[str, ...], ou
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """List the short model names, what installs them, and whether they are installed."""
-    rows = [{**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
-            for entry in catalog().values()]
+    rows = [
+        {**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
+        for entry in catalog().values()
+    ]
     if as_json:
         console.print_json({"models": rows})
         return
@@ -517,41 +772,100 @@ the device's: --baseline runs the uncompressed file in the same session and repo
 under qemu user mode, one thread: per sentence in onnxruntime (an aarch64 Python, fetched once)
 or per generated token in llama-bench (built by `edgeemb cross`). The count is the same in every
 run; qemu's wall time is not the device's and is not reported. Profiles: {profiles} (or a YAML file).""".format(
-    profiles=", ".join(device_names()))
+    profiles=", ".join(device_names())
+)
 
 
 @main.command(help=_BENCH_HELP)
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
-@click.option("--backend", type=click.Choice(["onnxruntime", "llama.cpp", "numpy"]),
-              help="Runtime (default: by the file: .onnx, .gguf, output folder).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "llama.cpp", "numpy"]),
+    help="Runtime (default: by the file: .onnx, .gguf, output folder).",
+)
 @click.option("--profile", help="Device profile whose cores and memory cap apply (name or YAML file).")
-@click.option("--baseline", type=click.Path(exists=True, path_type=Path),
-              help="The uncompressed file, benchmarked first in the same session; results get ratios.")
-@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.")
+@click.option(
+    "--baseline",
+    type=click.Path(exists=True, path_type=Path),
+    help="The uncompressed file, benchmarked first in the same session; results get ratios.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Passes over the sentences / prompt-and-generate rounds / 20-lookup rounds.",
+)
 @click.option("--text", type=_FILE, help="Sentences to run, one per line (default: eight built-in English sentences).")
-@click.option("--tokenizer", default="minilm", show_default=True,
-              help="Sentence model whose tokenizer feeds an ONNX file.")
-@click.option("--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens generated per round (GGUF).")
+@click.option(
+    "--tokenizer", default="minilm", show_default=True, help="Sentence model whose tokenizer feeds an ONNX file."
+)
+@click.option(
+    "--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens generated per round (GGUF)."
+)
 @click.option("--no-mmap", is_flag=True, help="llama.cpp reads the weights into memory instead of mapping the file.")
-@click.option("--memory-mb", type=click.IntRange(min=1), help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.")
-@click.option("--memory-limit", type=click.Choice(["auto", "cgroup", "watchdog"]), default="auto", show_default=True,
-              help="How the memory cap is applied.")
-@click.option("--cpu-quota", type=click.FloatRange(0, 1, min_open=True),
-              help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.")
-@click.option("--flash", is_flag=True, help=(
-    "Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root)."))
-@click.option("--emulate", is_flag=True, help=(
-    "Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host."))
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the results as JSON (the same schema a device run writes).")
-def bench(artifact: Path, backend: str | None, profile: str | None, baseline: Path | None, runs: int,
-          text: Path | None, tokenizer: str, generate: int, no_mmap: bool, memory_mb: int | None, memory_limit: str,
-          cpu_quota: float | None, flash: bool, emulate: bool, as_json: bool) -> None:
+@click.option(
+    "--memory-mb",
+    type=click.IntRange(min=1),
+    help="Memory cap in MB (2**20 bytes), instead of the profile's or without one.",
+)
+@click.option(
+    "--memory-limit",
+    type=click.Choice(["auto", "cgroup", "watchdog"]),
+    default="auto",
+    show_default=True,
+    help="How the memory cap is applied.",
+)
+@click.option(
+    "--cpu-quota",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of each pinned core's time, in (0, 1] (a cgroup cpu quota; root): a crude slower core.",
+)
+@click.option(
+    "--flash",
+    is_flag=True,
+    help=("Throttle reads of the file's disk to the profile's flash storage (MB/s and IOPS; a blkio/io cgroup; root)."),
+)
+@click.option(
+    "--emulate",
+    is_flag=True,
+    help=("Count instructions on the profile's CPU under qemu (aarch64, one thread) instead of timing on this host."),
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the results as JSON (the same schema a device run writes)."
+)
+def bench(
+    artifact: Path,
+    backend: str | None,
+    profile: str | None,
+    baseline: Path | None,
+    runs: int,
+    text: Path | None,
+    tokenizer: str,
+    generate: int,
+    no_mmap: bool,
+    memory_mb: int | None,
+    memory_limit: str,
+    cpu_quota: float | None,
+    flash: bool,
+    emulate: bool,
+    as_json: bool,
+) -> None:
     texts = [line for line in text.read_text().splitlines() if line.strip()] if text else None
-    options = {"backend": backend, "profile": load_device(profile) if profile else None, "runs": runs, "texts": texts,
-               "tokenizer": tokenizer, "generate": generate, "mmap": not no_mmap, "memory_mb": memory_mb,
-               "memory_limit": memory_limit, "cpu_quota": cpu_quota, "flash": flash, "emulate": emulate}
+    options = {
+        "backend": backend,
+        "profile": load_device(profile) if profile else None,
+        "runs": runs,
+        "texts": texts,
+        "tokenizer": tokenizer,
+        "generate": generate,
+        "mmap": not no_mmap,
+        "memory_mb": memory_mb,
+        "memory_limit": memory_limit,
+        "cpu_quota": cpu_quota,
+        "flash": flash,
+        "emulate": emulate,
+    }
     counting = "counting instructions under qemu (the first run fetches and builds its tools)"
     with console.err_console.status(counting if emulate else "benchmarking"):
         results = [run_bench(baseline, **options)] if baseline else []
@@ -578,17 +892,30 @@ cortex-a53 is reported as needing a newer CPU)."""
 
 @main.command(help=_CROSS_HELP)
 @click.option("--target", required=True, help="Device profile name or YAML file, e.g. rpi5, rpi4, rpi3, android-mid.")
-@click.option("-o", "--out", type=click.Path(path_type=Path),
-              help="Folder for the binaries and BUILD.json. Default: edgeemb-cross/TARGET.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for the binaries and BUILD.json. Default: edgeemb-cross/TARGET.",
+)
 @click.option("--ndk", type=_FOLDER, help="Android NDK folder (default: ANDROID_NDK_HOME).")
 @click.option("--api", default=28, show_default=True, help="Android API level for an NDK build.")
-@click.option("--smoke", "smoke_model", type=_FILE,
-              help="A GGUF that llama-bench runs under qemu (default: --version only).")
+@click.option(
+    "--smoke", "smoke_model", type=_FILE, help="A GGUF that llama-bench runs under qemu (default: --version only)."
+)
 @click.option("--try-cpu", help="Run the smoke test as this QEMU_CPU instead of the target's (e.g. cortex-a53).")
 @click.option("--force", is_flag=True, help="Replace files in an existing output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build record as JSON.")
-def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model: Path | None, try_cpu: str | None,
-          force: bool, as_json: bool) -> None:
+def cross(
+    target: str,
+    out: Path | None,
+    ndk: Path | None,
+    api: int,
+    smoke_model: Path | None,
+    try_cpu: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     device = load_device(target)
     out = out or Path("edgeemb-cross") / device.name
     status = f"building llama.cpp for {device.name} ({device.arm_arch}); the first build takes ~10 minutes"
@@ -606,14 +933,31 @@ def cross(target: str, out: Path | None, ndk: Path | None, api: int, smoke_model
 @click.argument("model", type=_FILE)
 @click.option("--target", required=True, help="Device profile name or YAML file (see `edgeemb cross --help`).")
 @click.option("-o", "--out", type=_NEW_FILE, required=True, help="The bundle to write (.tar.gz).")
-@click.option("--prompt-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Prompt length llama-bench processes.")
-@click.option("--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens llama-bench generates.")
+@click.option(
+    "--prompt-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Prompt length llama-bench processes.",
+)
+@click.option(
+    "--generate", type=click.IntRange(min=1), default=32, show_default=True, help="Tokens llama-bench generates."
+)
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="llama-bench repetitions.")
 @click.option("--ndk", type=_FOLDER, help="Android NDK folder for an Android target.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: int, runs: int, ndk: Path | None,
-           force: bool, as_json: bool) -> None:
+def bundle(
+    model: Path,
+    target: str,
+    out: Path,
+    prompt_tokens: int,
+    generate: int,
+    runs: int,
+    ndk: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
     """Pack a GGUF, llama-bench built for a device (`edgeemb cross`) and run.sh into a tarball. On
     the device, `sh run.sh` benchmarks the model and writes bench.json in the schema of `edgeemb
     bench`; `edgeemb compare host.json bench.json` shows it beside this host's run.
@@ -624,8 +968,9 @@ def bundle(model: Path, target: str, out: Path, prompt_tokens: int, generate: in
     device = load_device(target)
     status = f"building llama-bench for {device.name} (cached after the first build, ~10 minutes)"
     with console.err_console.status(status):
-        written = make_bundle(model, device, out, prompt_tokens=prompt_tokens, generate=generate, runs=runs, ndk=ndk,
-                              force=force)
+        written = make_bundle(
+            model, device, out, prompt_tokens=prompt_tokens, generate=generate, runs=runs, ndk=ndk, force=force
+        )
     if as_json:
         console.print_json(written)
         return

@@ -386,8 +386,13 @@ def _marked(path: Path) -> bool:
 
 
 def rewrite_gguf(
-    source: Path, header: GGUFHeader, out: Path, replacements: dict[str, tuple[str, np.ndarray]],
-    metadata: dict[str, Any] | None = None, tensors: bool = True, force: bool = False,
+    source: Path,
+    header: GGUFHeader,
+    out: Path,
+    replacements: dict[str, tuple[str, np.ndarray]],
+    metadata: dict[str, Any] | None = None,
+    tensors: bool = True,
+    force: bool = False,
 ) -> None:
     """Copy `source` to `out` with the named tensors' types and bytes replaced (a replaced matrix
     may have fewer rows: a trimmed vocabulary) and the `metadata` values changed, every other byte

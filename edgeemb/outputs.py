@@ -95,7 +95,9 @@ def check_target(path: Path, force: bool) -> None:
         raise EdgeembError(f"{path} already exists; pass --force to replace it")
     here = Path.cwd().resolve()
     if path.resolve() in (here, *here.parents):
-        raise EdgeembError(f"{path} is the working folder or holds it: edgeemb will not replace it; choose an output below it")
+        raise EdgeembError(
+            f"{path} is the working folder or holds it: edgeemb will not replace it; choose an output below it"
+        )
     if not owned(path):
         what = "folder" if path.is_dir() else "file"
         raise EdgeembError(

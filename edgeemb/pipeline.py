@@ -87,8 +87,10 @@ class EvaluationData:
 
     def merged_over(self, recipe: Recipe) -> EvaluationData:
         """These paths, falling back to the ones the recipe names in its `evaluate:`."""
-        paths = {key: getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None)
-                 for key in _DATA_KEYS}
+        paths = {
+            key: getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None)
+            for key in _DATA_KEYS
+        }
         return EvaluationData(**paths, max_tokens=self.max_tokens)
 
 
@@ -109,11 +111,21 @@ class CompressResult:
 
 def model_facts(model: SourceModel) -> ModelFacts:
     return ModelFacts(
-        name=model.name, path=str(model.path), format=model.format, architecture=model.architecture,
-        tensor=model.tensor_name, vocab=model.vocab_size, dim=model.dim, stored_dtype=model.stored_dtype,
-        table_bytes=model.stored_nbytes, table_params=model.table_params, total_params=model.total_params,
-        total_bytes=model.total_nbytes, table_share_of_params=model.table_params / model.total_params,
-        table_share_of_bytes=model.stored_nbytes / model.total_nbytes, tied=model.tied,
+        name=model.name,
+        path=str(model.path),
+        format=model.format,
+        architecture=model.architecture,
+        tensor=model.tensor_name,
+        vocab=model.vocab_size,
+        dim=model.dim,
+        stored_dtype=model.stored_dtype,
+        table_bytes=model.stored_nbytes,
+        table_params=model.table_params,
+        total_params=model.total_params,
+        total_bytes=model.total_nbytes,
+        table_share_of_params=model.table_params / model.total_params,
+        table_share_of_bytes=model.stored_nbytes / model.total_nbytes,
+        tied=model.tied,
     )
 
 
@@ -125,13 +137,17 @@ def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool 
         dropped_bytes = model.stored_nbytes * (model.vocab_size - len(table.keep)) // model.vocab_size
         vocabulary = VocabularyFacts(**table.facts, source_bytes_of_dropped_rows=dropped_bytes)
     return TableFacts(
-        storage=table.describe(), bytes=table.nbytes,
+        storage=table.describe(),
+        bytes=table.nbytes,
         model_bytes=table.nbytes if replaces_model else model.total_nbytes - model.stored_nbytes + table.nbytes,
         replaces_model=_STATIC_MODEL if replaces_model else None,
-        bits_per_param=table.bits_per_param, ratio_vs_source=model.stored_nbytes / table.nbytes,
+        bits_per_param=table.bits_per_param,
+        ratio_vs_source=model.stored_nbytes / table.nbytes,
         ratio_vs_fp32=4 * model.table_params / table.nbytes,
-        arrays={name: ArrayFacts(shape=list(a.shape), dtype=a.dtype.name, bytes=a.nbytes)
-                for name, a in table.arrays().items()},
+        arrays={
+            name: ArrayFacts(shape=list(a.shape), dtype=a.dtype.name, bytes=a.nbytes)
+            for name, a in table.arrays().items()
+        },
         vocabulary=vocabulary,
     )
 
@@ -139,8 +155,9 @@ def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool 
 _STATIC_MODEL = "a static model (model2vec): the table is the whole model, not its input table"
 
 
-def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: EvaluationData = EvaluationData(),
-                     replaces_model: bool = False) -> Quality:
+def evaluate_quality(
+    model: SourceModel, table: EmbeddingTable, data: EvaluationData = EvaluationData(), replaces_model: bool = False
+) -> Quality:
     """Table-level figures always; model-level ones (STS, retrieval, drift) for the data given.
 
     A static model's table (`replaces_model`) lives in another space than the input table, so it
@@ -166,8 +183,9 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
     sts_quality = retrieval_quality = drift = None
     if sts is not None:
         before, after = sts_spearman(original_encoder, sts), sts_spearman(compressed, sts)
-        sts_quality = StsQuality(**_data(data.sts), pairs=len(sts.scores), original=before, compressed=after,
-                                 delta=after - before)
+        sts_quality = StsQuality(
+            **_data(data.sts), pairs=len(sts.scores), original=before, compressed=after, delta=after - before
+        )
     if beir is not None:
         scores = [RetrievalScores(**asdict(retrieval(encode, beir))) for encode in (original_encoder, compressed)]
         qrels = data.beir / "qrels" / "test.tsv"
@@ -176,8 +194,9 @@ def evaluate_quality(model: SourceModel, table: EmbeddingTable, data: Evaluation
         if texts is None:
             texts = sorted(set(sts.sentences1) | set(sts.sentences2)) if sts is not None else list(beir.query_texts)
         drift = Drift(**asdict(embedding_drift(original_encoder, compressed, texts)))
-    return Quality(table=table_figures, perplexity=perplexity, sts=sts_quality, retrieval=retrieval_quality,
-                   drift=drift)
+    return Quality(
+        table=table_figures, perplexity=perplexity, sts=sts_quality, retrieval=retrieval_quality, drift=drift
+    )
 
 
 def _data(path: Path) -> dict:
@@ -188,17 +207,25 @@ def _data(path: Path) -> dict:
 def _perplexity(model: SourceModel, table: EmbeddingTable, text: Path, max_tokens: int) -> PerplexityQuality:
     """Perplexity of the causal LM with its original and its compressed table (transformers)."""
     if model.tied is None:
-        raise EdgeembError(f"{model.name} is a sentence-embedding model: perplexity needs a causal LM "
-                           "(GGUF or Hugging Face)")
+        raise EdgeembError(
+            f"{model.name} is a sentence-embedding model: perplexity needs a causal LM " "(GGUF or Hugging Face)"
+        )
     if isinstance(table, TrimmedTable):
-        raise EdgeembError("a trimmed vocabulary's perplexity is measured in llama.cpp, by bits per byte: "
-                           "give the recipe a GGUF export (export: {format: gguf})")
+        raise EdgeembError(
+            "a trimmed vocabulary's perplexity is measured in llama.cpp, by bits per byte: "
+            "give the recipe a GGUF export (export: {format: gguf})"
+        )
     lm = CausalLM(model.path)
     ids = lm.tokens(read_text(text), max_tokens)
     before, after = lm.perplexity(ids), lm.perplexity(ids, table.to_dense())
     return PerplexityQuality(
-        **_data(text), runtime="transformers", tokens_scored=after.tokens_scored, window=after.window,
-        original=before.perplexity, compressed=after.perplexity, delta=after.perplexity - before.perplexity,
+        **_data(text),
+        runtime="transformers",
+        tokens_scored=after.tokens_scored,
+        window=after.window,
+        original=before.perplexity,
+        compressed=after.perplexity,
+        delta=after.perplexity - before.perplexity,
     )
 
 
@@ -232,16 +259,18 @@ def compress(
         model=model_facts(source),
         recipe=RecipeRef(name=recipe.name, digest=recipe.digest),
         table=table_facts(table, source, recipe.replaces_model),
-        quality=evaluate_quality(source, table, replace(data, perplexity=None) if gguf_perplexity else data,
-                                 recipe.replaces_model),
+        quality=evaluate_quality(
+            source, table, replace(data, perplexity=None) if gguf_perplexity else data, recipe.replaces_model
+        ),
     )
     manifest = Manifest(
         edgeemb_version=__version__,
         source=SourceRecord(name=source.name, path=str(source.path.resolve()), sha256=source.sha256),
         recipe={**recipe.to_dict(), "digest": recipe.digest},
         table=TableRecord(file=TABLE_FILE, shape=list(table.shape), storage=table.describe(), bytes=table.nbytes),
-        source_table=SourceTableRecord(tensor=source.tensor_name, dtype=source.stored_dtype,
-                                       bytes=source.stored_nbytes),
+        source_table=SourceTableRecord(
+            tensor=source.tensor_name, dtype=source.stored_dtype, bytes=source.stored_nbytes
+        ),
         calibration=CalibrationRecord(**_data(calibration), max_tokens=calibration_tokens) if calibration else None,
     )
     # OUT/ is written aside and put in place only once complete, its export written and verified:
@@ -275,10 +304,16 @@ def _llama_perplexity(verify: GGUFCheck) -> PerplexityQuality:
     compressed = math.exp(compressed_bits * math.log(2) * source_bytes_per_token)
     retokenised = after.tokens_scored != before.tokens_scored
     return PerplexityQuality(
-        **dict(verify.text), runtime="llama.cpp", tokens_scored=before.tokens_scored, window=after.window,
-        original=before.perplexity, compressed=compressed, delta=compressed - before.perplexity,
-        bits_per_byte=BitsPerByte(original=original_bits, compressed=compressed_bits,
-                                  delta=compressed_bits - original_bits),
+        **dict(verify.text),
+        runtime="llama.cpp",
+        tokens_scored=before.tokens_scored,
+        window=after.window,
+        original=before.perplexity,
+        compressed=compressed,
+        delta=compressed - before.perplexity,
+        bits_per_byte=BitsPerByte(
+            original=original_bits, compressed=compressed_bits, delta=compressed_bits - original_bits
+        ),
         compressed_tokens_scored=after.tokens_scored if retokenised else None,
         compressed_per_own_token=after.perplexity if retokenised else None,
     )
@@ -293,8 +328,11 @@ def trim_preview(model: str | Path | SourceModel | None, config: TrimConfig) -> 
     dropped = np.setdiff1d(np.arange(source.vocab_size), trimmed.keep)
     spread = dropped[:: max(1, len(dropped) // 12)][:12]  # a dozen, from across the vocabulary
     return TrimPreview(
-        **trimmed.facts, model=model_facts(source), policy=config.model_dump(mode="json"),
-        table_bytes=kept_bytes, model_bytes=source.total_nbytes - source.stored_nbytes + kept_bytes,
+        **trimmed.facts,
+        model=model_facts(source),
+        policy=config.model_dump(mode="json"),
+        table_bytes=kept_bytes,
+        model_bytes=source.total_nbytes - source.stored_nbytes + kept_bytes,
         examples_dropped=[source.tokens[i] for i in spread] if source.tokens else [],
     )
 
@@ -304,9 +342,14 @@ def step_context(source: SourceModel, calibration: Path | None = None, calibrati
     head_importance = None
     if calibration is not None and source.head_input_power is not None:
         text = read_text(calibration)
-        head_importance = functools.cache(lambda: _finite(source.head_input_power(text, calibration_tokens), f"{source.name}'s head input power on {calibration}"))
-    return StepContext(source.tokens, source.tokenize, head_importance, Path(source.path), source.format,
-                       source.vocabulary)
+        head_importance = functools.cache(
+            lambda: _finite(
+                source.head_input_power(text, calibration_tokens), f"{source.name}'s head input power on {calibration}"
+            )
+        )
+    return StepContext(
+        source.tokens, source.tokenize, head_importance, Path(source.path), source.format, source.vocabulary
+    )
 
 
 def _finite(values: np.ndarray, what: str) -> np.ndarray:
@@ -319,8 +362,9 @@ def open_source(artifact: Artifact) -> SourceModel:
     recorded = artifact.manifest.source
     source = open_model(recorded.name if recorded.name in catalog() else recorded.path)
     if source.sha256 != recorded.sha256:
-        raise EdgeembError(f"{artifact.path}: the source model {recorded.name} changed since it was compressed "
-                           "(sha256 differs)")
+        raise EdgeembError(
+            f"{artifact.path}: the source model {recorded.name} changed since it was compressed " "(sha256 differs)"
+        )
     return source
 
 
@@ -343,8 +387,14 @@ def evaluate_artifact(out: str | Path, data: EvaluationData = EvaluationData()) 
 
 
 def export_artifact(
-    out: str | Path, config: ExportConfig = ExportConfig(format="gguf"), file: str | Path | None = None, *,
-    force: bool = False, text: Path | None = None, max_tokens: int = 8192, onnx_source: Path | None = None,
+    out: str | Path,
+    config: ExportConfig = ExportConfig(format="gguf"),
+    file: str | Path | None = None,
+    *,
+    force: bool = False,
+    text: Path | None = None,
+    max_tokens: int = 8192,
+    onnx_source: Path | None = None,
 ) -> Exported:
     """Export OUT/ to a file a device runtime loads, then verify it there; a file that fails
     verification is removed. Returns the export's and the verification's figures.
@@ -358,8 +408,10 @@ def export_artifact(
       `SentenceTransformer(path)` offline and compared with the compressed model on those lines."""
     artifact = load_artifact(Path(out))
     if artifact_recipe(artifact).replaces_model:
-        raise EdgeembError(f"{out} holds a static model (model2vec), not an input table for its source model: "
-                           "there is nothing to export into the source's file")
+        raise EdgeembError(
+            f"{out} holds a static model (model2vec), not an input table for its source model: "
+            "there is nothing to export into the source's file"
+        )
     file = Path(file) if file is not None else artifact.path / EXPORTERS[config.format].file
     request = ExportRequest(open_source(artifact), artifact.table, file, config, force, text, max_tokens, onnx_source)
     return export_table(request)

@@ -91,15 +91,27 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_steps(
-        cls, steps: Iterable[StepConfig], *, name: str, description: str = "", evaluate: dict[str, str] | None = None,
-        export: ExportConfig | None = None, offload: OffloadPlan | None = None,
+        cls,
+        steps: Iterable[StepConfig],
+        *,
+        name: str,
+        description: str = "",
+        evaluate: dict[str, str] | None = None,
+        export: ExportConfig | None = None,
+        offload: OffloadPlan | None = None,
     ) -> Recipe:
         """A recipe of these step configs, in order (each config knows its step); a recipe that
         breaks a rule is an error of one line, as a recipe file's is."""
         try:
             return cls.model_validate(
-                {"name": name, "steps": list(steps), "description": description, "evaluate": evaluate, "export": export,
-                 "offload": offload}
+                {
+                    "name": name,
+                    "steps": list(steps),
+                    "description": description,
+                    "evaluate": evaluate,
+                    "export": export,
+                    "offload": offload,
+                }
             )
         except ValidationError as exc:
             raise EdgeembError(f"recipe {name}: {_recipe_error(exc)}") from None

@@ -38,8 +38,13 @@ class Result(BaseModel):
     # defer_build: each type's validator is built when first used, not at import (~0.08 s of every
     # `edgeemb` start-up); inf stays Infinity in JSON, as json.dumps wrote it before.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, ser_json_inf_nan="constants", defer_build=True,
-        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True,
+        extra="forbid",
+        frozen=True,
+        ser_json_inf_nan="constants",
+        defer_build=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
     )
 
     @model_serializer(mode="wrap")

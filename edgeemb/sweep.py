@@ -95,8 +95,9 @@ def _drain(pool: ProcessPoolExecutor, futures: list) -> Iterable:
             yield future.result()
 
 
-def _compress_variant(model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool,
-                      calibration: Path | None) -> str:
+def _compress_variant(
+    model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool, calibration: Path | None
+) -> str:
     compress(model, parse_recipe(recipe), out, force=force, data=data, calibration=calibration)
     return str(out)
 
@@ -108,9 +109,16 @@ class SweepResult:
 
 
 def sweep(
-    model: str | None, recipes: Iterable[str | Path | Recipe], grid: Iterable[str], out_dir: str | Path, *,
-    data: EvaluationData = EvaluationData(), calibration: Path | None = None, jobs: int = 1,
-    executor: Executor | None = None, force: bool = False,
+    model: str | None,
+    recipes: Iterable[str | Path | Recipe],
+    grid: Iterable[str],
+    out_dir: str | Path,
+    *,
+    data: EvaluationData = EvaluationData(),
+    calibration: Path | None = None,
+    jobs: int = 1,
+    executor: Executor | None = None,
+    force: bool = False,
 ) -> SweepResult:
     """Compress `model` with every variant of each recipe into `out_dir/NAME/`, then compare them.
     `calibration` goes to every variant (steps that measure activations need it)."""

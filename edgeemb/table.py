@@ -26,7 +26,6 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import ClassVar
 
 import numpy as np
@@ -117,7 +116,9 @@ class DenseTable(EmbeddingTable, kind="dense"):
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2 or self.weight.dtype.name not in _DENSE_DTYPES:
-            raise EdgeembError(f"a dense table is a 2-D float32/float16 matrix, got {self.weight.dtype} {self.weight.shape}")
+            raise EdgeembError(
+                f"a dense table is a 2-D float32/float16 matrix, got {self.weight.dtype} {self.weight.shape}"
+            )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -156,7 +157,7 @@ class QuantizedTable(EmbeddingTable, kind="quantized"):
     dim: int
 
     @classmethod
-    def quantize(cls, weight: np.ndarray, fmt: QuantFormat) -> "QuantizedTable":
+    def quantize(cls, weight: np.ndarray, fmt: QuantFormat) -> QuantizedTable:
         return cls(fmt, fmt.quantize_table(weight), weight.shape[1])
 
     @property
@@ -236,8 +237,15 @@ class LowRankTable(EmbeddingTable, kind="lowrank"):
 
     @classmethod
     def from_parts(cls, spec: dict, arrays: Arrays) -> LowRankTable:
-        left, right, bias = table_from_parts(spec["left"], _prefixed(arrays, "left.")), arrays["right"], arrays.get("bias")
-        _check(right.ndim == 2 and right.shape[0] == left.shape[1], f"right factor {right.shape} does not follow a rank-{left.shape[1]} left")
+        left, right, bias = (
+            table_from_parts(spec["left"], _prefixed(arrays, "left.")),
+            arrays["right"],
+            arrays.get("bias"),
+        )
+        _check(
+            right.ndim == 2 and right.shape[0] == left.shape[1],
+            f"right factor {right.shape} does not follow a rank-{left.shape[1]} left",
+        )
         _check(bias is None or bias.shape == (right.shape[1],), "the bias is not one value per column")
         return cls(left, right, bias)
 
@@ -263,7 +271,7 @@ class MixedTable(EmbeddingTable, kind="mixed"):
     slot: np.ndarray  # (rows,) uint16, or int32 for groups over 65536 rows
 
     @classmethod
-    def split(cls, weight: np.ndarray, group: np.ndarray, build: list) -> "MixedTable":
+    def split(cls, weight: np.ndarray, group: np.ndarray, build: list) -> MixedTable:
         """Store the rows of each group g with `build[g](rows) -> EmbeddingTable`."""
         group = group.astype(np.uint8)
         largest = int(np.bincount(group).max())
@@ -327,7 +335,9 @@ class MixedTable(EmbeddingTable, kind="mixed"):
         return rows
 
     def row_records(self) -> tuple[np.ndarray, int]:
-        raise EdgeembError("a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)")
+        raise EdgeembError(
+            "a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)"
+        )
 
     def describe(self) -> str:
         counts = np.bincount(self.group, minlength=len(self.parts))
@@ -394,7 +404,9 @@ def table_from_parts(spec: dict, arrays: Arrays) -> EmbeddingTable:
 def require_finite(values: np.ndarray, what: str) -> None:
     """Raise EdgeembError naming the rows of `values` (2-D, or 1-D: one row) that hold NaN or Inf:
     every format would carry them into scales and codes, and every figure computed from them."""
-    bad = np.flatnonzero(~np.isfinite(values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, 1)).all(axis=1))
+    bad = np.flatnonzero(
+        ~np.isfinite(values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, 1)).all(axis=1)
+    )
     if bad.size:
         listed = ", ".join(map(str, bad[:8])) + (f" and {bad.size - 8} more" if bad.size > 8 else "")
         raise EdgeembError(f"{what} holds NaN or Inf values in {bad.size} row(s): {listed}")
@@ -446,4 +458,6 @@ def load_table(path: Path) -> EmbeddingTable:
         return table_from_parts(spec, arrays)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         what = f"{exc} is missing" if isinstance(exc, KeyError) else " ".join(str(exc).split())
-        raise EdgeembError(f"{path}: its edgeemb table spec does not describe its arrays ({what}); rerun edgeemb compress") from None
+        raise EdgeembError(
+            f"{path}: its edgeemb table spec does not describe its arrays ({what}); rerun edgeemb compress"
+        ) from None

@@ -133,9 +133,9 @@ def script_mask(vocab: Vocabulary, scripts: tuple[str, ...]) -> np.ndarray:
     """Ids whose every character is in `scripts`. 'ascii' is U+0000-007F alone; any other script
     (e.g. 'latin') brings ASCII and the common punctuation, digits and marks along with it."""
     allowed = set(scripts) | ({"ascii", "common"} if set(scripts) - {"ascii"} else set())
-    written = np.array([
-        kinds <= allowed and not _UNUSED_NAME.fullmatch(token) for kinds, token in zip(vocab.scripts, vocab.tokens)
-    ])
+    written = np.array(
+        [kinds <= allowed and not _UNUSED_NAME.fullmatch(token) for kinds, token in zip(vocab.scripts, vocab.tokens)]
+    )
     return written & (vocab.types != TokenType.UNUSED)
 
 

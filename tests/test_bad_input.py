@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from edgeemb.ggufio import TOKEN_EMBD, read_gguf_header
-from tests.test_cli import assert_one_line_error, run
 from tests.sources.test_gguf import write_gguf
+from tests.test_cli import assert_one_line_error, run
 
 _CHILD_MEMORY = 2 << 30
 
@@ -57,8 +57,12 @@ def refused_in_child(*args, fragment: str, watch: Path, seconds: float = 30) -> 
     """As `refused`, in a child process killed after `seconds` (a hang fails the test)."""
     before = snapshot(watch)
     done = subprocess.run(
-        [sys.executable, "-m", "edgeemb.cli", *map(str, args)], capture_output=True, text=True,
-        timeout=seconds, stdin=subprocess.DEVNULL, preexec_fn=_cap_memory,
+        [sys.executable, "-m", "edgeemb.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_cap_memory,
     )
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and fragment in lines[0], done.stderr
@@ -140,10 +144,15 @@ def test_gguf_tensor_offsets_off_the_alignment_are_refused(tmp_path):
     shutil.copy(good, misaligned)
     offset = header.tensor("blk.0.attn_q.weight").offset - header.data_offset + 16
     _patched(misaligned, _offset_field(misaligned, "blk.0.attn_q.weight"), struct.pack("<Q", offset), slack=32)
-    refused("inspect", misaligned, fragment=f"starts at data offset {offset}, not a multiple of general.alignment 32",
-            watch=tmp_path)
-    refused("compress", misaligned, "-o", out, "--force", fragment="not a multiple of general.alignment",
-            watch=tmp_path)
+    refused(
+        "inspect",
+        misaligned,
+        fragment=f"starts at data offset {offset}, not a multiple of general.alignment 32",
+        watch=tmp_path,
+    )
+    refused(
+        "compress", misaligned, "-o", out, "--force", fragment="not a multiple of general.alignment", watch=tmp_path
+    )
 
     odd = tmp_path / "alignment-48.gguf"
     write_gguf(odd, alignment=32)
@@ -167,6 +176,7 @@ def _model_with_fifo(name: str):
         model = _copy(tiny_model, tmp_path / "model")
         _fifo(model / name)
         return ("inspect", model)
+
     return build
 
 
@@ -175,6 +185,7 @@ def _out_with_fifo(name: str):
         out = _copy(tiny_out, tmp_path / "out")
         _fifo(out / name)
         return ("evaluate", out)
+
     return build
 
 
@@ -182,6 +193,7 @@ def _data_fifo(option: str):
     def build(tmp_path: Path, tiny_model: Path, tiny_out: Path) -> tuple:
         out = _copy(tiny_out, tmp_path / "out")
         return ("compress", tiny_model, "-o", out, "--force", option, _fifo(tmp_path / "data"))
+
     return build
 
 
@@ -201,6 +213,7 @@ def _corpus_fifo(step: str):
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(f"steps:\n  - {step}: {{corpus: {option}}}\n")
         return ("compress", tiny_model, "-r", recipe, "-o", tmp_path / "new")
+
     return build
 
 
@@ -230,8 +243,17 @@ def test_a_fifo_is_refused_at_once(case, tiny_model, tiny_out, tmp_path):
 
 def test_a_device_is_refused(tiny_model, tiny_out, tmp_path):
     out = _copy(tiny_out, tmp_path / "out")
-    refused("compress", tiny_model, "-o", out, "--force", "--sts", "/dev/zero",
-            fragment="/dev/zero: the STS file is a character device, not a regular file", watch=tmp_path)
+    refused(
+        "compress",
+        tiny_model,
+        "-o",
+        out,
+        "--force",
+        "--sts",
+        "/dev/zero",
+        fragment="/dev/zero: the STS file is a character device, not a regular file",
+        watch=tmp_path,
+    )
 
 
 # --- malformed model folders -----------------------------------------------------------------------
@@ -243,17 +265,26 @@ MALFORMED = {
     "modules.json not JSON": ("modules.json", "modules", "modules.json: unreadable JSON"),
     "modules.json an object": ("modules.json", '{"0": {}}', "modules.json: holds a JSON object, not a JSON list"),
     "modules.json of numbers": ("modules.json", "[1, 2]", "modules.json: module 0 is not a JSON object"),
-    "a module outside the folder": ("modules.json", '[{"type": "Transformer", "path": "../elsewhere"}]',
-                                    "module path '../elsewhere' leaves the model folder"),
+    "a module outside the folder": (
+        "modules.json",
+        '[{"type": "Transformer", "path": "../elsewhere"}]',
+        "module path '../elsewhere' leaves the model folder",
+    ),
     "config.json a list": ("config.json", "[1, 2]", "config.json: holds a JSON list, not a JSON object"),
     "config.json not JSON": ("config.json", "{vocab_size: 5", "config.json: unreadable JSON"),
-    "config.json a string vocab_size": ("config.json", '{"vocab_size": "192", "hidden_size": 64}',
-                                        "no vocab_size/hidden_size"),
+    "config.json a string vocab_size": (
+        "config.json",
+        '{"vocab_size": "192", "hidden_size": 64}',
+        "no vocab_size/hidden_size",
+    ),
     "a module's config a list": ("1_Pooling/config.json", "[64]", "1_Pooling/config.json: holds a JSON list"),
     "sentence_bert_config.json a list": ("sentence_bert_config.json", "[]", "sentence_bert_config.json: holds a JSON"),
     "tokenizer_config.json a string": ("tokenizer_config.json", '"x"', "tokenizer_config.json: holds a JSON string"),
-    "a weight map that is a list": ("model.safetensors.index.json", '{"weight_map": ["model.safetensors"]}',
-                                    "no weight_map object"),
+    "a weight map that is a list": (
+        "model.safetensors.index.json",
+        '{"weight_map": ["model.safetensors"]}',
+        "no weight_map object",
+    ),
 }
 
 
@@ -298,6 +329,7 @@ def test_edgeemb_never_unpickles(tiny_model, tiny_sts, tiny_out, tmp_path, monke
         def load(*args, **kwargs):
             unpickled.append(name)
             raise AssertionError(f"{name} reached")
+
         return load
 
     for owner, name in ((torch, "load"), (torch.serialization, "load"), (pickle, "load"), (pickle, "loads")):
@@ -391,12 +423,18 @@ def test_a_table_spec_that_is_not_json_is_refused(tiny_out, tmp_path):
 
 
 RECIPES = {
-    "format option of the wrong type": ('steps:\n  - quantize: {format: int4, block_size: "32"}\n',
-                                        "block_size: Input should be a valid integer"),
-    "a string for a boolean": ('steps:\n  - quantize: {format: int4, zero_point: "no"}\n',
-                               "zero_point: Input should be a valid boolean"),
-    "an export step that fails": ("steps:\n  - quantize: {format: int4}\nexport: {format: gguf, type: Q8_0}\n",
-                                  "GGUF export rewrites a source GGUF"),
+    "format option of the wrong type": (
+        'steps:\n  - quantize: {format: int4, block_size: "32"}\n',
+        "block_size: Input should be a valid integer",
+    ),
+    "a string for a boolean": (
+        'steps:\n  - quantize: {format: int4, zero_point: "no"}\n',
+        "zero_point: Input should be a valid boolean",
+    ),
+    "an export step that fails": (
+        "steps:\n  - quantize: {format: int4}\nexport: {format: gguf, type: Q8_0}\n",
+        "GGUF export rewrites a source GGUF",
+    ),
 }
 
 
@@ -414,8 +452,16 @@ def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(tiny_model, tmp_path):
     rows += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]  # 9**9 strings once expanded
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text(f"steps:\n  - quantize: {{format: int4, block_size: {', '.join(rows)}]}}\n")
-    refused_in_child("compress", tiny_model, "-r", recipe, "-o", tmp_path / "out",
-                     fragment="YAML anchors and aliases", watch=tmp_path)
+    refused_in_child(
+        "compress",
+        tiny_model,
+        "-r",
+        recipe,
+        "-o",
+        tmp_path / "out",
+        fragment="YAML anchors and aliases",
+        watch=tmp_path,
+    )
 
 
 def test_force_never_replaces_a_folder_edgeemb_did_not_write(tiny_model, tmp_path):
@@ -437,9 +483,11 @@ def test_onnx_external_data_outside_its_folder_is_refused(tiny_out, tmp_path):
 
     weight = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)], "g",
+        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)],
+        "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])], [weight],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
+        [weight],
     )
     (tmp_path / "m").mkdir()
     source = tmp_path / "m" / "model.onnx"
@@ -449,5 +497,6 @@ def test_onnx_external_data_outside_its_folder_is_refused(tiny_out, tmp_path):
     next(e for e in model.graph.initializer[0].external_data if e.key == "location").value = "../outside.bin"
     onnx.save(model, source)
     out = _copy(tiny_out, tmp_path / "out")
-    refused("export", out, "--format", "onnx", "--from", source, fragment="points outside the directory",
-            watch=tmp_path)
+    refused(
+        "export", out, "--format", "onnx", "--from", source, fragment="points outside the directory", watch=tmp_path
+    )

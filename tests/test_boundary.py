@@ -32,7 +32,9 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_output(tiny_model, tmp_path,
 
 def test_an_output_below_a_file_is_one_line(tiny_model, tmp_path):
     (tmp_path / "afile").write_text("mine")
-    assert_one_line_error(run("compress", tiny_model, "-o", tmp_path / "afile" / "out"), "a file is where a folder is needed")
+    assert_one_line_error(
+        run("compress", tiny_model, "-o", tmp_path / "afile" / "out"), "a file is where a folder is needed"
+    )
     assert _names(tmp_path) == ["afile"]
 
 
@@ -58,7 +60,9 @@ def test_a_signal_mid_write_removes_what_was_being_written(tiny_model, tmp_path,
 def test_impossible_option_values_are_one_line(tiny_model, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("some text to decode\n")
-    assert_one_line_error(run("offload", tiny_model, "--text", text, "--cache-mb", "-1"), "'--cache-mb': -1.0 is not in the range x>=0")
+    assert_one_line_error(
+        run("offload", tiny_model, "--text", text, "--cache-mb", "-1"), "'--cache-mb': -1.0 is not in the range x>=0"
+    )
     assert_one_line_error(run("compress", tiny_model, "--calibration-tokens", "0"), "0 is not in the range x>=1")
     assert_one_line_error(run("compress", tiny_model, "--no-such-option"), "No such option '--no-such-option'")
     assert _names(tmp_path) == ["t.txt"]
@@ -69,7 +73,9 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(tiny_model, tmp_path
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr("edgeemb.cli.run_compress", bug)
-    assert_one_line_error(run("compress", tiny_model, "-o", tmp_path / "o"), "this is a bug: rerun with EDGEEMB_DEBUG=1")
+    assert_one_line_error(
+        run("compress", tiny_model, "-o", tmp_path / "o"), "this is a bug: rerun with EDGEEMB_DEBUG=1"
+    )
     monkeypatch.setenv(DEBUG, "1")
     with pytest.raises(ZeroDivisionError):
         run("compress", tiny_model, "-o", tmp_path / "o")

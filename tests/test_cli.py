@@ -61,13 +61,16 @@ def test_existing_output_is_kept_without_force_and_replaced_with_it(tiny_model, 
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or retired folders left
 
 
-@pytest.mark.parametrize(("recipe_text", "fragment"), [
-    ("steps:\n  - shrink: {}\n", "unknown step 'shrink'"),
-    ("steps:\n  - svd: {rank: 32, colour: red}\n", "unknown key 'colour'"),
-    ("steps:\n  - svd: {rank: 64}\n", "rank 64 must be smaller than the table width 64"),
-    ("steps:\n  - svd: {rank: 999}\n", "rank 999 must be smaller than the table width 64"),
-    ("steps:\n  - quantize: {format: int4, block_size: 48}\n", "block size 48 does not divide the row width 64"),
-])
+@pytest.mark.parametrize(
+    ("recipe_text", "fragment"),
+    [
+        ("steps:\n  - shrink: {}\n", "unknown step 'shrink'"),
+        ("steps:\n  - svd: {rank: 32, colour: red}\n", "unknown key 'colour'"),
+        ("steps:\n  - svd: {rank: 64}\n", "rank 64 must be smaller than the table width 64"),
+        ("steps:\n  - svd: {rank: 999}\n", "rank 999 must be smaller than the table width 64"),
+        ("steps:\n  - quantize: {format: int4, block_size: 48}\n", "block size 48 does not divide the row width 64"),
+    ],
+)
 def test_bad_recipes_fail_cleanly_and_write_nothing(tiny_model, tmp_path, recipe_text, fragment):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(recipe_text)
@@ -102,7 +105,9 @@ def test_sentence_data_on_a_gguf_model_is_refused(tmp_path, tiny_sts):
 
     path = tmp_path / "m.gguf"
     write_gguf(path)
-    assert_one_line_error(run("compress", path, "-o", tmp_path / "o", "--sts", tiny_sts), "need a sentence-embedding model")
+    assert_one_line_error(
+        run("compress", path, "-o", tmp_path / "o", "--sts", tiny_sts), "need a sentence-embedding model"
+    )
 
 
 def test_inspect_json_and_plot(tiny_model, tmp_path):
@@ -117,6 +122,7 @@ def test_inspect_json_and_plot(tiny_model, tmp_path):
 
 
 # Real models and real data: the figures the README quotes.
+
 
 @pytest.mark.real
 def test_default_compress_on_minilm_keeps_stsb_within_a_point(tmp_path):
@@ -170,7 +176,17 @@ def test_mixed_precision_recipe_with_codebooks_through_the_cli(tiny_model, tmp_p
 @pytest.mark.real
 def test_minilm_pq_recipe_is_16x_smaller_within_half_a_point(tmp_path):
     """Issue #3's target: >= 16x smaller than fp32 (<= 2.93 MB, codebooks counted), STS-B dev within 0.5."""
-    result = run("compress", "minilm", "-r", "minilm-pq", "-o", tmp_path / "out", "--sts", data_file("stsb", "stsb_en_dev.tsv"), "--json")
+    result = run(
+        "compress",
+        "minilm",
+        "-r",
+        "minilm-pq",
+        "-o",
+        tmp_path / "out",
+        "--sts",
+        data_file("stsb", "stsb_en_dev.tsv"),
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["table"]["ratio_vs_fp32"] >= 16 and report["table"]["bytes"] <= 2.93e6

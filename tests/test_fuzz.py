@@ -13,7 +13,10 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "fuzz_inputs.py"
 def test_mutated_inputs_are_accepted_or_refused_in_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, TOOL, "--cases", "150", "--seed", "7", "--timeout", "10", "-o", tmp_path / "fuzz"],
-        capture_output=True, text=True, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     summary = json.loads((tmp_path / "fuzz.json").read_text())
     for kind, result in summary["kinds"].items():

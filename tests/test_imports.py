@@ -85,7 +85,8 @@ def _cycles(graph: dict[str, set[str]], limit: int = 20) -> list[list[str]]:
 
 def test_the_cycle_finder_finds_every_cycle_and_only_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a", "e"}, "e": {"d"}}) == [
-        ["a", "b", "c", "a"], ["d", "e", "d"],
+        ["a", "b", "c", "a"],
+        ["d", "e", "d"],
     ]
     assert _cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
 
@@ -102,7 +103,12 @@ def test_every_edgeemb_import_is_an_edge_inside_functions_too(tmp_path):
         "    import edgeemb.table\n"
     )
     assert _imported("edgeemb.probe", probe) == {
-        "edgeemb", "edgeemb.errors", "edgeemb.formats", "edgeemb.vocab", "edgeemb.sources.gguf", "edgeemb.table",
+        "edgeemb",
+        "edgeemb.errors",
+        "edgeemb.formats",
+        "edgeemb.vocab",
+        "edgeemb.sources.gguf",
+        "edgeemb.table",
     }
     assert "edgeemb.sources.hf" in _imported("edgeemb.sources", MODULES["edgeemb.sources"])  # a package's own
 
@@ -141,8 +147,13 @@ def _import_each(modules: list[str], cwd: Path | None = None) -> str:
     """The failures of importing each module alone, one line each, run over the CPUs side by side."""
     workers = len(os.sched_getaffinity(0))
     runs = [
-        subprocess.Popen([sys.executable, "-c", _IMPORT_EACH, *modules[i::workers]], cwd=cwd, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", _IMPORT_EACH, *modules[i::workers]],
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for i in range(workers)
     ]
     outputs = [run.communicate(timeout=300) for run in runs]

@@ -30,7 +30,10 @@ def test_force_never_replaces_a_folder_edgeemb_did_not_write(tiny_model, tmp_pat
 def test_force_never_replaces_a_file_edgeemb_did_not_write(tiny_model, tmp_path):
     out = tmp_path / "out"
     assert run("compress", tiny_model, "-o", out).exit_code == 0
-    for name, command in (("mine.onnx", ("export", out, "--format", "onnx", "-o")), ("mine.png", ("inspect", tiny_model, "--plot"))):
+    for name, command in (
+        ("mine.onnx", ("export", out, "--format", "onnx", "-o")),
+        ("mine.png", ("inspect", tiny_model, "--plot")),
+    ):
         (tmp_path / name).write_bytes(b"the user's own file")
         assert_one_line_error(run(*command, tmp_path / name, "--force"), "edgeemb did not write this file")
         assert (tmp_path / name).read_bytes() == b"the user's own file"
@@ -55,10 +58,14 @@ def test_a_failing_compress_with_force_keeps_the_previous_output(tiny_model, tmp
     before = folder_bytes(out)
     recipe = tmp_path / "r.yaml"  # its export step fails: a sentence-transformers model has no source GGUF
     recipe.write_text("steps:\n  - quantize: {format: int4}\nexport: {format: gguf, type: Q8_0}\n")
-    assert_one_line_error(run("compress", tiny_model, "-r", recipe, "-o", out, "--force"), "GGUF export rewrites a source GGUF")
+    assert_one_line_error(
+        run("compress", tiny_model, "-r", recipe, "-o", out, "--force"), "GGUF export rewrites a source GGUF"
+    )
     assert folder_bytes(out) == before
     assert _names(tmp_path) == ["out", "r.yaml"]  # nothing of the failed run is left
-    assert_one_line_error(run("compress", tiny_model, "-r", recipe, "-o", tmp_path / "new"), "GGUF export rewrites a source GGUF")
+    assert_one_line_error(
+        run("compress", tiny_model, "-r", recipe, "-o", tmp_path / "new"), "GGUF export rewrites a source GGUF"
+    )
     assert _names(tmp_path) == ["out", "r.yaml"]
 
 

@@ -72,8 +72,9 @@ def run_edgeemb(command: str, folder: Path) -> subprocess.CompletedProcess:
     # The console script of this interpreter's environment; a wide terminal so rich wraps nothing.
     edgeemb = Path(sys.executable).parent / "edgeemb"
     env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([str(edgeemb), *shlex.split(command)[1:]], cwd=folder, capture_output=True, text=True,
-                          timeout=900, env=env)
+    return subprocess.run(
+        [str(edgeemb), *shlex.split(command)[1:]], cwd=folder, capture_output=True, text=True, timeout=900, env=env
+    )
 
 
 def failed(result: subprocess.CompletedProcess) -> str:
@@ -81,8 +82,11 @@ def failed(result: subprocess.CompletedProcess) -> str:
 
 
 def python_examples() -> list:
-    return [pytest.param(code, id=f"{page.name}-{i}") for page in PYTHON_PAGES
-            for i, code in enumerate(code_blocks(page.read_text(), "python"))]
+    return [
+        pytest.param(code, id=f"{page.name}-{i}")
+        for page in PYTHON_PAGES
+        for i, code in enumerate(code_blocks(page.read_text(), "python"))
+    ]
 
 
 # --- fast ------------------------------------------------------------------------------------
@@ -97,8 +101,9 @@ def test_readme_is_short_and_has_examples():
 
 def test_readme_install_and_test_commands_are_the_ones_ci_runs():
     script = (ROOT / ".ci" / "run").read_text()
-    readme = [shlex.join(shlex.split(c)) for c in shell_commands(README.read_text())
-              if c.split()[0] in ("pip", "python")]
+    readme = [
+        shlex.join(shlex.split(c)) for c in shell_commands(README.read_text()) if c.split()[0] in ("pip", "python")
+    ]
     assert readme == ci_commands(script) and len(readme) == 3
 
 

@@ -67,23 +67,35 @@ def test_recipe_digest_is_stable_and_fills_defaults():
     assert a.digest == b.digest != c.digest
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"steps": [{"prune": {}}]}, "step 1: unknown step 'prune'"),
-    ({"steps": [{"svd": {"rnk": 3}}]}, "step 1 'svd': unknown key 'rnk'"),
-    ({"steps": [{"svd": {"rank": 3, "energy": 0.9}}]}, "exactly one of rank, energy, max_bytes"),
-    ({"steps": [{"quantize": {"format": "int7"}}]}, "unknown quantisation format 'int7'"),
-    ({"steps": [{"quantize": {"format": "int4", "blok_size": 32}}]}, "format 'int4' has no option 'blok_size'"),
-    ({"steps": [{"mixed_precision": {"rare": {"format": "int2", "zero": 1}}}]}, "format 'int2' has no option 'zero'"),
-    ({"steps": [{"mixed_precision": {"frequent_share": 0.1}}]}, "unknown key 'frequent_share'"),
-    ({"steps": [{"quantize": {"format": "int4"}}], "stpes": []}, "unknown key 'stpes'"),
-    ({"steps": []}, "non-empty list"),
-    ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
-    ("just text", "expected a mapping"),
-    ({"steps": ["quantize"], "export": {"format": "zip"}}, "export: format: Input should be 'gguf', 'onnx' or 'st'"),
-    ({"steps": ["quantize"], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not"),
-    ({"steps": ["quantize"], "offload": {"profiles": ["floppy"]}}, "offload: profiles: unknown flash profile 'floppy'"),
-    ({"steps": ["quantize"], "offload": {"cache_mb": 0}}, "offload: cache_mb: Input should be greater than 0"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"steps": [{"prune": {}}]}, "step 1: unknown step 'prune'"),
+        ({"steps": [{"svd": {"rnk": 3}}]}, "step 1 'svd': unknown key 'rnk'"),
+        ({"steps": [{"svd": {"rank": 3, "energy": 0.9}}]}, "exactly one of rank, energy, max_bytes"),
+        ({"steps": [{"quantize": {"format": "int7"}}]}, "unknown quantisation format 'int7'"),
+        ({"steps": [{"quantize": {"format": "int4", "blok_size": 32}}]}, "format 'int4' has no option 'blok_size'"),
+        (
+            {"steps": [{"mixed_precision": {"rare": {"format": "int2", "zero": 1}}}]},
+            "format 'int2' has no option 'zero'",
+        ),
+        ({"steps": [{"mixed_precision": {"frequent_share": 0.1}}]}, "unknown key 'frequent_share'"),
+        ({"steps": [{"quantize": {"format": "int4"}}], "stpes": []}, "unknown key 'stpes'"),
+        ({"steps": []}, "non-empty list"),
+        ({"steps": [{"svd": {"rank": -1}}]}, "rank: Input should be greater than or equal to 1"),
+        ("just text", "expected a mapping"),
+        (
+            {"steps": ["quantize"], "export": {"format": "zip"}},
+            "export: format: Input should be 'gguf', 'onnx' or 'st'",
+        ),
+        ({"steps": ["quantize"], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not"),
+        (
+            {"steps": ["quantize"], "offload": {"profiles": ["floppy"]}},
+            "offload: profiles: unknown flash profile 'floppy'",
+        ),
+        ({"steps": ["quantize"], "offload": {"cache_mb": 0}}, "offload: cache_mb: Input should be greater than 0"),
+    ],
+)
 def test_bad_recipes_name_the_problem(data, message):
     with pytest.raises(EdgeembError, match=message):
         parse_recipe(data, origin="r.yaml")
@@ -113,14 +125,17 @@ def test_a_recipe_built_from_step_configs_is_the_recipe_its_yaml_describes():
 LATIN = TrimConfig(scripts=("latin",))
 
 
-@pytest.mark.parametrize(("steps", "export", "message"), [
-    ([QuantizeConfig(), LATIN], None, "'trim_vocab' renumbers the vocabulary: it must be the first step"),
-    ([LATIN, LATIN], None, "must be the first step, and come once"),
-    ([QuantizeConfig(), Model2VecConfig()], None, "'model2vec_distill' makes a static model: it must be the first"),
-    ([Model2VecConfig()], ExportConfig(format="onnx"), "cannot export it"),
-    ([FormatConfig()], None, "step 1: a FormatConfig configures no step"),
-    ([], None, "'steps' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    ("steps", "export", "message"),
+    [
+        ([QuantizeConfig(), LATIN], None, "'trim_vocab' renumbers the vocabulary: it must be the first step"),
+        ([LATIN, LATIN], None, "must be the first step, and come once"),
+        ([QuantizeConfig(), Model2VecConfig()], None, "'model2vec_distill' makes a static model: it must be the first"),
+        ([Model2VecConfig()], ExportConfig(format="onnx"), "cannot export it"),
+        ([FormatConfig()], None, "step 1: a FormatConfig configures no step"),
+        ([], None, "'steps' must be a non-empty list"),
+    ],
+)
 def test_the_order_rules_hold_for_a_recipe_built_in_python(steps, export, message):
     with pytest.raises(EdgeembError, match=f"^recipe mine: .*{message}"):
         Recipe.from_steps(steps, name="mine", export=export)
@@ -147,15 +162,22 @@ def test_each_step_config_knows_its_step():
 # --- a format object or a name with options ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("as_object", "as_written"), [
-    (QuantizeConfig(format=Int4(block_size=32)), {"format": "int4", "block_size": 32}),
-    (QuantizeConfig(format=Int4()), {"format": "int4"}),
-    (QuantizeConfig(format=Q4_0(search=True), importance="head"),
-     {"format": "Q4_0", "search": True, "importance": "head"}),
-    (QuantizeConfig(format=PQ(subspaces=64, centroids=256)), {"format": "pq", "subspaces": 64, "centroids": 256}),
-    (MixedPrecisionConfig(rare=FormatConfig(format=Int2(block_size=16, zero_point=True))),
-     {"rare": {"format": "int2", "block_size": 16, "zero_point": True}}),
-])
+@pytest.mark.parametrize(
+    ("as_object", "as_written"),
+    [
+        (QuantizeConfig(format=Int4(block_size=32)), {"format": "int4", "block_size": 32}),
+        (QuantizeConfig(format=Int4()), {"format": "int4"}),
+        (
+            QuantizeConfig(format=Q4_0(search=True), importance="head"),
+            {"format": "Q4_0", "search": True, "importance": "head"},
+        ),
+        (QuantizeConfig(format=PQ(subspaces=64, centroids=256)), {"format": "pq", "subspaces": 64, "centroids": 256}),
+        (
+            MixedPrecisionConfig(rare=FormatConfig(format=Int2(block_size=16, zero_point=True))),
+            {"rare": {"format": "int2", "block_size": 16, "zero_point": True}},
+        ),
+    ],
+)
 def test_a_format_object_and_its_name_with_options_are_one_config(as_object, as_written):
     written = type(as_object).model_validate(as_written)
     assert as_object == written and as_object.model_dump(mode="json") == written.model_dump(mode="json")
@@ -183,23 +205,30 @@ def test_the_builtin_recipes_serialise_as_they_are_written():
 # --- typed options: no coercion, ranges --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("step", "arguments", "message"), [
-    ("quantize", {"format": "int4", "block_size": "32"}, "block_size: Input should be a valid integer, not str"),
-    ("quantize", {"format": "int4", "block_size": 32.5}, "block_size: Input should be a valid integer, not float"),
-    ("quantize", {"format": "int4", "block_size": 0}, "block_size: Input should be greater than 0"),
-    ("quantize", {"format": "int4", "zero_point": "no"}, "zero_point: Input should be a valid boolean, not str"),
-    ("quantize", {"format": "int8", "scale_dtype": "bfloat16"}, "scale_dtype: Input should be 'float16' or 'float32'"),
-    ("quantize", {"format": "pq", "subspaces": "64"}, "subspaces: Input should be a valid integer, not str"),
-    ("quantize", {"format": "pq", "seed": -1}, "seed: Input should be greater than or equal to 0"),
-    ("quantize", {"format": "vocab_kmeans", "train_rows": 0}, "train_rows: Input should be greater than 0"),
-    ("quantize", {"format": "Q4_0", "search": "yes"}, "search: Input should be a valid boolean, not str"),
-    ("mixed_precision", {"rare": {"format": "int2", "zero_point": 1}}, "rare: zero_point: Input should be a valid"),
-    ("svd", {"rank": "8"}, "rank: Input should be a valid integer"),
-    ("svd", {"rank": 8, "center": "no"}, "center: Input should be a valid boolean"),
-    ("trim_vocab", {"scripts": ["latin"], "characters": "true"}, "characters: Input should be a valid boolean"),
-    ("trim_vocab", {"scripts": "latin"}, "scripts: Input should be a valid tuple"),
-    ("onnxruntime_int4", {"symmetric": "no"}, "symmetric: Input should be a valid boolean"),
-])
+@pytest.mark.parametrize(
+    ("step", "arguments", "message"),
+    [
+        ("quantize", {"format": "int4", "block_size": "32"}, "block_size: Input should be a valid integer, not str"),
+        ("quantize", {"format": "int4", "block_size": 32.5}, "block_size: Input should be a valid integer, not float"),
+        ("quantize", {"format": "int4", "block_size": 0}, "block_size: Input should be greater than 0"),
+        ("quantize", {"format": "int4", "zero_point": "no"}, "zero_point: Input should be a valid boolean, not str"),
+        (
+            "quantize",
+            {"format": "int8", "scale_dtype": "bfloat16"},
+            "scale_dtype: Input should be 'float16' or 'float32'",
+        ),
+        ("quantize", {"format": "pq", "subspaces": "64"}, "subspaces: Input should be a valid integer, not str"),
+        ("quantize", {"format": "pq", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ("quantize", {"format": "vocab_kmeans", "train_rows": 0}, "train_rows: Input should be greater than 0"),
+        ("quantize", {"format": "Q4_0", "search": "yes"}, "search: Input should be a valid boolean, not str"),
+        ("mixed_precision", {"rare": {"format": "int2", "zero_point": 1}}, "rare: zero_point: Input should be a valid"),
+        ("svd", {"rank": "8"}, "rank: Input should be a valid integer"),
+        ("svd", {"rank": 8, "center": "no"}, "center: Input should be a valid boolean"),
+        ("trim_vocab", {"scripts": ["latin"], "characters": "true"}, "characters: Input should be a valid boolean"),
+        ("trim_vocab", {"scripts": "latin"}, "scripts: Input should be a valid tuple"),
+        ("onnxruntime_int4", {"symmetric": "no"}, "symmetric: Input should be a valid boolean"),
+    ],
+)
 def test_option_values_of_the_wrong_type_are_refused_naming_the_option(step, arguments, message):
     with pytest.raises(EdgeembError) as error:
         parse_recipe({"steps": [{step: arguments}]}, origin="r.yaml")
@@ -207,14 +236,19 @@ def test_option_values_of_the_wrong_type_are_refused_naming_the_option(step, arg
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"steps": ["quantize"], "export": {"format": "onnx", "quantize_rest": "no"}},
-     "export: quantize_rest: Input should be a valid boolean"),
-    ({"steps": ["quantize"], "offload": {"cache_mb": "2"}}, "offload: cache_mb: Input should be a valid number"),
-    ({"steps": ["quantize"], "evaluate": {"sts": 5}}, "evaluate: sts: Input should be a valid string"),
-    ({"steps": ["quantize"], "description": ["a", "list"]}, "description: Input should be a valid string"),
-    ({"steps": ["quantize"], "name": 2024}, "name: Input should be a valid string"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"steps": ["quantize"], "export": {"format": "onnx", "quantize_rest": "no"}},
+            "export: quantize_rest: Input should be a valid boolean",
+        ),
+        ({"steps": ["quantize"], "offload": {"cache_mb": "2"}}, "offload: cache_mb: Input should be a valid number"),
+        ({"steps": ["quantize"], "evaluate": {"sts": 5}}, "evaluate: sts: Input should be a valid string"),
+        ({"steps": ["quantize"], "description": ["a", "list"]}, "description: Input should be a valid string"),
+        ({"steps": ["quantize"], "name": 2024}, "name: Input should be a valid string"),
+    ],
+)
 def test_recipe_sections_are_typed_too(data, message):
     with pytest.raises(EdgeembError, match=f"^recipe r.yaml: {message}"):
         parse_recipe(data, origin="r.yaml")
@@ -222,14 +256,16 @@ def test_recipe_sections_are_typed_too(data, message):
 
 def test_values_of_the_right_type_still_read_as_written(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(textwrap.dedent("""\
+    recipe.write_text(
+        textwrap.dedent("""\
         steps:
           - trim_vocab: {scripts: [latin, {cyrillic: 1000}], corpus: [a.txt, b.txt], coverage: 1}
           - svd: {energy: 1, round_to: 16}
           - quantize: {format: int4, block_size: null, zero_point: true}
         export: {format: onnx}
         offload: {profiles: [emmc-5.1], cache_mb: 2}
-    """))
+    """)
+    )
     (_, trim_config), (_, svd_config), (_, quantize_config) = load_recipe(recipe).steps
     assert trim_config.scripts == ("latin", {"cyrillic": 1000})
     assert [path.name for path in trim_config.corpus] == ["a.txt", "b.txt"]
@@ -247,8 +283,11 @@ def test_a_format_built_in_python_is_checked_as_a_recipe_option_is():
 
 def test_importance_weights_are_a_declared_capability():
     """`weighted` is set exactly on the formats that implement quantize_weighted."""
-    implemented = {name for name in formats.names()
-                   if type(formats.get_format(name)).quantize_weighted is not formats.QuantFormat.quantize_weighted}
+    implemented = {
+        name
+        for name in formats.names()
+        if type(formats.get_format(name)).quantize_weighted is not formats.QuantFormat.quantize_weighted
+    }
     assert implemented == {name for name in formats.names() if formats.get_format(name).weighted} >= {"Q4_0", "Q5_0"}
     table = DenseTable(np.ones((4, 32), np.float32))
     context = StepContext(head_importance=lambda: np.ones(32, np.float32))

@@ -69,8 +69,10 @@ def test_figures_not_measured_are_left_out_and_unknown_facts_are_null(out):
 
 
 def test_a_report_of_another_shape_is_one_line_saying_to_rerun_compress(out, tmp_path):
-    for name, change in (("renamed", lambda r: r["table"].update(size=r["table"].pop("bytes"))),
-                         ("future", lambda r: r.update(schema_version=REPORT_SCHEMA_VERSION + 1))):
+    for name, change in (
+        ("renamed", lambda r: r["table"].update(size=r["table"].pop("bytes"))),
+        ("future", lambda r: r.update(schema_version=REPORT_SCHEMA_VERSION + 1)),
+    ):
         folder = tmp_path / name
         shutil.copytree(out, folder)
         data = json.loads((folder / "report.json").read_text())

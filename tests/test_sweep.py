@@ -17,16 +17,24 @@ def test_grid_values_are_read_as_yaml_and_every_combination_is_a_valid_recipe():
     axes = parse_grid(["svd.rank=16,32", "quantize.format=int4,int8"])
     assert axes[0].values == (16, 32) and axes[1].values == ("int4", "int8")
     recipes = variants(load_recipe("svd-int4"), axes)
-    assert [r.name for r in recipes] == ["svd-int4-rank16-formatint4", "svd-int4-rank16-formatint8", "svd-int4-rank32-formatint4", "svd-int4-rank32-formatint8"]
+    assert [r.name for r in recipes] == [
+        "svd-int4-rank16-formatint4",
+        "svd-int4-rank16-formatint8",
+        "svd-int4-rank32-formatint4",
+        "svd-int4-rank32-formatint8",
+    ]
     rank, quant = recipes[3].steps
     assert rank[1].rank == 32 and quant[1].format.name == "int8"
 
 
-@pytest.mark.parametrize("spec, message", [
-    (["svd.rank"], "expected STEP.KEY=V1,V2"),
-    (["mixed_precision.frequent_fraction=0.1"], "has no 'mixed_precision' step"),
-    (["svd.rank=-4"], "svd"),  # the recipe validation names the step
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (["svd.rank"], "expected STEP.KEY=V1,V2"),
+        (["mixed_precision.frequent_fraction=0.1"], "has no 'mixed_precision' step"),
+        (["svd.rank=-4"], "svd"),  # the recipe validation names the step
+    ],
+)
 def test_bad_grids_get_clear_errors(spec, message):
     with pytest.raises(EdgeembError, match=message):
         variants(load_recipe("svd-int4"), parse_grid(spec))
@@ -45,7 +53,13 @@ class _Recorder:
 
 def test_sweep_runs_every_variant_through_the_executor_and_compares(tiny_model, tmp_path):
     executor = _Recorder()
-    result = sweep(str(tiny_model), ["svd-int4"], ["svd.rank=16,32", "quantize.block_size=16"], tmp_path / "sweep", executor=executor)
+    result = sweep(
+        str(tiny_model),
+        ["svd-int4"],
+        ["svd.rank=16,32", "quantize.block_size=16"],
+        tmp_path / "sweep",
+        executor=executor,
+    )
     assert len(executor.jobs) == 2
     assert [out.name for out in result.outs] == ["svd-int4-rank16-block_size16", "svd-int4-rank32-block_size16"]
     smaller, larger = result.comparison.rows
@@ -55,7 +69,23 @@ def test_sweep_runs_every_variant_through_the_executor_and_compares(tiny_model, 
 
 def test_cli_sweep_in_two_processes_writes_outputs_report_and_plot(tiny_model, tmp_path):
     out = tmp_path / "sweep"
-    args = ["sweep", "svd-int4", "-m", str(tiny_model), "--grid", "svd.rank=16,32", "--grid", "quantize.format=int4,int8", "--grid", "quantize.block_size=16", "-o", str(out), "-j", "2", "--json"]
+    args = [
+        "sweep",
+        "svd-int4",
+        "-m",
+        str(tiny_model),
+        "--grid",
+        "svd.rank=16,32",
+        "--grid",
+        "quantize.format=int4,int8",
+        "--grid",
+        "quantize.block_size=16",
+        "-o",
+        str(out),
+        "-j",
+        "2",
+        "--json",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     comparison = json.loads(result.output)
@@ -72,16 +102,21 @@ def test_local_pool_of_one_runs_inline():
 
 
 def test_sweep_of_several_recipes_without_a_grid_runs_each_as_it_is(tiny_model, tmp_path):
-    result = sweep(str(tiny_model), ["int8", "int4", "peer-onnxruntime-arm64"], [], tmp_path / "recipes", executor=_Recorder())
+    result = sweep(
+        str(tiny_model), ["int8", "int4", "peer-onnxruntime-arm64"], [], tmp_path / "recipes", executor=_Recorder()
+    )
     assert [row.recipe for row in result.comparison.rows] == ["int8", "int4", "peer-onnxruntime-arm64"]
     assert result.comparison.rows[2].storage.startswith("int8-tensor")
 
 
-@pytest.mark.parametrize("recipes, grid, message", [
-    (["int4"], [], "single compress"),
-    (["int8", "int8"], [], "share the output folder 'int8'"),
-    ([], ["svd.rank=16"], "at least one recipe"),
-])
+@pytest.mark.parametrize(
+    "recipes, grid, message",
+    [
+        (["int4"], [], "single compress"),
+        (["int8", "int8"], [], "share the output folder 'int8'"),
+        ([], ["svd.rank=16"], "at least one recipe"),
+    ],
+)
 def test_sweeps_that_cannot_run_say_why(tiny_model, tmp_path, recipes, grid, message):
     with pytest.raises(EdgeembError, match=message):
         sweep(str(tiny_model), recipes, grid, tmp_path / "sweep", executor=_Recorder())

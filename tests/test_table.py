@@ -15,7 +15,10 @@ def weight():
     return np.random.default_rng(0).standard_normal((300, 128)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int8", 32, 8), ("int4", 32, 4), ("int4", 64, 4), ("int2", 16, 2), ("int2", 128, 2)])
+@pytest.mark.parametrize(
+    ("name", "block", "bits"),
+    [("int8", None, 8), ("int8", 32, 8), ("int4", 32, 4), ("int4", 64, 4), ("int2", 16, 2), ("int2", 128, 2)],
+)
 def test_integer_round_trip_within_half_a_step(weight, name, block, bits):
     fmt = get_format(name, block_size=block)
     arrays = fmt.quantize(weight)
@@ -34,7 +37,9 @@ def test_integer_round_trip_within_half_a_step(weight, name, block, bits):
     assert arrays["scales"].shape == (weight.shape[0], weight.shape[1] // size)
 
 
-@pytest.mark.parametrize(("name", "block", "bits"), [("int8", None, 8), ("int4", 32, 4), ("int4", 128, 4), ("int2", 32, 2)])
+@pytest.mark.parametrize(
+    ("name", "block", "bits"), [("int8", None, 8), ("int4", 32, 4), ("int4", 128, 4), ("int2", 32, 2)]
+)
 def test_asymmetric_round_trip_within_one_step(weight, name, block, bits):
     fmt = get_format(name, block_size=block, zero_point=True)
     shifted = weight + 2.0  # blocks far from centred on zero: where zero points pay off
@@ -46,7 +51,9 @@ def test_asymmetric_round_trip_within_one_step(weight, name, block, bits):
     # The rounded zero point shifts the grid by up to half a step: every value within one step.
     assert np.all(np.abs(restored - shifted) <= step * (1 + 1e-3) + 1e-6)
     symmetric = get_format(name, block_size=block).quantize(shifted)
-    symmetric_error = np.linalg.norm(get_format(name, block_size=block).dequantize(symmetric, shifted.shape[1]) - shifted)
+    symmetric_error = np.linalg.norm(
+        get_format(name, block_size=block).dequantize(symmetric, shifted.shape[1]) - shifted
+    )
     assert np.linalg.norm(restored - shifted) < symmetric_error
 
 
@@ -58,7 +65,14 @@ def unpacked(packed: np.ndarray, bits: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("name", "block", "zero_point"),
-    [("int8", None, False), ("int8", 32, True), ("int4", 32, False), ("int4", 32, True), ("int2", 16, False), ("int2", 16, True)],
+    [
+        ("int8", None, False),
+        ("int8", 32, True),
+        ("int4", 32, False),
+        ("int4", 32, True),
+        ("int2", 16, False),
+        ("int2", 16, True),
+    ],
 )
 def test_decode_equals_the_reference_formula(weight, name, block, zero_point):
     """The decoders take shortcuts (int8 codes read as int8 with the top bit flipped, sub-byte codes
@@ -104,11 +118,14 @@ def test_zero_rows_stay_zero():
     assert np.array_equal(fmt.dequantize(fmt.quantize(zeros), 64), zeros)
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("int4", {"block_size": 48}, "does not divide"),
-    ("int5", {}, "unknown quantisation format"),
-    ("int4", {"bits": 3}, "format 'int4' has no option 'bits' \\(options: block_size, zero_point, scale_dtype\\)"),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("int4", {"block_size": 48}, "does not divide"),
+        ("int5", {}, "unknown quantisation format"),
+        ("int4", {"bits": 3}, "format 'int4' has no option 'bits' \\(options: block_size, zero_point, scale_dtype\\)"),
+    ],
+)
 def test_bad_formats_are_clear(weight, name, options, message):
     with pytest.raises(EdgeembError, match=message):
         get_format(name, **options).check_width(weight.shape[1])
@@ -124,11 +141,19 @@ def test_bytes_are_exact_and_lookup_matches_dense(weight):
     assert np.array_equal(quantized.lookup(ids), quantized.to_dense()[ids])
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("int8", {}), ("int8", {"zero_point": True}), ("int8", {"block_size": 64}), ("int4", {"block_size": 16}),
-    ("int4", {"block_size": 32, "zero_point": True}), ("int4", {"block_size": 128, "scale_dtype": "float32"}),
-    ("int2", {"block_size": 32}), ("int2", {"block_size": 16, "zero_point": True}),
-])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("int8", {}),
+        ("int8", {"zero_point": True}),
+        ("int8", {"block_size": 64}),
+        ("int4", {"block_size": 16}),
+        ("int4", {"block_size": 32, "zero_point": True}),
+        ("int4", {"block_size": 128, "scale_dtype": "float32"}),
+        ("int2", {"block_size": 32}),
+        ("int2", {"block_size": 16, "zero_point": True}),
+    ],
+)
 def test_fused_lookup_returns_exactly_the_decoded_rows(weight, name, options):
     """The compiled gather-and-decode kernel against the numpy decoder: the same float32 values,
     for repeated, negative and 2-D ids; an id out of range is refused as np.take refuses it."""
@@ -158,7 +183,9 @@ def test_save_and_load_round_trip_is_exact(tmp_path, weight, kind):
     tables = {
         "dense": DenseTable(weight),
         "quantized": QuantizedTable.quantize(weight, get_format("int8")),
-        "lowrank": LowRankTable(QuantizedTable.quantize(weight[:, :32].copy(), get_format("int4")), weight[:32].astype(np.float16), None),
+        "lowrank": LowRankTable(
+            QuantizedTable.quantize(weight[:, :32].copy(), get_format("int4")), weight[:32].astype(np.float16), None
+        ),
     }
     table = tables[kind]
     save_table(table, tmp_path / "t.safetensors")
@@ -187,7 +214,10 @@ def test_load_table_rejects_truncated_and_foreign_files(tmp_path, weight):
         ("[1, 2]", "the spec is a JSON list"),
         ('{"kind": "quantized", "dim": 4}', "'format' is missing"),
         ('{"kind": "lowrank", "left": {"kind": "dense"}}', "'weight' is missing"),
-        ('{"kind": "quantized", "format": {"name": "int4", "block_size": 7}, "dim": 4}', "block size 7 does not divide"),
+        (
+            '{"kind": "quantized", "format": {"name": "int4", "block_size": 7}, "dim": 4}',
+            "block size 7 does not divide",
+        ),
         ('{"kind": "sparse"}', "unknown table kind 'sparse'"),
     ],
 )
@@ -204,9 +234,17 @@ def test_arrays_that_do_not_fit_their_format_are_refused_before_a_kernel_reads_t
     weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     pq = QuantizedTable.quantize(weight, get_format("pq", subspaces=8, centroids=16, train_rows=64, iterations=2))
     cases = {
-        "narrow codes": (QuantizedTable.quantize(weight, get_format("int4")), {"codes": lambda a: a[:, :-1]}, "array 'codes' is uint8 \\(64, 15\\), expected uint8 \\(64, 16\\)"),
+        "narrow codes": (
+            QuantizedTable.quantize(weight, get_format("int4")),
+            {"codes": lambda a: a[:, :-1]},
+            "array 'codes' is uint8 \\(64, 15\\), expected uint8 \\(64, 16\\)",
+        ),
         "short blocks": (QuantizedTable.quantize(weight, get_format("Q8_0")), {"blocks": lambda a: a[:-1]}, ""),
-        "a code past the codebook": (pq, {"codes": lambda a: np.full_like(a, 200)}, "a code is 200, but there are only 16 centres"),
+        "a code past the codebook": (
+            pq,
+            {"codes": lambda a: np.full_like(a, 200)},
+            "a code is 200, but there are only 16 centres",
+        ),
     }
     for name, (table, edits, message) in cases.items():
         arrays = {key: edits.get(key, lambda a: a)(array) for key, array in table.arrays().items()}
@@ -214,7 +252,9 @@ def test_arrays_that_do_not_fit_their_format_are_refused_before_a_kernel_reads_t
         from safetensors.numpy import save
 
         spec = json.dumps(table.spec())
-        (tmp_path / "t.safetensors").write_bytes(save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"edgeemb.table": spec}))
+        (tmp_path / "t.safetensors").write_bytes(
+            save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"edgeemb.table": spec})
+        )
         if message:
             with pytest.raises(EdgeembError, match=message):
                 load_table(tmp_path / "t.safetensors")

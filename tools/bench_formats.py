@@ -44,9 +44,20 @@ from edgeemb.sources import open_model
 from edgeemb.table import QuantizedTable
 
 FORMATS = [
-    ("int8", {}), ("int8", {"zero_point": True}), ("int4", {"block_size": 32}), ("int4", {"block_size": 32, "zero_point": True}),
-    ("int4", {"block_size": 128}), ("int2", {"block_size": 32}), ("Q8_0", {}), ("Q5_0", {}), ("Q4_0", {}), ("Q4_1", {}),
-    ("Q6_K", {}), ("Q4_K", {}), ("pq", {"subspaces_per_value": 4}), ("vocab_kmeans", {"clusters": 1024}),
+    ("int8", {}),
+    ("int8", {"zero_point": True}),
+    ("int4", {"block_size": 32}),
+    ("int4", {"block_size": 32, "zero_point": True}),
+    ("int4", {"block_size": 128}),
+    ("int2", {"block_size": 32}),
+    ("Q8_0", {}),
+    ("Q5_0", {}),
+    ("Q4_0", {}),
+    ("Q4_1", {}),
+    ("Q6_K", {}),
+    ("Q4_K", {}),
+    ("pq", {"subspaces_per_value": 4}),
+    ("vocab_kmeans", {"clusters": 1024}),
 ]
 BATCH = 4096
 
@@ -85,10 +96,14 @@ def gguf_quantize_seconds(weight: np.ndarray, name: str, repeats: int) -> float 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gemma3-270m", help="a model, or random:ROWSxDIM for a seeded Gaussian table")
+    parser.add_argument(
+        "--model", default="gemma3-270m", help="a model, or random:ROWSxDIM for a seeded Gaussian table"
+    )
     parser.add_argument("--formats", help="comma-separated format names to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
-    parser.add_argument("--repeats", type=int, default=3, help="quantise each format this many times and report the fastest (default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="quantise each format this many times and report the fastest (default 3)"
+    )
     args = parser.parse_args()
     if args.model.startswith("random:"):
         rows, dim = (int(v) for v in args.model.removeprefix("random:").split("x"))
@@ -99,9 +114,13 @@ def main() -> None:
     megabytes = weight.nbytes / 1e6
     dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
     results = []
-    print(f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n")
-    print(f"| format | quantise s (best of {args.repeats}) | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |")
+    print(
+        f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n"
+    )
+    print(
+        f"| format | quantise s (best of {args.repeats}) | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |"
+    )
     print("|---|---|---|---|---|---|---|")
     chosen = set(args.formats.split(",")) if args.formats else None
     for name, options in FORMATS:
@@ -126,16 +145,32 @@ def main() -> None:
         reference = gguf_quantize_seconds(weight, name, args.repeats) if not options else None
         dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
         rate = lookup_rate(table.lookup, rows)
-        row = {"format": label, "quantize_seconds": seconds, "quantize_cpu_seconds": cpu_seconds, "quantize_seconds_all": [r[0] for r in runs], "quantize_mb_per_s": megabytes / seconds,
-               "gguf_quantize_seconds": reference, "lookup_rows_per_s": rate, "lookup_vs_fp32": rate / dense_rate,
-               "bits_per_param": table.bits_per_param}
+        row = {
+            "format": label,
+            "quantize_seconds": seconds,
+            "quantize_cpu_seconds": cpu_seconds,
+            "quantize_seconds_all": [r[0] for r in runs],
+            "quantize_mb_per_s": megabytes / seconds,
+            "gguf_quantize_seconds": reference,
+            "lookup_rows_per_s": rate,
+            "lookup_vs_fp32": rate / dense_rate,
+            "bits_per_param": table.bits_per_param,
+        }
         results.append(row)
         gguf_cell = f"{reference:.2f}" if reference is not None else "–"
-        print(f"| {label} | {seconds:.2f} | {cpu_seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |",
-              flush=True)
+        print(
+            f"| {label} | {seconds:.2f} | {cpu_seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |",
+            flush=True,
+        )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     if args.json:
-        summary = {"model": args.model, "shape": [rows, dim], "cpus": os.cpu_count(), "fp32_lookup_rows_per_s": dense_rate, "formats": results}
+        summary = {
+            "model": args.model,
+            "shape": [rows, dim],
+            "cpus": os.cpu_count(),
+            "fp32_lookup_rows_per_s": dense_rate,
+            "formats": results,
+        }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 

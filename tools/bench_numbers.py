@@ -25,11 +25,11 @@ from report_files import write_report
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.run import bench, compare_runs
 from edgeemb.export.onnx import export_onnx
-from edgeemb.steps import StepContext
 from edgeemb.pipeline import compress
 from edgeemb.recipe import load_recipe
 from edgeemb.results import to_dict
 from edgeemb.sources import open_model
+from edgeemb.steps import StepContext
 
 
 def minilm_files(work: Path) -> tuple[Path, Path]:
@@ -55,7 +55,12 @@ SCENARIOS = [  # (label, files, profile, bench options)
     ("Gemma 3 270M GGUF, rpi4", gemma_files, "rpi4", {"runs": 2}),
     ("Gemma 3 270M GGUF, rpi-zero2, mmap", gemma_files, "rpi-zero2", {"runs": 2}),
     ("Gemma 3 270M GGUF, rpi-zero2, no mmap", gemma_files, "rpi-zero2", {"runs": 2, "mmap": False}),
-    ("Gemma 3 270M GGUF, rpi-zero2 at 300 MB, no mmap", gemma_files, "rpi-zero2", {"runs": 2, "mmap": False, "memory_mb": 300}),
+    (
+        "Gemma 3 270M GGUF, rpi-zero2 at 300 MB, no mmap",
+        gemma_files,
+        "rpi-zero2",
+        {"runs": 2, "mmap": False, "memory_mb": 300},
+    ),
 ]
 
 
@@ -67,7 +72,16 @@ def measure(work: Path) -> dict:
         device = load_device(profile)
         before = bench(original, profile=device, **options)
         after = bench(compressed, profile=device, **options)
-        rows.append({"scenario": label, "profile": profile, "options": options, "original": to_dict(before), "compressed": to_dict(after), "ratios": compare_runs(before, after)})
+        rows.append(
+            {
+                "scenario": label,
+                "profile": profile,
+                "options": options,
+                "original": to_dict(before),
+                "compressed": to_dict(after),
+                "ratios": compare_runs(before, after),
+            }
+        )
     return {"seconds": time.time() - started, "rows": rows}
 
 
@@ -91,13 +105,22 @@ def render(result: dict) -> str:
     ]
     for row in result["rows"]:
         original, compressed, ratios = row["original"], row["compressed"], row["ratios"]
-        names = f"{Path(original['artifact']).name} ({original['file_bytes'] / 1e6:.1f} MB)", f"{Path(compressed['artifact']).name} ({compressed['file_bytes'] / 1e6:.1f} MB)"
+        names = (
+            f"{Path(original['artifact']).name} ({original['file_bytes'] / 1e6:.1f} MB)",
+            f"{Path(compressed['artifact']).name} ({compressed['file_bytes'] / 1e6:.1f} MB)",
+        )
         file_ratio = f"{compressed['file_bytes'] / original['file_bytes']:.2f}x"
         latency = f"{ratios['latency_p50']:.2f}x" if ratios else "–"
         memory = f"{ratios['peak_rss']:.2f}x" if ratios else "–"
-        lines.append(f"| {row['scenario']} | {names[0]}: {_cell(original)} | {names[1]}: {_cell(compressed)} | {file_ratio} | {latency} | {memory} |")
+        lines.append(
+            f"| {row['scenario']} | {names[0]}: {_cell(original)} | {names[1]}: {_cell(compressed)} | {file_ratio} | {latency} | {memory} |"
+        )
     limits = result["rows"][0]["original"]["limits"]
-    lines += ["", f"Limits applied: cores by {limits['cores']['how']}; memory by {limits['memory']['how']}.", f"Run time {result['seconds'] / 60:.1f} min."]
+    lines += [
+        "",
+        f"Limits applied: cores by {limits['cores']['how']}; memory by {limits['memory']['how']}.",
+        f"Run time {result['seconds'] / 60:.1f} min.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -48,18 +48,34 @@ def counted_twice(path: Path, device) -> tuple[BenchResult, dict]:
     first, second = (bench(path, profile=device, emulate=True, generate=GENERATE) for _ in range(2))
     for key in ("instructions", "short_run_instructions"):
         if getattr(first, key) != getattr(second, key):
-            raise SystemExit(f"{path.name}: {key} differ between two runs: {getattr(first, key)} and {getattr(second, key)}")
-    return first, {"instructions": second.instructions, "short_run_instructions": second.short_run_instructions, "peak_rss_bytes": second.peak_rss_bytes}
+            raise SystemExit(
+                f"{path.name}: {key} differ between two runs: {getattr(first, key)} and {getattr(second, key)}"
+            )
+    return first, {
+        "instructions": second.instructions,
+        "short_run_instructions": second.short_run_instructions,
+        "peak_rss_bytes": second.peak_rss_bytes,
+    }
 
 
 def measure(work: Path, text: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     device = load_device("rpi5")
     started, groups = time.time(), []
-    for label, files in (("MiniLM ONNX, per sentence", list(minilm_files(work))), ("SmolLM2-135M GGUF, per generated token", smollm2_files(work, text))):
+    for label, files in (
+        ("MiniLM ONNX, per sentence", list(minilm_files(work))),
+        ("SmolLM2-135M GGUF, per generated token", smollm2_files(work, text)),
+    ):
         results = [counted_twice(path, device) for path in files]
-        groups.append({"group": label, "results": [{**to_dict(result), "repeated": repeated, "vs_original": compare_runs(results[0][0], result)}
-                                                   for result, repeated in results]})
+        groups.append(
+            {
+                "group": label,
+                "results": [
+                    {**to_dict(result), "repeated": repeated, "vs_original": compare_runs(results[0][0], result)}
+                    for result, repeated in results
+                ],
+            }
+        )
     return {"seconds": time.time() - started, "profile": device.name, "groups": groups}
 
 
@@ -89,8 +105,12 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text", type=Path, help="plain text whose second half fits the SmolLM2 recipes (WikiText-2 raw test)")
-    parser.add_argument("-o", "--out", type=Path, default=Path("docs/bench-emulated"), help="writes OUT.md and OUT.json")
+    parser.add_argument(
+        "--text", type=Path, help="plain text whose second half fits the SmolLM2 recipes (WikiText-2 raw test)"
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, default=Path("docs/bench-emulated"), help="writes OUT.md and OUT.json"
+    )
     parser.add_argument("--work", type=Path, default=Path("out/bench"), help="folder for the compressed files")
     parser.add_argument("--render", action="store_true", help="only re-render OUT.md from OUT.json")
     args = parser.parse_args()

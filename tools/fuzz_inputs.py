@@ -44,7 +44,11 @@ def seed_gguf(folder: Path) -> bytes:
     writer.add_token_list([f"t{i}" for i in range(32)])
     writer.add_token_scores([float(i) for i in range(32)])
     rows = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
-    writer.add_tensor("token_embd.weight", gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor(
+        "token_embd.weight",
+        gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0),
+        raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+    )
     writer.add_tensor("blk.0.attn_q.weight", rows[:, :32].astype(np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -65,7 +69,11 @@ def seed_tables() -> list[tuple[dict, dict]]:
         QuantizedTable.quantize(weight, get_format("Q8_0")),
         QuantizedTable.quantize(weight, get_format("pq", subspaces=8, centroids=16, train_rows=64, iterations=2)),
         LowRankTable(QuantizedTable.quantize(weight[:, :16], get_format("int8")), weight[:16, :].copy()),
-        MixedTable.split(weight, (np.arange(64) % 2).astype(np.uint8), [DenseTable, lambda rows: QuantizedTable.quantize(rows, get_format("int4"))]),
+        MixedTable.split(
+            weight,
+            (np.arange(64) % 2).astype(np.uint8),
+            [DenseTable, lambda rows: QuantizedTable.quantize(rows, get_format("int4"))],
+        ),
         TrimmedTable(DenseTable(weight[:40]), np.arange(40, dtype=np.int32), {"source_rows": 64}),
     ]
     return [(table.spec(), table.arrays()) for table in tables]
@@ -81,8 +89,21 @@ export: {format: onnx, quantize_rest: true}
 offload: {profiles: [ufs-3.1], cache_mb: 2}
 """
 _YAML_SNIPPETS = [
-    "&a [1, 2]", "*a", "!!python/object:os.system 'true'", "{format: pq, subspaces: '64'}", "block_size: 32.5",
-    "zero_point: 'no'", "[" * 200, "- " * 100, "rank: -1", "rank: 1e308", "format: Q4_K", "steps: []", "\x00", "\t", "'",
+    "&a [1, 2]",
+    "*a",
+    "!!python/object:os.system 'true'",
+    "{format: pq, subspaces: '64'}",
+    "block_size: 32.5",
+    "zero_point: 'no'",
+    "[" * 200,
+    "- " * 100,
+    "rank: -1",
+    "rank: 1e308",
+    "format: Q4_K",
+    "steps: []",
+    "\x00",
+    "\t",
+    "'",
     "a: &x [x, x, x, x, x, x, x, x]\nb: &y [*x, *x, *x, *x, *x, *x, *x, *x]\nc: [*y, *y, *y, *y, *y, *y, *y, *y]",
 ]
 
@@ -121,7 +142,11 @@ def mutate_table(spec: dict, arrays: dict, rng: random.Random) -> bytes:
         elif action == 1 and arrays:  # another shape
             name = rng.choice(sorted(arrays))
             array = arrays[name]
-            arrays[name] = array.reshape(-1)[: max(0, array.size - rng.randint(0, 40))].copy() if rng.random() < 0.5 else np.concatenate([array, array])
+            arrays[name] = (
+                array.reshape(-1)[: max(0, array.size - rng.randint(0, 40))].copy()
+                if rng.random() < 0.5
+                else np.concatenate([array, array])
+            )
         elif action == 2 and arrays:  # another dtype
             name = rng.choice(sorted(arrays))
             arrays[name] = arrays[name].astype(rng.choice([np.float16, np.float32, np.int32, np.uint8, np.int64]))
@@ -150,7 +175,9 @@ def _mutate_json(node, rng: random.Random) -> None:
     if not holders:
         return
     holder, key = rng.choice(holders)
-    holder[key] = rng.choice([None, -1, 0, 7, 2**40, 1.5, "x", "dense", "quantized", "mixed", "pq", [], {}, True, "Q4_K", "int2"])
+    holder[key] = rng.choice(
+        [None, -1, 0, 7, 2**40, 1.5, "x", "dense", "quantized", "mixed", "pq", [], {}, True, "Q4_K", "int2"]
+    )
 
 
 def mutate_recipe(rng: random.Random) -> bytes:
@@ -207,7 +234,11 @@ def worker(kind: str, cases: int, seed: int, timeout: float) -> None:
             if kind == "gguf":
                 blob = mutate_bytes(gguf_seed, rng)
             elif kind == "table":
-                blob = mutate_table(*rng.choice(tables), rng) if rng.random() < 0.7 else mutate_bytes(mutate_table(*rng.choice(tables), rng), rng)
+                blob = (
+                    mutate_table(*rng.choice(tables), rng)
+                    if rng.random() < 0.7
+                    else mutate_bytes(mutate_table(*rng.choice(tables), rng), rng)
+                )
             else:
                 blob = mutate_recipe(rng)
             path = folder / f"case.{ {'gguf': 'gguf', 'table': 'safetensors', 'recipe': 'yaml'}[kind] }"
@@ -224,7 +255,10 @@ def worker(kind: str, cases: int, seed: int, timeout: float) -> None:
             except MemoryError:
                 outcome, detail = "memory", "hit the address-space cap"
             except Exception as exc:  # noqa: BLE001  what the fuzzer is looking for
-                outcome, detail = "traceback", "".join(traceback.format_exception_only(exc)).strip() + " @ " + _where(exc)
+                outcome, detail = (
+                    "traceback",
+                    "".join(traceback.format_exception_only(exc)).strip() + " @ " + _where(exc),
+                )
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             record = {"case": number, "outcome": outcome, "seconds": time.perf_counter() - started}
@@ -257,16 +291,36 @@ def main() -> None:
     for kind in args.kinds:
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, __file__, "--worker", kind, "--cases", str(args.cases), "--seed", str(args.seed), "--timeout", str(args.timeout)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--cases",
+                str(args.cases),
+                "--seed",
+                str(args.seed),
+                "--timeout",
+                str(args.timeout),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
         cases = [r for r in records if "case" in r]
         peak = next((r["peak_rss_bytes"] for r in records if "peak_rss_bytes" in r), None)
-        counts = {outcome: sum(r["outcome"] == outcome for r in cases) for outcome in ("accepted", "refused", "traceback", "multi-line", "hang", "memory")}
+        counts = {
+            outcome: sum(r["outcome"] == outcome for r in cases)
+            for outcome in ("accepted", "refused", "traceback", "multi-line", "hang", "memory")
+        }
         summary["kinds"][kind] = {
-            "cases": len(cases), "counts": counts, "worker_exit": done.returncode, "peak_rss_mb": peak and peak / 2**20,
-            "slowest_case_s": max((r["seconds"] for r in cases), default=0), "wall_s": time.perf_counter() - started,
+            "cases": len(cases),
+            "counts": counts,
+            "worker_exit": done.returncode,
+            "peak_rss_mb": peak and peak / 2**20,
+            "slowest_case_s": max((r["seconds"] for r in cases), default=0),
+            "wall_s": time.perf_counter() - started,
             "failures": [r for r in cases if r["outcome"] not in ("accepted", "refused")][:50],
             **({"worker_stderr": done.stderr[-2000:]} if done.returncode else {}),
         }
@@ -274,15 +328,26 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(render(summary))
-    bad = sum(k["counts"]["traceback"] + k["counts"]["multi-line"] + k["counts"]["hang"] + k["counts"]["memory"] + (k["worker_exit"] != 0) for k in summary["kinds"].values())
+    bad = sum(
+        k["counts"]["traceback"]
+        + k["counts"]["multi-line"]
+        + k["counts"]["hang"]
+        + k["counts"]["memory"]
+        + (k["worker_exit"] != 0)
+        for k in summary["kinds"].values()
+    )
     sys.exit(1 if bad else 0)
 
 
 def render(summary: dict) -> str:
     lines = [
-        "# Fuzzing edgeemb's readers", "", f"`{summary['command']}` (seeded: the same command gives the same cases).", "",
+        "# Fuzzing edgeemb's readers",
+        "",
+        f"`{summary['command']}` (seeded: the same command gives the same cases).",
+        "",
         "Every case must be accepted or refused with one line; a traceback, a hang (over the per-case limit) or the 1 GiB "
-        "address-space cap is a failure.", "",
+        "address-space cap is a failure.",
+        "",
         "| input | cases | accepted | refused (one line) | tracebacks | hangs | memory cap | peak RSS | slowest case |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -294,7 +359,9 @@ def render(summary: dict) -> str:
         )
     failures = [(kind, f) for kind, k in summary["kinds"].items() for f in k["failures"]]
     if failures:
-        lines += ["", "Failures (first of each kind):", ""] + [f"- {kind} case {f['case']}: {f['outcome']}: {f.get('detail', '')}" for kind, f in failures]
+        lines += ["", "Failures (first of each kind):", ""] + [
+            f"- {kind} case {f['case']}: {f['outcome']}: {f.get('detail', '')}" for kind, f in failures
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -107,16 +107,23 @@ def main() -> None:
     source_run = runs[0]
     rows = []
     for (label, qtype, _, notes), run, rates in zip(files, runs, decode_runs):
-        rows.append({
-            "file": label, "token_embd": qtype, "file_bytes": run.file_bytes, "perplexity": run.perplexity.perplexity,
-            "tokens_scored": run.perplexity.tokens_scored, "decode_tokens_per_s": statistics.median(rates),
-            "decode_tokens_per_s_runs": rates,
-            "prefill_tokens_per_s": run.prefill_tokens_per_s, "peak_rss_bytes": run.peak_rss_bytes,
-            "greedy_text": run.greedy_text,
-            "greedy_agrees_with_source": greedy_agreement(run, source_run),
-            "same_token_embd_as": same.get(label, []),
-            "notes": notes or [],
-        })
+        rows.append(
+            {
+                "file": label,
+                "token_embd": qtype,
+                "file_bytes": run.file_bytes,
+                "perplexity": run.perplexity.perplexity,
+                "tokens_scored": run.perplexity.tokens_scored,
+                "decode_tokens_per_s": statistics.median(rates),
+                "decode_tokens_per_s_runs": rates,
+                "prefill_tokens_per_s": run.prefill_tokens_per_s,
+                "peak_rss_bytes": run.peak_rss_bytes,
+                "greedy_text": run.greedy_text,
+                "greedy_agrees_with_source": greedy_agreement(run, source_run),
+                "same_token_embd_as": same.get(label, []),
+                "notes": notes or [],
+            }
+        )
     peers = [row for row in rows if row["file"].startswith("llama.cpp")]
     for row in rows:
         row["beats"] = [peer["file"] for peer in peers if row["file"].startswith("edgeemb") and beats(row, peer)]
@@ -127,8 +134,13 @@ def main() -> None:
     pinned = f"taskset -c {','.join(map(str, cpus))} " if len(cpus) < (os.cpu_count() or 1) else ""
     command = pinned + shlex.join(["python", "tools/gguf_numbers.py", *sys.argv[1:]])
     summary = {
-        "model": args.model, "source": str(model.path), "text": str(args.text), "command": command,
-        "llama_threads": len(cpus), "rows": rows, "runs": [asdict(r) for r in runs],
+        "model": args.model,
+        "source": str(model.path),
+        "text": str(args.text),
+        "command": command,
+        "llama_threads": len(cpus),
+        "rows": rows,
+        "runs": [asdict(r) for r in runs],
     }
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     source = rows[0]

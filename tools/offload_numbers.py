@@ -57,28 +57,56 @@ def main() -> None:
 
         swept = offload(args.model, stream, OffloadConfig((args.profile,)), **common)
         sweep = to_dict(swept)
-        pages = to_dict(offload(args.model, stream, OffloadConfig((args.profile,), cache_unit="page"), **common).offload)
+        pages = to_dict(
+            offload(args.model, stream, OffloadConfig((args.profile,), cache_unit="page"), **common).offload
+        )
         plot_offload(swept.offload, args.out / f"{stem}.png", args.model)
         five = int(0.05 * sweep["offload"]["table_bytes"])
         layouts = {
-            layout: to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five,)), layout=layout, **common).offload)
+            layout: to_dict(
+                offload(args.model, stream, OffloadConfig((args.profile,), (five,)), layout=layout, **common).offload
+            )
             for layout in ("single", "ple", "ple-layer")
         }
-        hot = to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five // 2,), hot_bytes=five // 2), calibration=calibration, **common).offload)
-        modes = to_dict(offload(args.model, stream, OffloadConfig(tuple(profile_names()), (five,), mode="real"), **common).offload)
+        hot = to_dict(
+            offload(
+                args.model,
+                stream,
+                OffloadConfig((args.profile,), (five // 2,), hot_bytes=five // 2),
+                calibration=calibration,
+                **common,
+            ).offload
+        )
+        modes = to_dict(
+            offload(args.model, stream, OffloadConfig(tuple(profile_names()), (five,), mode="real"), **common).offload
+        )
 
         compressed = work / f"{args.recipe}.gguf"
         recipe = load_recipe(args.recipe)
         export_gguf(source.path, recipe.apply(source.table, step_context(source, calibration)), compressed)
         runtime = {
-            "shipped": to_dict(offload(args.model, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)),
-            args.recipe: to_dict(offload(compressed, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)),
+            "shipped": to_dict(
+                offload(args.model, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)
+            ),
+            args.recipe: to_dict(
+                offload(compressed, stream, OffloadConfig((args.profile,), (five,)), runtime=True, **common)
+            ),
         }
 
     data = {
-        "model": sweep["model"], "text": str(args.text), "profile": args.profile, "five_percent_bytes": five,
-        "sweep": sweep["offload"], "page_cache_sweep": pages, "layouts": layouts, "hot_set": hot, "modes": modes,
-        "runtime": {name: {"table": r["offload"]["table"], "table_bytes": r["offload"]["table_bytes"], "runs": r["runtime"]} for name, r in runtime.items()},
+        "model": sweep["model"],
+        "text": str(args.text),
+        "profile": args.profile,
+        "five_percent_bytes": five,
+        "sweep": sweep["offload"],
+        "page_cache_sweep": pages,
+        "layouts": layouts,
+        "hot_set": hot,
+        "modes": modes,
+        "runtime": {
+            name: {"table": r["offload"]["table"], "table_bytes": r["offload"]["table_bytes"], "runs": r["runtime"]}
+            for name, r in runtime.items()
+        },
     }
     (args.out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(render(data, args, stem))
@@ -98,14 +126,20 @@ def render(data: dict, args, stem: str) -> str:
     lines = [
         f"# Embedding offload to flash: {model['name']}",
         "",
-        (f"Made by `python tools/offload_numbers.py --model {args.model} --text {args.text} --max-tokens {args.max_tokens}` "
-        f"(one run). Stream: the first {sweep['tokens']} tokens of the text ({sweep['distinct_tokens']} distinct); "
-        "hot set counted on its second half. Latency is added per token by flash reads, from the profile's "
-        "published figures (`edgeemb/offload/profiles/`), with no overlap with compute."),
+        (
+            f"Made by `python tools/offload_numbers.py --model {args.model} --text {args.text} --max-tokens {args.max_tokens}` "
+            f"(one run). Stream: the first {sweep['tokens']} tokens of the text ({sweep['distinct_tokens']} distinct); "
+            "hot set counted on its second half. Latency is added per token by flash reads, from the profile's "
+            "published figures (`edgeemb/offload/profiles/`), with no overlap with compute."
+        ),
         "",
         f"Table: {sweep['rows']:,} rows x {sweep['record_bytes']} B ({sweep['table']}), {_mb(sweep['table_bytes'])} "
         f"resident today. Output head: {sweep['head']['note']}"
-        + (f"; counted as {sweep['head']['type']}, {_mb(sweep['head']['bytes'])}." if sweep["head"].get("type") else "."),
+        + (
+            f"; counted as {sweep['head']['type']}, {_mb(sweep['head']['bytes'])}."
+            if sweep["head"].get("type")
+            else "."
+        ),
         "",
         f"## Cache size against hit rate and added latency ({data['profile']}, layout single)",
         "",
@@ -139,8 +173,10 @@ def render(data: dict, args, stem: str) -> str:
     real = modes["real"]
     lines += [
         "",
-        (f"## Every profile, sim and real (5% cache, single layout; real: {'O_DIRECT' if real['o_direct'] else 'page cache in play'}, "
-        f"throttle {real['throttle']}; this host's own reads: {real['host_read_us']:.0f} us each)"),
+        (
+            f"## Every profile, sim and real (5% cache, single layout; real: {'O_DIRECT' if real['o_direct'] else 'page cache in play'}, "
+            f"throttle {real['throttle']}; this host's own reads: {real['host_read_us']:.0f} us each)"
+        ),
         "",
         "| profile | sim bytes / token | real bytes / token | sim mean / p99 | real mean / p99 | note |",
         "|---|---|---|---|---|---|",

@@ -30,12 +30,12 @@ from report_files import write_report
 
 from edgeemb.evaluate.data import read_sts
 from edgeemb.evaluate.encoder import memoize, sentence_encoder
-from edgeemb.evaluate.sentence import embedding_drift, sts_spearman
 from edgeemb.evaluate.onnxruntime import compare_latency, onnx_encoder
+from edgeemb.evaluate.sentence import embedding_drift, sts_spearman
 from edgeemb.export.onnx import compress_onnx, export_onnx, verify_onnx
-from edgeemb.steps import StepContext
 from edgeemb.recipe import load_recipe, parse_recipe
 from edgeemb.sources import open_model
+from edgeemb.steps import StepContext
 
 # (label, a recipe's name or an inline recipe, quantize the rest to int8)
 EDGEEMB_ROWS = [
@@ -44,7 +44,11 @@ EDGEEMB_ROWS = [
     ("edgeemb int4 table + int8 rest", "int4", True),
     ("edgeemb minilm-pq table + int8 rest", "minilm-pq", True),
     # The finest PQ whose file still fits 15 MB beside the int8 rest (3.1 MB of table, 2.2 bits/value).
-    ("edgeemb pq-96 table + int8 rest", {"name": "pq-96", "steps": [{"quantize": {"format": "pq", "subspaces": 96}}]}, True),
+    (
+        "edgeemb pq-96 table + int8 rest",
+        {"name": "pq-96", "steps": [{"quantize": {"format": "pq", "subspaces": 96}}]},
+        True,
+    ),
 ]
 TARGET_MB, TARGET_COSINE = 15.0, 0.99
 
@@ -59,8 +63,18 @@ def peer_arm64(fp32: Path, out: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        fp32, out, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "EnableSubgraph": False, "ForceSymmetric": False, "MatMulConstBOnly": False},
+        fp32,
+        out,
+        per_channel=True,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,
+        extra_options={
+            "WeightSymmetric": True,
+            "ActivationSymmetric": False,
+            "EnableSubgraph": False,
+            "ForceSymmetric": False,
+            "MatMulConstBOnly": False,
+        },
     )
 
 
@@ -76,7 +90,15 @@ def measure(data: Path, work: Path, threads: int, latency_every: int) -> dict:
     rows = [{"row": "fp32 torch export", "path": fp32, "table": None, "storage": "fp32 (original)", "rest": "fp32"}]
     peer = work / "peer-arm64.onnx"
     peer_arm64(fp32, peer)
-    rows.append({"row": "peer: onnxruntime int8, arm64 settings", "path": peer, "table": None, "storage": "int8 (onnxruntime Gather quantisation)", "rest": "int8"})
+    rows.append(
+        {
+            "row": "peer: onnxruntime int8, arm64 settings",
+            "path": peer,
+            "table": None,
+            "storage": "int8 (onnxruntime Gather quantisation)",
+            "rest": "int8",
+        }
+    )
     tables = {}
     for label, spec, rest in EDGEEMB_ROWS:
         recipe = parse_recipe(spec) if isinstance(spec, dict) else load_recipe(spec)
@@ -85,7 +107,16 @@ def measure(data: Path, work: Path, threads: int, latency_every: int) -> dict:
         table = tables[recipe.name]
         path = work / f"{recipe.name}{'-int8-rest' if rest else ''}.onnx"
         compress_onnx(fp32, table, path, quantize_rest=rest, force=True)
-        rows.append({"row": label, "path": path, "table": table, "storage": table.describe(), "rest": "int8" if rest else "fp32", "recipe": recipe.name})
+        rows.append(
+            {
+                "row": label,
+                "path": path,
+                "table": table,
+                "storage": table.describe(),
+                "rest": "int8" if rest else "fp32",
+                "recipe": recipe.name,
+            }
+        )
 
     original_spearman = sts_spearman(reference.original, sts)
     for row in rows:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.perplexity import CausalLM
-from edgeemb.steps import StepContext
 from edgeemb.pipeline import EvaluationData, evaluate_quality
 from edgeemb.recipe import parse_recipe
 from edgeemb.sources import open_model
+from edgeemb.steps import StepContext
 
 
 def q(fmt: str, **options) -> dict:
@@ -37,7 +37,9 @@ def svd(rank: int) -> dict:
 
 
 def mixed(frequent: dict, rare: dict, fraction: float, corpus: Path) -> dict:
-    return {"mixed_precision": {"frequent": frequent, "rare": rare, "frequent_fraction": fraction, "corpus": str(corpus)}}
+    return {
+        "mixed_precision": {"frequent": frequent, "rare": rare, "frequent_fraction": fraction, "corpus": str(corpus)}
+    }
 
 
 def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
@@ -77,15 +79,26 @@ def grid(corpus: Path, dim: int) -> dict[str, list[dict]]:
 def measure(model_name: str, data: Path, corpus: Path, text: str | None, only: set[str] | None = None) -> list[dict]:
     source = open_model(model_name)
     context = StepContext(source.tokens, source.tokenize)
-    sentence_data = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv") if source.format == "sentence-transformers" else EvaluationData()
+    sentence_data = (
+        EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv")
+        if source.format == "sentence-transformers"
+        else EvaluationData()
+    )
     lm = ids = None
     rows = []
     if text is not None:
         lm = CausalLM(source.path)
         ids = lm.tokens(text, 4096)
     if lm is not None and only is None:
-        rows.append({"model": model_name, "format": "source table (" + source.stored_dtype + ")", "bits_per_param": 8 * source.stored_nbytes / source.table_params,
-                     "perplexity": lm.perplexity(ids).perplexity, "tokens": len(ids)})
+        rows.append(
+            {
+                "model": model_name,
+                "format": "source table (" + source.stored_dtype + ")",
+                "bits_per_param": 8 * source.stored_nbytes / source.table_params,
+                "perplexity": lm.perplexity(ids).perplexity,
+                "tokens": len(ids),
+            }
+        )
     for label, steps in grid(corpus, source.dim).items():
         if only is not None and label not in only:
             continue
@@ -98,9 +111,14 @@ def measure(model_name: str, data: Path, corpus: Path, text: str | None, only: s
             rows.append({**row, "skipped": str(exc)})
             continue
         quality = evaluate_quality(source, table, sentence_data)
-        row.update(storage=table.describe(), bytes=table.nbytes, bits_per_param=table.bits_per_param,
-                   ratio_vs_fp32=4 * source.table_params / table.nbytes, relative_error=quality.table.relative_error,
-                   row_cosine_mean=quality.table.row_cosine_mean)
+        row.update(
+            storage=table.describe(),
+            bytes=table.nbytes,
+            bits_per_param=table.bits_per_param,
+            ratio_vs_fp32=4 * source.table_params / table.nbytes,
+            relative_error=quality.table.relative_error,
+            row_cosine_mean=quality.table.row_cosine_mean,
+        )
         if quality.sts is not None:
             row.update(sts=quality.sts.compressed, sts_original=quality.sts.original)
         if lm is not None:
@@ -124,18 +142,33 @@ def markdown(rows: list[dict]) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         quality = "STS-B dev Spearman" if any("sts" in r for r in mine) else "WikiText-2 ppl (4096 tokens)"
-        lines += [f"### {model}", "", f"| format | bits/param | smaller than fp32 | relative error | mean row cosine | {quality} |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {model}",
+            "",
+            f"| format | bits/param | smaller than fp32 | relative error | mean row cosine | {quality} |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in mine:
             if "skipped" in r:
                 lines.append(f"| {r['format']} | – | – | – | – | not applicable: {r['skipped']} |")
                 continue
-            score = f"{r['sts']:.2f} ({r['sts'] - r['sts_original']:+.2f})" if "sts" in r else f"{r['perplexity']:.2f}" if "perplexity" in r else "–"
+            score = (
+                f"{r['sts']:.2f} ({r['sts'] - r['sts_original']:+.2f})"
+                if "sts" in r
+                else f"{r['perplexity']:.2f}"
+                if "perplexity" in r
+                else "–"
+            )
             if "relative_error" not in r:
                 lines.append(f"| {r['format']} | {r['bits_per_param']:.2f} | – | 0 | 1 | {score} |")
                 continue
-            lines.append(f"| {r['format']} | {r['bits_per_param']:.2f} | {r['ratio_vs_fp32']:.1f}x | {r['relative_error']:.4f} | {r['row_cosine_mean']:.4f} | {score} |")
+            lines.append(
+                f"| {r['format']} | {r['bits_per_param']:.2f} | {r['ratio_vs_fp32']:.1f}x | {r['relative_error']:.4f} | {r['row_cosine_mean']:.4f} | {score} |"
+            )
         if any("sts_original" in r for r in mine):
-            lines.append(f"\nOriginal model: STS-B dev Spearman {next(r['sts_original'] for r in mine if 'sts_original' in r):.2f}.")
+            lines.append(
+                f"\nOriginal model: STS-B dev Spearman {next(r['sts_original'] for r in mine if 'sts_original' in r):.2f}."
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -144,7 +177,8 @@ def frontier(points: list[tuple[float, float]], higher_is_better: bool) -> set[i
     """Indices of the points no other point beats on both size and quality."""
     sign = 1 if higher_is_better else -1
     return {
-        i for i, (bits, quality) in enumerate(points)
+        i
+        for i, (bits, quality) in enumerate(points)
         if not any(b <= bits and sign * q >= sign * quality and (b, q) != (bits, quality) for b, q in points)
     }
 
@@ -154,7 +188,10 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("minilm", "sts", "MiniLM: STS-B dev Spearman x100", True), ("smollm2-135m", "perplexity", "SmolLM2-135M: WikiText-2 perplexity (log)", False)]
+    panels = [
+        ("minilm", "sts", "MiniLM: STS-B dev Spearman x100", True),
+        ("smollm2-135m", "perplexity", "SmolLM2-135M: WikiText-2 perplexity (log)", False),
+    ]
     figure = Figure(figsize=(15, 6), layout="constrained")
     for axis, (model, key, title, higher) in zip(figure.subplots(1, 2), panels):
         mine = [r for r in rows if r["model"] == model and key in r and "relative_error" in r]
@@ -184,7 +221,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("-o", "--out", type=Path, default=Path("rate-distortion"), help="output path without suffix")
     parser.add_argument("--models", default="minilm,smollm2-135m")
-    parser.add_argument("--from-json", action="store_true", help="re-render OUT.md and OUT.png from OUT.json without measuring")
+    parser.add_argument(
+        "--from-json", action="store_true", help="re-render OUT.md and OUT.png from OUT.json without measuring"
+    )
     parser.add_argument("--only", help="grid rows to measure (comma-separated labels), merged into OUT.json")
     args = parser.parse_args()
     if args.from_json:

@@ -33,8 +33,13 @@ RECIPES = {
 
 
 def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
-    rows, lines = [], ["| model | table | stored as | table bytes | share of params | share of bytes | head | 90/95/99% energy rank | anisotropy | hubness skew | low-norm rows | inspect time |",
-                       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows, lines = (
+        [],
+        [
+            "| model | table | stored as | table bytes | share of params | share of bytes | head | 90/95/99% energy rank | anisotropy | hubness skew | low-norm rows | inspect time |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ],
+    )
     for name in names:
         start = time.perf_counter()
         model = open_model(name)
@@ -50,17 +55,31 @@ def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
             f"{facts['table_share_of_params']:.1%} | {facts['table_share_of_bytes']:.1%} | {head} | {ranks} | "
             f"{analysis.anisotropy.mean_pair_cosine:.3f} | {analysis.hubness.skewness:.2f} | {analysis.norms.outlier_low_count} | {seconds:.1f} s |"
         )
-        rows.append({"model": facts, "analysis": {"energy_rank": analysis.spectrum.energy_rank, "anisotropy": asdict(analysis.anisotropy),
-                                                  "hubness_skew": analysis.hubness.skewness, "low_norm_rows": analysis.norms.outlier_low_count},
-                     "seconds": seconds})
+        rows.append(
+            {
+                "model": facts,
+                "analysis": {
+                    "energy_rank": analysis.spectrum.energy_rank,
+                    "anisotropy": asdict(analysis.anisotropy),
+                    "hubness_skew": analysis.hubness.skewness,
+                    "low_norm_rows": analysis.norms.outlier_low_count,
+                },
+                "seconds": seconds,
+            }
+        )
     return rows, lines
 
 
 def compress_rows(data: Path) -> tuple[list[dict], list[str]]:
     evaluation = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv", beir=data / "cranfield_beir")
     source = open_model("minilm")
-    rows, lines = [], ["| recipe | storage | table bytes | smaller | bits/param | row cosine (mean / p1) | top-10 NN overlap | STS-B dev Spearman | Cranfield nDCG@10 | recall@10 | sentence cosine (mean / p1) |",
-                       "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows, lines = (
+        [],
+        [
+            "| recipe | storage | table bytes | smaller | bits/param | row cosine (mean / p1) | top-10 NN overlap | STS-B dev Spearman | Cranfield nDCG@10 | recall@10 | sentence cosine (mean / p1) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ],
+    )
     with tempfile.TemporaryDirectory() as scratch:
         for name, recipe in RECIPES.items():
             result = compress(source, parse_recipe({"name": name, **recipe}), Path(scratch) / name, data=evaluation)
@@ -87,7 +106,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     inspected, inspect_lines = inspect_rows(["minilm", "smollm2-135m", "gemma3-270m"], args.out)
     compressed, compress_lines = compress_rows(args.data)
-    (args.out / "numbers.md").write_text("\n".join(["## inspect", "", *inspect_lines, "", "## compress minilm", "", *compress_lines]) + "\n")
+    (args.out / "numbers.md").write_text(
+        "\n".join(["## inspect", "", *inspect_lines, "", "## compress minilm", "", *compress_lines]) + "\n"
+    )
     (args.out / "numbers.json").write_text(json.dumps({"inspect": inspected, "compress": compressed}, indent=2) + "\n")
     print((args.out / "numbers.md").read_text())
 

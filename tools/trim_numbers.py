@@ -40,28 +40,56 @@ def gemma_recipes(corpus: Path) -> list:
     compact = {"scripts": ["ascii", {"latin": 100000}], "characters": True, "corpus": [str(corpus)]}
     q5_0 = {"quantize": {"format": "Q5_0"}}
     return [
-        parse_recipe({"name": "trim-corpus", "steps": [{"trim_vocab": corpus_only}], "export": {"format": "gguf", "type": "Q8_0"}}),
-        parse_recipe({"name": "trim-english", "steps": [{"trim_vocab": english}], "export": {"format": "gguf", "type": "Q8_0"}}),
-        parse_recipe({"name": "trim-english-q5_0", "steps": [{"trim_vocab": english}, q5_0], "export": {"format": "gguf"}}),
-        parse_recipe({"name": "trim-english-compact-q5_0", "steps": [{"trim_vocab": compact}, q5_0], "export": {"format": "gguf"}}),
+        parse_recipe(
+            {
+                "name": "trim-corpus",
+                "steps": [{"trim_vocab": corpus_only}],
+                "export": {"format": "gguf", "type": "Q8_0"},
+            }
+        ),
+        parse_recipe(
+            {"name": "trim-english", "steps": [{"trim_vocab": english}], "export": {"format": "gguf", "type": "Q8_0"}}
+        ),
+        parse_recipe(
+            {"name": "trim-english-q5_0", "steps": [{"trim_vocab": english}, q5_0], "export": {"format": "gguf"}}
+        ),
+        parse_recipe(
+            {
+                "name": "trim-english-compact-q5_0",
+                "steps": [{"trim_vocab": compact}, q5_0],
+                "export": {"format": "gguf"},
+            }
+        ),
         load_recipe("peer-llama-q5_0"),
     ]
 
 
 def other_script_lines(text: str) -> str:
     """Lines with a letter outside ASCII and Latin (CJK, Cyrillic, Greek, ...)."""
-    return "\n".join(line for line in text.splitlines() if any(char_script(c) not in ("ascii", "common", "latin") for c in line)) + "\n"
+    return (
+        "\n".join(
+            line for line in text.splitlines() if any(char_script(c) not in ("ascii", "common", "latin") for c in line)
+        )
+        + "\n"
+    )
 
 
 def row(out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     ppl, export = report["quality"].get("perplexity", {}), report.get("export", {}).get("export", {})
     return {
-        "output": out.name, "storage": report["table"]["storage"], "vocabulary": report["table"].get("vocabulary"),
-        "file_bytes": export.get("file_bytes"), "source_bytes": export.get("source_bytes"),
-        "perplexity": ppl.get("compressed"), "source_perplexity": ppl.get("original"), "bits_per_byte": ppl.get("bits_per_byte"),
-        "tokens_scored": ppl.get("tokens_scored"), "table_bytes": report["table"]["bytes"],
-        "sts": report["quality"].get("sts"), "retrieval": report["quality"].get("retrieval"),
+        "output": out.name,
+        "storage": report["table"]["storage"],
+        "vocabulary": report["table"].get("vocabulary"),
+        "file_bytes": export.get("file_bytes"),
+        "source_bytes": export.get("source_bytes"),
+        "perplexity": ppl.get("compressed"),
+        "source_perplexity": ppl.get("original"),
+        "bits_per_byte": ppl.get("bits_per_byte"),
+        "tokens_scored": ppl.get("tokens_scored"),
+        "table_bytes": report["table"]["bytes"],
+        "sts": report["quality"].get("sts"),
+        "retrieval": report["quality"].get("retrieval"),
     }
 
 
@@ -73,7 +101,8 @@ def markdown(results: dict) -> str:
         bits = first["bits_per_byte"]["original"]
         lines += [
             f"Gemma 3 270M, shipped GGUF {first['source_bytes'] / 1e6:.1f} MB: perplexity {first['source_perplexity']:.3f}, "
-            f"{bits:.4f} bits per byte on the first {first['tokens_scored']} tokens of WikiText-2's first half.", "",
+            f"{bits:.4f} bits per byte on the first {first['tokens_scored']} tokens of WikiText-2's first half.",
+            "",
             "| output | rows | GGUF | vs shipped | bits per byte | perplexity per source token | vs shipped | held-out lines tokenised differently |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -87,23 +116,38 @@ def markdown(results: dict) -> str:
             )
     others = results.get("gemma3-270m-other-scripts")
     if others:
-        lines += ["", f"Other scripts: the {others[0]['lines']} lines of the first half with CJK, Cyrillic, Greek, ... letters.", "",
-                  "| file | tokens | bits per byte | vs shipped |", "|---|---|---|---|"]
-        lines += [f"| {'shipped' if i == 0 else Path(o['file']).parent.name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |"
-                  for i, o in enumerate(others)]
+        lines += [
+            "",
+            f"Other scripts: the {others[0]['lines']} lines of the first half with CJK, Cyrillic, Greek, ... letters.",
+            "",
+            "| file | tokens | bits per byte | vs shipped |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {'shipped' if i == 0 else Path(o['file']).parent.name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |"
+            for i, o in enumerate(others)
+        ]
     minilm = results.get("minilm")
     if minilm:
-        lines += ["", "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) | held-out documents tokenised differently |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) | held-out documents tokenised differently |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in minilm:
             sts, ret, vocab = row["sts"], row["retrieval"], row["vocabulary"]
-            lines.append(f"| {row['output']} | {vocab['rows']:,} of {vocab['source_rows']:,} | {row['table_bytes'] / 1e6:.2f} MB | {sts['compressed']:.2f} ({sts['original']:.2f}) "
-                         f"| {ret['compressed']['ndcg_at_10']:.4f} ({ret['original']['ndcg_at_10']:.4f}) | {vocab['holdout']['lines_changed']:.1%} |")
+            lines.append(
+                f"| {row['output']} | {vocab['rows']:,} of {vocab['source_rows']:,} | {row['table_bytes'] / 1e6:.2f} MB | {sts['compressed']:.2f} ({sts['original']:.2f}) "
+                f"| {ret['compressed']['ndcg_at_10']:.4f} ({ret['original']['ndcg_at_10']:.4f}) | {vocab['holdout']['lines_changed']:.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="the shared data folder (wikitext2/, stsb/, cranfield_beir/)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="the shared data folder (wikitext2/, stsb/, cranfield_beir/)"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="folder for the comparisons and trim.json")
     parser.add_argument("--work", type=Path, help="folder for the output folders and their exports (hundreds of MB)")
     parser.add_argument("--max-tokens", type=int, default=4096)
@@ -131,18 +175,37 @@ def main() -> None:
             others = Path(folder) / "other-scripts.txt"
             others.write_text(other_script_lines(text[:middle]), encoding="utf-8")
             source = Path(json.loads((result.outs[0] / "manifest.json").read_text())["source"]["path"])
-            trims = [out / "model.gguf" for out in result.outs if out.name in ("trim-english", "trim-english-compact-q5_0")]
+            trims = [
+                out / "model.gguf" for out in result.outs if out.name in ("trim-english", "trim-english-compact-q5_0")
+            ]
             runs = measure_ggufs([source, *trims], others.read_text(encoding="utf-8"), args.max_tokens)
             results["gemma3-270m-other-scripts"] = [
-                {"file": run.path, "tokens_scored": run.perplexity.tokens_scored, "bytes_scored": run.perplexity.bytes_scored,
-                 "bits_per_byte": run.perplexity.bits_per_byte, "lines": others.read_text(encoding="utf-8").count("\n")}
+                {
+                    "file": run.path,
+                    "tokens_scored": run.perplexity.tokens_scored,
+                    "bytes_scored": run.perplexity.bytes_scored,
+                    "bits_per_byte": run.perplexity.bits_per_byte,
+                    "lines": others.read_text(encoding="utf-8").count("\n"),
+                }
                 for run in runs
             ]
         if "minilm" not in args.skip:
             beir, sts = args.data / "cranfield_beir", args.data / "stsb" / "stsb_en_dev.tsv"
-            recipes = [parse_recipe({"name": "trim-cranfield", "steps": [{"trim_vocab": {"corpus": [str(beir)]}}]}),
-                       parse_recipe({"name": "trim-cranfield-int4", "steps": [{"trim_vocab": {"corpus": [str(beir)]}}, {"quantize": {"format": "int4", "block_size": 32}}]})]
-            result = sweep("minilm", recipes, [], args.work / "minilm", data=EvaluationData(sts=sts, beir=beir), force=True)
+            recipes = [
+                parse_recipe({"name": "trim-cranfield", "steps": [{"trim_vocab": {"corpus": [str(beir)]}}]}),
+                parse_recipe(
+                    {
+                        "name": "trim-cranfield-int4",
+                        "steps": [
+                            {"trim_vocab": {"corpus": [str(beir)]}},
+                            {"quantize": {"format": "int4", "block_size": 32}},
+                        ],
+                    }
+                ),
+            ]
+            result = sweep(
+                "minilm", recipes, [], args.work / "minilm", data=EvaluationData(sts=sts, beir=beir), force=True
+            )
             (args.out / "compare-minilm.md").write_text(to_markdown(result.comparison))
             results["minilm"] = [row(out) for out in result.outs]
     (args.out / "trim.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -83,8 +83,15 @@ def _marked(path: Path) -> bool:
 
 
 def make_bundle(
-    model: Path, device: DeviceProfile, out: Path, *, prompt_tokens: int = 64, generate: int = 32, runs: int = 3,
-    ndk: Path | None = None, force: bool = False,
+    model: Path,
+    device: DeviceProfile,
+    out: Path,
+    *,
+    prompt_tokens: int = 64,
+    generate: int = 32,
+    runs: int = 3,
+    ndk: Path | None = None,
+    force: bool = False,
 ) -> dict:
     """Write `out` (.tar.gz): `model`, llama-bench for `device` and run.sh, in one folder."""
     model, out = Path(model), Path(out)
@@ -96,8 +103,13 @@ def make_bundle(
         # the device runs it; qemu is not needed here
         build = cross_build(device, Path(scratch) / "bin", ndk=ndk, smoke=False)
         script = RUN_SH.format(
-            target=device.name, model=model.name, schema=SCHEMA, qemu_cpu=device.qemu_cpu,
-            prompt=prompt_tokens, generate=generate, runs=runs,
+            target=device.name,
+            model=model.name,
+            schema=SCHEMA,
+            qemu_cpu=device.qemu_cpu,
+            prompt=prompt_tokens,
+            generate=generate,
+            runs=runs,
         )
         with staged(out, force) as staging, tarfile.open(staging, "w:gz") as bundle:
             bundle.add(model, f"{folder}/{model.name}")
@@ -106,7 +118,11 @@ def make_bundle(
             entry.size, entry.mode = len(script.encode()), 0o755
             bundle.addfile(entry, io.BytesIO(script.encode()))
     return {
-        "bundle": str(out), "folder": folder, "target": device.name, "model": model.name, "bytes": out.stat().st_size,
+        "bundle": str(out),
+        "folder": folder,
+        "target": device.name,
+        "model": model.name,
+        "bytes": out.stat().st_size,
         "llama_bench": {"arm_arch": build.arm_arch, "toolchain": build.toolchain, "llama_cpp": build.llama_cpp},
         "notes": build.notes,
     }

@@ -59,8 +59,17 @@ class CrossBuild:
     smoke: SmokeTest | None
 
 
-def cross_build(device: DeviceProfile, out: Path, *, ndk: Path | None = None, api: int = 28, smoke: bool = True,
-                smoke_model: Path | None = None, try_cpu: str | None = None, force: bool = False) -> CrossBuild:
+def cross_build(
+    device: DeviceProfile,
+    out: Path,
+    *,
+    ndk: Path | None = None,
+    api: int = 28,
+    smoke: bool = True,
+    smoke_model: Path | None = None,
+    try_cpu: str | None = None,
+    force: bool = False,
+) -> CrossBuild:
     """Build (or take from the cache) llama-bench and llama-completion for `device`, copy them into
     `out` with BUILD.json, and (with `smoke`) try them under qemu as the device's CPU (or `try_cpu`)."""
     out = Path(out)
@@ -158,10 +167,22 @@ def _source(version: str) -> Path:
     archive = folder / f"llama_cpp_python-{version}.tar.gz"
     if not archive.is_file():
         failure = f"cannot download the llama-cpp-python {version} sdist for its llama.cpp source"
-        run_program([
-            sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-            f"llama-cpp-python=={version}", "-d", str(folder),
-        ], failure)
+        run_program(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                str(folder),
+            ],
+            failure,
+        )
         if not archive.is_file():
             raise EdgeembError(f"{failure}: pip wrote no {archive.name}")
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
@@ -173,12 +194,23 @@ def _source(version: str) -> Path:
 def _configure_and_build(source: Path, build: Path, arm_arch: str, flags: list[str]) -> None:
     cmake = require_program("cmake", "cmake (Debian: apt-get install cmake)")
     configure = [
-        cmake, "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *flags,
-        "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={arm_arch}", "-DGGML_OPENMP=OFF", "-DBUILD_SHARED_LIBS=OFF",
-        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+        cmake,
+        "-S",
+        str(source),
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=Release",
+        *flags,
+        "-DGGML_NATIVE=OFF",
+        f"-DGGML_CPU_ARM_ARCH={arm_arch}",
+        "-DGGML_OPENMP=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
         "-DLLAMA_BUILD_TOOLS=ON",
     ]
     build_step = [cmake, "--build", str(build), "--target", *BINARIES, "-j", str(len(os.sched_getaffinity(0)))]
     for step in (configure, build_step):
         run_program(step, f"llama.cpp build failed ({' '.join(step[:3])} ...)", lines=3)
-

@@ -51,23 +51,46 @@ GUEST_SCRIPT = Path(__file__).with_name("guest.py")
 DEBIAN = "http://deb.debian.org/debian"
 # Debian bookworm's Python 3.11 for arm64 and the libraries its interpreter and onnxruntime load.
 GUEST_PACKAGES = (
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libgcc-s1", "libstdc++6", "zlib1g",
-    "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libsqlite3-0", "libuuid1", "libcrypt1",
-    "libncursesw6", "libtinfo6", "libreadline8", "libzstd1",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libc6",
+    "libgcc-s1",
+    "libstdc++6",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "libssl3",
+    "libbz2-1.0",
+    "liblzma5",
+    "libsqlite3-0",
+    "libuuid1",
+    "libcrypt1",
+    "libncursesw6",
+    "libtinfo6",
+    "libreadline8",
+    "libzstd1",
 )
 GUEST_PYTHON = "usr/bin/python3.11"
 GUEST_ENV = {
-    "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
-    "ORT_DISABLE_TELEMETRY": "1", "LANG": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "ORT_DISABLE_TELEMETRY": "1",
+    "LANG": "C.UTF-8",
 }
 # /proc/cpuinfo's "CPU part" (MIDR) and features for the cores qemu models: what cpuinfo parsers
 # (onnxruntime's, llama-bench's report) read to name the core. Others get no part and v8.2's features.
 ARMV8_0 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
 ARMV8_2 = ARMV8_0 + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
 CPUS = {
-    "cortex-a35": (0xD04, ARMV8_0), "cortex-a53": (0xD03, ARMV8_0), "cortex-a57": (0xD07, ARMV8_0),
+    "cortex-a35": (0xD04, ARMV8_0),
+    "cortex-a53": (0xD03, ARMV8_0),
+    "cortex-a57": (0xD07, ARMV8_0),
     "cortex-a72": (0xD08, ARMV8_0),
-    "cortex-a55": (0xD05, ARMV8_2), "cortex-a76": (0xD0B, ARMV8_2), "neoverse-n1": (0xD0C, ARMV8_2),
+    "cortex-a55": (0xD05, ARMV8_2),
+    "cortex-a76": (0xD0B, ARMV8_2),
+    "neoverse-n1": (0xD0C, ARMV8_2),
     "cortex-a710": (0xD47, ARMV8_2),
 }
 
@@ -82,7 +105,12 @@ class Count:
 
 
 def count_instructions(
-    artifact: str | Path, device: DeviceProfile, *, ids: list | None = None, generate: int = 32, mmap: bool = True,
+    artifact: str | Path,
+    device: DeviceProfile,
+    *,
+    ids: list | None = None,
+    generate: int = 32,
+    mmap: bool = True,
 ) -> dict:
     """Count the instructions per sentence (ONNX; `ids`: the sentences as token ids) or per
     generated token (GGUF; `generate` tokens beyond the first 4, the file mapped unless `mmap` is
@@ -106,8 +134,22 @@ def count_instructions(
             if generate < 1:
                 raise EdgeembError(f"generate must be at least 1, got {generate}")
             binary, built_for = _llama_bench(device, Path(tmp))
-            program = [str(binary), "-m", str(artifact.resolve()), "-p", "0", "-r", "1", "-t", "1", "--no-warmup",
-                       "-lm", "mmap" if mmap else "none", "-o", "json"]
+            program = [
+                str(binary),
+                "-m",
+                str(artifact.resolve()),
+                "-p",
+                "0",
+                "-r",
+                "1",
+                "-t",
+                "1",
+                "--no-warmup",
+                "-lm",
+                "mmap" if mmap else "none",
+                "-o",
+                "json",
+            ]
             runs = [(4, [*program, "-n", "4"]), (4 + generate, [*program, "-n", str(4 + generate)])]
             unit, sysroot, stdin = "generated token", None, b""
         else:
@@ -119,14 +161,23 @@ def count_instructions(
     work = counts[1].threads[0] - counts[0].threads[0]
     others = [sum(count.threads[1:]) for count in counts]
     result = {
-        "schema": SCHEMA, "artifact": str(artifact), "backend": backend, "file_bytes": artifact.stat().st_size,
-        "host": {"machine": platform.machine(), "python": platform.python_version()}, "profile": device.name,
+        "schema": SCHEMA,
+        "artifact": str(artifact),
+        "backend": backend,
+        "file_bytes": artifact.stat().st_size,
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "profile": device.name,
         "fits": True,
         "emulated": {
-            "qemu": version, "cpu": device.qemu_cpu, "threads": 1,
+            "qemu": version,
+            "cpu": device.qemu_cpu,
+            "threads": 1,
             **({"arm_arch": built_for, "mmap": mmap} if built_for else {}),
         },
-        "unit": unit, "units": units, "instructions": work, "instructions_per_unit": work / units,
+        "unit": unit,
+        "units": units,
+        "instructions": work,
+        "instructions_per_unit": work / units,
         "short_run_instructions": counts[0].threads[0],
         "peak_rss_bytes": max(count.peak_rss_bytes for count in counts),
     }
@@ -146,10 +197,22 @@ def run_counted(argv: list[str], device: DeviceProfile, *, sysroot: Path | None 
         out = Path(tmp) / "count.json"
         guest_env = {**GUEST_ENV, **({"PYTHONPATH": str(sysroot / "site")} if sysroot else {})}
         inner = [
-            "env", "-i", *(f"{key}={value}" for key, value in guest_env.items()), f"LD_PRELOAD={clock}",
-            "setarch", platform.machine(), "-R",
-            qemu, "-U", "LD_PRELOAD", "-cpu", device.qemu_cpu, *(["-L", str(sysroot / "root")] if sysroot else []),
-            "-plugin", f"{plugin},out={out}", *argv,
+            "env",
+            "-i",
+            *(f"{key}={value}" for key, value in guest_env.items()),
+            f"LD_PRELOAD={clock}",
+            "setarch",
+            platform.machine(),
+            "-R",
+            qemu,
+            "-U",
+            "LD_PRELOAD",
+            "-cpu",
+            device.qemu_cpu,
+            *(["-L", str(sysroot / "root")] if sysroot else []),
+            "-plugin",
+            f"{plugin},out={out}",
+            *argv,
         ]
         script = (
             f"mount --bind {machine / 'cpuinfo'} /proc/cpuinfo && mount --bind {machine / 'sys'} /sys"
@@ -157,8 +220,13 @@ def run_counted(argv: list[str], device: DeviceProfile, *, sysroot: Path | None 
         )
         user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
         unshare = require_program("unshare", "util-linux")
-        done = subprocess.run([unshare, "--mount", "--propagation", "private", *user, "sh", "-c", script],
-                              input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        done = subprocess.run(
+            [unshare, "--mount", "--propagation", "private", *user, "sh", "-c", script],
+            input=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
         message = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
         if done.returncode or not out.is_file():
             if any("unshare" in line or "mount" in line for line in message[:3]):
@@ -191,12 +259,27 @@ def python_sysroot() -> Path:
         for deb in sorted(debs.glob("*.deb")):
             run_program(["dpkg-deb", "-x", str(deb), str(partial / "root")], f"cannot unpack {deb.name}")
         wheels = partial / "wheels"
-        run_program([
-            sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-            "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "--implementation", "cp",
-            "--no-deps", "-d", str(wheels),
-            *(f"{name}=={version}" for name, version in versions.items()),
-        ], "cannot download the aarch64 wheels")
+        run_program(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "--platform",
+                "manylinux_2_28_aarch64",
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "--no-deps",
+                "-d",
+                str(wheels),
+                *(f"{name}=={version}" for name, version in versions.items()),
+            ],
+            "cannot download the aarch64 wheels",
+        )
         for wheel in wheels.glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
                 archive.extractall(partial / "site")
@@ -205,11 +288,22 @@ def python_sysroot() -> Path:
         # Bytecode compiled once, by the guest itself: without it every run compiles (and, writing
         # .pyc files, changes what the next run does).
         qemu, _ = qemu_user()
-        run_program([
-            qemu, "-L", str(partial / "root"), str(partial / "root" / GUEST_PYTHON),
-            "-m", "compileall", "-q", "-j", "0",
-            str(partial / "root" / "usr" / "lib" / "python3.11"), str(partial / "site"),
-        ], "cannot compile the guest's Python files")
+        run_program(
+            [
+                qemu,
+                "-L",
+                str(partial / "root"),
+                str(partial / "root" / GUEST_PYTHON),
+                "-m",
+                "compileall",
+                "-q",
+                "-j",
+                "0",
+                str(partial / "root" / "usr" / "lib" / "python3.11"),
+                str(partial / "site"),
+            ],
+            "cannot compile the guest's Python files",
+        )
         partial.rename(folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -311,17 +405,31 @@ def _apt(args: list[str], *, arch: str | None = None, source: bool = False, cwd:
     (folder / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (folder / "parts").mkdir(exist_ok=True)
     (folder / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    (folder / "parts" / "debian.sources").write_text("\n".join(
-        f"Types: {'deb-src' if source else 'deb'}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
-        + (f"Architectures: {arch}\n" if arch else "") + "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-        for uri, suite in (
-            (DEBIAN, codename), (DEBIAN, f"{codename}-updates"), (f"{DEBIAN}-security", f"{codename}-security"),
+    (folder / "parts" / "debian.sources").write_text(
+        "\n".join(
+            f"Types: {'deb-src' if source else 'deb'}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
+            + (f"Architectures: {arch}\n" if arch else "")
+            + "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            for uri, suite in (
+                (DEBIAN, codename),
+                (DEBIAN, f"{codename}-updates"),
+                (f"{DEBIAN}-security", f"{codename}-security"),
+            )
         )
-    ))
+    )
     options = [
-        "-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={folder / 'parts'}",
-        "-o", f"Dir::State::Lists={folder / 'lists'}", "-o", "Dir::State::status=/dev/null",
-        "-o", f"Dir::Cache={folder / 'cache'}", "-o", "Debug::NoLocking=1",
+        "-o",
+        "Dir::Etc::SourceList=/dev/null",
+        "-o",
+        f"Dir::Etc::SourceParts={folder / 'parts'}",
+        "-o",
+        f"Dir::State::Lists={folder / 'lists'}",
+        "-o",
+        "Dir::State::status=/dev/null",
+        "-o",
+        f"Dir::Cache={folder / 'cache'}",
+        "-o",
+        "Debug::NoLocking=1",
         *(["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []),  # _apt cannot write the cache
         *(["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}"] if arch else []),
     ]

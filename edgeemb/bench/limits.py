@@ -63,15 +63,21 @@ class LimitedRun:
 
 
 def run_limited(
-    command: list[str], request: dict, *, cores: int | None = None, memory_mb: int | None = None,
-    memory_limit: MemoryLimit = "auto", cpu_quota: float | None = None, read_throttle: ReadThrottle | None = None,
+    command: list[str],
+    request: dict,
+    *,
+    cores: int | None = None,
+    memory_mb: int | None = None,
+    memory_limit: MemoryLimit = "auto",
+    cpu_quota: float | None = None,
+    read_throttle: ReadThrottle | None = None,
 ) -> LimitedRun:
     """Run the worker `command` on `request` (JSON on its stdin), pinned to `cores` CPUs, capped at
     `memory_mb`, given `cpu_quota` of each pinned core's time and its reads throttled (None: no
     such limit). The worker enters its limits itself (`enter_limits`), first thing: a parent that
     pinned and moved a forked child before exec (preexec_fn) could deadlock when it has threads."""
     available = sorted(os.sched_getaffinity(0))
-    cpus = available[: cores] if cores else available
+    cpus = available[:cores] if cores else available
     limits: dict = {"cores": {"asked": cores, "applied": len(cpus), "cpus": cpus, "how": "sched_setaffinity"}}
     if cores and cores > len(available):
         limits["cores"]["note"] = f"{cores} cores asked, this host has {len(available)}"
@@ -98,7 +104,9 @@ def run_limited(
     if read_throttle:
         how = cgroup.how("io") if cgroup and cgroup.io else "not applied: no blkio/io cgroup (needs root)"
         limits["reads"] = {
-            "device": read_throttle.device, "bytes_per_s": read_throttle.bytes_per_s, "iops": read_throttle.iops,
+            "device": read_throttle.device,
+            "bytes_per_s": read_throttle.bytes_per_s,
+            "iops": read_throttle.iops,
             "how": how,
         }
 
@@ -106,7 +114,11 @@ def run_limited(
     request = {**request, "limits": {"cpus": cpus, "cgroup_procs": procs}}
     try:
         child = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         watchdog = _Watchdog(child.pid, memory_mb) if watched else None
         stdout, stderr = child.communicate(json.dumps(request))
@@ -224,8 +236,13 @@ class _Cgroup:
         if cpu and (path := group._make("cpu", name)):
             group.cpu = group._write(path, [("cpu.cfs_period_us", str(cls._PERIOD_US)), ("cpu.cfs_quota_us", quota_us)])
         if reads and (path := group._make("blkio", name)):
-            group.io = group._write(path, [("blkio.throttle.read_bps_device", f"{reads.device} {reads.bytes_per_s}"),
-                                           ("blkio.throttle.read_iops_device", f"{reads.device} {reads.iops}")])
+            group.io = group._write(
+                path,
+                [
+                    ("blkio.throttle.read_bps_device", f"{reads.device} {reads.bytes_per_s}"),
+                    ("blkio.throttle.read_iops_device", f"{reads.device} {reads.iops}"),
+                ],
+            )
         if not group.paths:
             return None
         return group

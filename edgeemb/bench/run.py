@@ -98,20 +98,33 @@ def bench(
         return BenchResult.model_validate(counted)
     ids = _token_ids(artifact, backend, list(texts or DEFAULT_TEXTS), tokenizer, prompt_tokens)
     request = {
-        "artifact": str(artifact), "backend": backend, "runs": runs, "ids": ids,
-        "generate": generate, "batch": batch, "mmap": mmap,
+        "artifact": str(artifact),
+        "backend": backend,
+        "runs": runs,
+        "ids": ids,
+        "generate": generate,
+        "batch": batch,
+        "mmap": mmap,
     }
     cap = memory_mb or (profile.memory_cap_mb if profile else None)
     evict_page_cache(artifact)
     run = run_limited(
-        [sys.executable, "-m", "edgeemb.bench.worker"], request,
-        cores=profile.cores if profile else None, memory_mb=cap, memory_limit=memory_limit,
-        cpu_quota=cpu_quota, read_throttle=_flash_throttle(artifact, profile) if flash else None,
+        [sys.executable, "-m", "edgeemb.bench.worker"],
+        request,
+        cores=profile.cores if profile else None,
+        memory_mb=cap,
+        memory_limit=memory_limit,
+        cpu_quota=cpu_quota,
+        read_throttle=_flash_throttle(artifact, profile) if flash else None,
     )
     result = {
-        "schema": SCHEMA, "artifact": str(artifact), "backend": backend,
-        "file_bytes": _size(artifact), "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "profile": profile.name if profile else None, "limits": run.limits,
+        "schema": SCHEMA,
+        "artifact": str(artifact),
+        "backend": backend,
+        "file_bytes": _size(artifact),
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "profile": profile.name if profile else None,
+        "limits": run.limits,
     }
     if run.out_of_memory:
         killer = run.limits["memory"]["how"]
@@ -138,7 +151,9 @@ def compare_runs(baseline: BenchResult, result: BenchResult) -> dict[str, float]
         return {}
     if counted == 2:
         pairs = (
-            ("file_bytes", "file_bytes"), ("instructions", "instructions_per_unit"), ("peak_rss", "peak_rss_bytes"),
+            ("file_bytes", "file_bytes"),
+            ("instructions", "instructions_per_unit"),
+            ("peak_rss", "peak_rss_bytes"),
         )
         return {key: getattr(result, name) / getattr(baseline, name) for key, name in pairs}
     before, after = baseline.latency_ms, result.latency_ms

@@ -27,8 +27,10 @@ from edgeemb.proc import memory_status
 def _latency(seconds: list[float]) -> dict:
     ms = 1000 * np.asarray(seconds)
     return {
-        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-        "mean": float(ms.mean()), "count": len(ms),
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "mean": float(ms.mean()),
+        "count": len(ms),
     }
 
 
@@ -51,8 +53,11 @@ def _onnx(request: dict) -> dict:
             times.append(time.perf_counter() - start)
     latency = _latency(times)
     return {
-        "load_s": load, "unit": "sentence", "latency_ms": latency,
-        "throughput": {"value": len(times) / sum(times), "unit": "sentences/s"}, "threads": threads,
+        "load_s": load,
+        "unit": "sentence",
+        "latency_ms": latency,
+        "throughput": {"value": len(times) / sum(times), "unit": "sentences/s"},
+        "threads": threads,
     }
 
 
@@ -84,8 +89,11 @@ def _gguf(request: dict) -> dict:
         decoder.close()
     latency = _latency(token_times)
     return {
-        "load_s": load, "unit": "generated token", "latency_ms": latency,
-        "prompt_ms_per_token": 1000 * float(np.median(prompt_times)), "prompt_tokens": len(prompt),
+        "load_s": load,
+        "unit": "generated token",
+        "latency_ms": latency,
+        "prompt_ms_per_token": 1000 * float(np.median(prompt_times)),
+        "prompt_tokens": len(prompt),
         "throughput": {"value": len(token_times) / sum(token_times), "unit": "tokens/s"},
         "threads": len(os.sched_getaffinity(0)),
         "mmap": request["mmap"],
@@ -110,8 +118,11 @@ def _table(request: dict) -> dict:
         times.append(time.perf_counter() - start)
     latency = _latency(times)
     return {
-        "load_s": load, "unit": f"lookup of {batch} rows", "latency_ms": latency,
-        "throughput": {"value": batch * len(times) / sum(times), "unit": "rows/s"}, "threads": 1,
+        "load_s": load,
+        "unit": f"lookup of {batch} rows",
+        "latency_ms": latency,
+        "throughput": {"value": batch * len(times) / sum(times), "unit": "rows/s"},
+        "threads": 1,
     }
 
 
@@ -125,9 +136,11 @@ def main() -> None:
     result = MEASURE[request["backend"]](request)
     memory = memory_status()
     result.update(
-        peak_rss_bytes=memory["VmHWM"], interpreter_rss_bytes=rss_before,
+        peak_rss_bytes=memory["VmHWM"],
+        interpreter_rss_bytes=rss_before,
         # after the run: pages of mapped files (an mmapped model) and anonymous memory (buffers, caches)
-        rss_file_bytes=memory["RssFile"], rss_anon_bytes=memory["RssAnon"],
+        rss_file_bytes=memory["RssFile"],
+        rss_anon_bytes=memory["RssAnon"],
         # pages read from storage: a memory cap smaller than a mapped model makes them climb
         major_faults=resource.getrusage(resource.RUSAGE_SELF).ru_majflt,
     )

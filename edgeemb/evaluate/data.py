@@ -75,9 +75,7 @@ def read_sts(path: str | Path) -> StsData:
     scores: list[float] = []
     for line, fields in rows:
         if len(fields) < width:
-            raise EdgeembError(
-                f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}"
-            )
+            raise EdgeembError(f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}")
         try:
             score = float(fields[iscore])
         except ValueError:

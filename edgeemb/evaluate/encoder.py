@@ -43,7 +43,10 @@ class SentenceEncoder:
         self.original = memoize(self.encoder(None, "encode (original)"))
 
     def encoder(
-        self, weight: np.ndarray | None = None, label: str = "encode", tokenizer_json: str | None = None,
+        self,
+        weight: np.ndarray | None = None,
+        label: str = "encode",
+        tokenizer_json: str | None = None,
     ) -> Encode:
         """An encode function using `weight` as the input table (None: the original table) and,
         for a trimmed vocabulary, the tokenizer.json rewritten for it."""
@@ -62,7 +65,10 @@ class SentenceEncoder:
             starts = range(0, len(texts), _BATCH)
             batches = [
                 self._model.encode(
-                    texts[s : s + _BATCH], batch_size=_BATCH, convert_to_numpy=True, show_progress_bar=False,
+                    texts[s : s + _BATCH],
+                    batch_size=_BATCH,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
                 )
                 for s in track(starts, label, len(starts))
             ]
@@ -91,7 +97,10 @@ def memoize(encode: Encode) -> Encode:
 
 
 def static_encoder(
-    table, tokenize: Callable[[str], list[int]], unk_id: int | None = None, max_tokens: int = 512,
+    table,
+    tokenize: Callable[[str], list[int]],
+    unk_id: int | None = None,
+    max_tokens: int = 512,
 ) -> Encode:
     """A static model's encoder (model2vec's): the normalised mean of the rows of a text's tokens,
     special tokens and `unk_id` left out, at most `max_tokens` of them."""

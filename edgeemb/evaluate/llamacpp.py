@@ -72,8 +72,14 @@ def load_llama(path: Path, n_ctx: int, n_batch: int, **options):
     try:
         with silenced_output():  # llama.cpp logs context set-up from C even with verbose=False
             return llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                n_threads=threads, n_threads_batch=threads, verbose=False, **options,
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+                **options,
             )
     except (ValueError, RuntimeError) as exc:
         raise EdgeembError(f"{path}: llama.cpp cannot load this model ({exc})") from None
@@ -194,7 +200,11 @@ def greedy_agreement(a: LlamaRun, b: LlamaRun) -> int:
 
 
 def measure_gguf(
-    path: Path, text: Tokens | None, prompt: Tokens, generate: int = 32, window: int = 1024,
+    path: Path,
+    text: Tokens | None,
+    prompt: Tokens,
+    generate: int = 32,
+    window: int = 1024,
     options: dict | None = None,
 ) -> LlamaRun:
     """Load `path` in llama.cpp (with `Llama` `options`, e.g. use_mmap=False), continue `prompt`
@@ -217,14 +227,30 @@ def measure_gguf(
     greedy_text = llm.detokenize(greedy_ids).decode("utf-8", "replace")
     pieces = [llm.detokenize([i]).decode("utf-8", "replace") for i in greedy_ids]
     return LlamaRun(
-        str(path), path.stat().st_size, load_seconds, greedy_ids, greedy_text, pieces, decode_rate, prefill_rate,
-        memory.get("VmHWM", 0), ppl, memory.get("RssFile", 0), memory.get("RssAnon", 0), options,
+        str(path),
+        path.stat().st_size,
+        load_seconds,
+        greedy_ids,
+        greedy_text,
+        pieces,
+        decode_rate,
+        prefill_rate,
+        memory.get("VmHWM", 0),
+        ppl,
+        memory.get("RssFile", 0),
+        memory.get("RssAnon", 0),
+        options,
     )
 
 
 def measure_ggufs(
-    paths: list[Path], text: str | None, max_tokens: int = 8192, prompt: str = DEFAULT_PROMPT,
-    generate: int = 32, window: int = 1024, options: list[dict] | None = None,
+    paths: list[Path],
+    text: str | None,
+    max_tokens: int = 8192,
+    prompt: str = DEFAULT_PROMPT,
+    generate: int = 32,
+    window: int = 1024,
+    options: list[dict] | None = None,
 ) -> list[LlamaRun]:
     """Measure each file in its own process, one after the other, on the same token ids;
     `options[i]` are the `Llama` options of the i-th run (the same file may appear twice)."""

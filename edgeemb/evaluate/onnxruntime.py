@@ -31,7 +31,9 @@ _WARMUP = 3
 def sentence_model(model: str | Path | SourceModel) -> SourceModel:
     source = model if isinstance(model, SourceModel) else open_model(model)
     if source.format != "sentence-transformers":
-        raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export takes a sentence-transformers model")
+        raise EdgeembError(
+            f"{source.name} is a {source.format} model: the ONNX export takes a sentence-transformers model"
+        )
     return source
 
 
@@ -50,7 +52,9 @@ def sentence_transformer(path: Path):
         raise EdgeembError(f"{path}: cannot load as a sentence-transformers model ({exc})") from None
 
 
-def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1, tokenizer_json: str | None = None) -> Encode:
+def onnx_encoder(
+    path: str | Path, model: str | Path | SourceModel = "minilm", *, threads: int = 1, tokenizer_json: str | None = None
+) -> Encode:
     """Encode texts with an ONNX sentence model in onnxruntime, tokenised as the sentence-transformers
     model `model` tokenises them (or by `tokenizer_json`, a trimmed vocabulary's). A graph that
     outputs token states (an optimum export, say) is mean-pooled here; every output row is
@@ -62,7 +66,9 @@ def onnx_encoder(path: str | Path, model: str | Path | SourceModel = "minilm", *
     def encode(texts: list[str]) -> np.ndarray:
         ids = tokenize(texts)
         order = np.argsort([len(row) for row in ids], kind="stable")  # similar lengths share a batch: little padding
-        batches = [_run(session, [ids[i] for i in order[start : start + _BATCH]]) for start in range(0, len(ids), _BATCH)]
+        batches = [
+            _run(session, [ids[i] for i in order[start : start + _BATCH]]) for start in range(0, len(ids), _BATCH)
+        ]
         rows = np.concatenate(batches)
         out = np.empty_like(rows)
         out[order] = rows
@@ -107,7 +113,11 @@ def onnx_feed(session, ids: list[list[int]]) -> tuple[dict, np.ndarray]:
     """Padded inputs for every input the graph declares (token types are zeros), and the mask."""
     width = max(len(row) for row in ids)
     mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in ids], np.int64)
-    values = {"input_ids": np.array([row + [0] * (width - len(row)) for row in ids], np.int64), "attention_mask": mask, "token_type_ids": np.zeros_like(mask)}
+    values = {
+        "input_ids": np.array([row + [0] * (width - len(row)) for row in ids], np.int64),
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(mask),
+    }
     feed = {}
     for entry in session.get_inputs():
         if entry.name not in values:
@@ -129,7 +139,11 @@ def probe_in_child(paths: list[Path], ids: list[list[int]], threads: int, rounds
     """Run `_probe` in a fresh interpreter, so that its RSS holds onnxruntime and the sessions only."""
     request = json.dumps({"paths": [os.fspath(p) for p in paths], "ids": ids, "threads": threads, "rounds": rounds})
     done = subprocess.run(
-        [sys.executable, "-c", "from edgeemb.evaluate.onnxruntime import _probe; _probe()"], input=request, capture_output=True, text=True, check=False
+        [sys.executable, "-c", "from edgeemb.evaluate.onnxruntime import _probe; _probe()"],
+        input=request,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
@@ -157,4 +171,6 @@ def _probe() -> None:
             sessions[which].run(None, feeds[which][sentence])
             times[which].append(time.perf_counter() - start)
     peak = memory_status()["VmHWM"]
-    json.dump({"p50_ms": [1000 * float(np.median(t)) for t in times], "peak_rss": peak, "rss_before": rss_before}, sys.stdout)
+    json.dump(
+        {"p50_ms": [1000 * float(np.median(t)) for t in times], "peak_rss": peak, "rss_before": rss_before}, sys.stdout
+    )

@@ -82,7 +82,9 @@ def encode_ggml(weight: np.ndarray, tensor_type: str) -> np.ndarray:
     return QuantizedTable.quantize(weight, get_format(tensor_type)).data["blocks"]
 
 
-def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str | None = None, force: bool = False) -> GGUFExport:
+def export_gguf(
+    source: Path, table: EmbeddingTable, out: Path, tensor_type: str | None = None, force: bool = False
+) -> GGUFExport:
     """Write `out`: the GGUF `source` with its token embedding replaced by `table`."""
     source, out = Path(source), Path(out)
     check_target(out, force)
@@ -94,23 +96,44 @@ def export_gguf(source: Path, table: EmbeddingTable, out: Path, tensor_type: str
     rows = table.rows if isinstance(table, TrimmedTable) else table
     source_rows = int(table.facts.get("source_rows", embd.shape[0])) if keep is not None else table.shape[0]
     if (source_rows, table.shape[1]) != embd.shape:
-        raise EdgeembError(f"the table is {source_rows} x {table.shape[1]} but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}")
+        raise EdgeembError(
+            f"the table is {source_rows} x {table.shape[1]} but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}"
+        )
     type_name, blocks, rebuilt = ggml_bytes(rows, tensor_type)
     replacements = {TOKEN_EMBD: (type_name, blocks)}
     notes = []
     if rebuilt:
-        notes.append(f"llama.cpp has no {rows.describe()} embedding: the table was rebuilt at full width and quantised to {type_name}")
+        notes.append(
+            f"llama.cpp has no {rows.describe()} embedding: the table was rebuilt at full width and quantised to {type_name}"
+        )
     head = header.tensor(OUTPUT)
     if head is not None:
         weight = dequantize_tensor(source, head, f"dequantize {OUTPUT}")
         replacements[OUTPUT] = (type_name, encode_ggml(weight if keep is None else weight[keep], type_name))
         notes.append(f"the untied {OUTPUT} was quantised from the source to {type_name} as well")
     if keep is not None:
-        notes.append(f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: the tokenizer in the metadata and the tied output head follow")
-    rewrite_gguf(source, header, out, replacements, trimmed_vocab_metadata(header, keep) if keep is not None else None, force=force)
+        notes.append(
+            f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: the tokenizer in the metadata and the tied output head follow"
+        )
+    rewrite_gguf(
+        source,
+        header,
+        out,
+        replacements,
+        trimmed_vocab_metadata(header, keep) if keep is not None else None,
+        force=force,
+    )
     return GGUFExport(
-        str(out), str(source), type_name, rebuilt, sorted(replacements), header.file_size, out.stat().st_size,
-        embd.nbytes, blocks.nbytes, notes,
+        str(out),
+        str(source),
+        type_name,
+        rebuilt,
+        sorted(replacements),
+        header.file_size,
+        out.stat().st_size,
+        embd.nbytes,
+        blocks.nbytes,
+        notes,
     )
 
 

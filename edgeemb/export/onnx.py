@@ -27,7 +27,13 @@ import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.encoder import memoize, sentence_encoder
-from edgeemb.evaluate.onnxruntime import onnx_encoder, probe_in_child, sentence_model, sentence_tokenizer, sentence_transformer
+from edgeemb.evaluate.onnxruntime import (
+    onnx_encoder,
+    probe_in_child,
+    sentence_model,
+    sentence_tokenizer,
+    sentence_transformer,
+)
 from edgeemb.evaluate.sentence import embedding_drift
 from edgeemb.onnxgraph import OnnxGraph
 from edgeemb.outputs import MARK, check_target, register_mark, staged
@@ -127,11 +133,15 @@ def compress_onnx(
     try:  # onnx itself refuses external data that points outside the model's folder
         graph = onnx.load(os.fspath(source))
     except (DecodeError, ValueError, OSError, onnx.checker.ValidationError) as exc:
-        raise EdgeembError(f"{source}: not a readable ONNX file ({' '.join(str(exc).split()) or type(exc).__name__})") from None
+        raise EdgeembError(
+            f"{source}: not a readable ONNX file ({' '.join(str(exc).split()) or type(exc).__name__})"
+        ) from None
     return _finish(graph, table, out, quantize_rest, force, origin=str(source))
 
 
-def _finish(graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool, force: bool, origin: str = "the exported model") -> OnnxExport:
+def _finish(
+    graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool, force: bool, origin: str = "the exported model"
+) -> OnnxExport:
     if table is None:
         _write(graph, out, quantize_rest, [], force)
         return OnnxExport(out, out.stat().st_size, "original", 0, quantize_rest)
@@ -143,7 +153,9 @@ def _check_shape(table: EmbeddingTable, shape: tuple[int, ...], origin: str) -> 
     """The table replaces a word embedding of `shape` (a trimmed one, a subset of its rows)."""
     rows = int(table.facts.get("source_rows", 0)) if isinstance(table, TrimmedTable) else table.shape[0]
     if tuple(shape) != (rows, table.shape[1]):
-        raise EdgeembError(f"{origin}: the word embedding is {shape[0]} x {shape[1]}, the table {table.shape[0]} x {table.shape[1]}")
+        raise EdgeembError(
+            f"{origin}: the word embedding is {shape[0]} x {shape[1]}, the table {table.shape[0]} x {table.shape[1]}"
+        )
 
 
 def _torch_export(path: Path):
@@ -154,7 +166,9 @@ def _torch_export(path: Path):
     kinds = [type(module).__name__ for module in st]
     if kinds[:2] != ["Transformer", "Pooling"] or st[1].pooling_mode != "mean" or set(kinds[2:]) - {"Normalize"}:
         modes = f" ({st[1].pooling_mode} pooling)" if kinds[1:2] == ["Pooling"] else ""
-        raise EdgeembError(f"{path}: the ONNX export covers Transformer + mean Pooling (+ Normalize) models; this one is {' + '.join(kinds)}{modes}")
+        raise EdgeembError(
+            f"{path}: the ONNX export covers Transformer + mean Pooling (+ Normalize) models; this one is {' + '.join(kinds)}{modes}"
+        )
 
     class MeanPooled(torch.nn.Module):
         """What sentence-transformers computes: masked mean of the token states, L2-normalised."""
@@ -180,15 +194,28 @@ def _torch_export(path: Path):
     sequence = torch.export.Dim("sequence", max=longest) if longest else torch.export.Dim("sequence")
     with torch.no_grad(), quiet():
         program = torch.export.export(
-            MeanPooled(transformer).eval(), (ids, mask), dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}}
+            MeanPooled(transformer).eval(),
+            (ids, mask),
+            dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
         )
         exported = torch.onnx.export(
-            program, dynamo=True, input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"], opset_version=OPSET, verbose=False
+            program,
+            dynamo=True,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],
+            opset_version=OPSET,
+            verbose=False,
         )
     graph = exported.model_proto
     # The exporter annotates every node and value with stack traces and module paths: 0.6 MB of
     # MiniLM's file that no runtime reads.
-    for entry in [*graph.graph.node, *graph.graph.input, *graph.graph.output, *graph.graph.value_info, *graph.graph.initializer]:
+    for entry in [
+        *graph.graph.node,
+        *graph.graph.input,
+        *graph.graph.output,
+        *graph.graph.value_info,
+        *graph.graph.initializer,
+    ]:
         del entry.metadata_props[:]
     return graph
 
@@ -206,8 +233,13 @@ def _write(graph, out: Path, quantize_rest: bool, keep: list[str], force: bool) 
                 # Weights of MatMuls with a constant B only (the default for dynamic quantisation),
                 # per output channel; the embedding subgraph's own nodes are left alone.
                 quantize_dynamic(
-                    graph, staging, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True},
+                    graph,
+                    staging,
+                    op_types_to_quantize=["MatMul"],
+                    per_channel=True,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=keep,
+                    extra_options={"MatMulConstBOnly": True},
                 )
         else:
             onnx.save(graph, os.fspath(staging))
@@ -249,9 +281,13 @@ def _rewrite(model, table: EmbeddingTable, origin: str) -> list[str]:
     _check_shape(table, tuple(weight.dims), f"{origin}: {weight.name}")
     users = [node.name or node.op_type for node in graph.node if node is not gather and weight.name in node.input]
     if users or weight.name in {output.name for output in graph.output}:
-        raise EdgeembError(f"{origin}: the word embedding {weight.name} is also read by {', '.join(users) or 'a graph output'} (a tied head?); only an input embedding can be replaced")
+        raise EdgeembError(
+            f"{origin}: the word embedding {weight.name} is also read by {', '.join(users) or 'a graph output'} (a tied head?); only an input embedding can be replaced"
+        )
     if weight.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
-        raise EdgeembError(f"{origin}: the word embedding {weight.name} is {TensorProto.DataType.Name(weight.data_type)}; a float32 or float16 table is replaced")
+        raise EdgeembError(
+            f"{origin}: the word embedding {weight.name} is {TensorProto.DataType.Name(weight.data_type)}; a float32 or float16 table is replaced"
+        )
 
     builder = OnnxGraph(gather.input[1])
     rows = table.onnx_rows(builder, "table", builder.ids)
@@ -265,7 +301,9 @@ def _rewrite(model, table: EmbeddingTable, origin: str) -> list[str]:
         graph.node.insert(position + offset, node)
     graph.initializer.remove(weight)
     graph.initializer.extend(builder.initializers)
-    for entry in [entry for entry in graph.input if entry.name == weight.name]:  # initializers listed as inputs (old IRs)
+    for entry in [
+        entry for entry in graph.input if entry.name == weight.name
+    ]:  # initializers listed as inputs (old IRs)
         graph.input.remove(entry)
     if builder.uses_contrib and not any(entry.domain == "com.microsoft" for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -301,7 +339,9 @@ def _word_embedding(graph, origin: str):
         and from_input(node.input[1])
     ]
     if not found:
-        raise EdgeembError(f"{origin}: no Gather reads a 2-D initializer at ids from a graph input: no word embedding to compress")
+        raise EdgeembError(
+            f"{origin}: no Gather reads a 2-D initializer at ids from a graph input: no word embedding to compress"
+        )
     return max(found, key=lambda pair: pair[1].dims[0])
 
 

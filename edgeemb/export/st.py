@@ -62,7 +62,11 @@ def export_sentence_transformers(
 
     with staged(out, force) as staging:
         st.save(os.fspath(staging))
-        provenance = {VERSION_KEY: __version__, "source": {"name": source.name, "sha256": source.sha256}, "table": table.describe()}
+        provenance = {
+            VERSION_KEY: __version__,
+            "source": {"name": source.name, "sha256": source.sha256},
+            "table": table.describe(),
+        }
         (staging / FOLDER_MANIFESTS[1]).write_text(json.dumps(provenance, indent=2) + "\n")
     size = sum(file.stat().st_size for file in out.rglob("*") if file.is_file())
     return StExport(out, size, table.describe())

@@ -17,12 +17,15 @@ from edgeemb.results import OnnxCheck, OnnxExported, OnnxFile, relocated
 def write_and_verify(request: ExportRequest) -> OnnxExported:
     source, table, config = request.source, request.table, request.config
     if source.format != "sentence-transformers":
-        raise EdgeembError(f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding "
-                           "models (GGUF models export to GGUF)")
+        raise EdgeembError(
+            f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding "
+            "models (GGUF models export to GGUF)"
+        )
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
         if request.onnx_source is not None:
-            exported = onnx_export.compress_onnx(request.onnx_source, table, staging,
-                                                 quantize_rest=config.quantize_rest)
+            exported = onnx_export.compress_onnx(
+                request.onnx_source, table, staging, quantize_rest=config.quantize_rest
+            )
         else:
             exported = onnx_export.export_onnx(source, table, staging, quantize_rest=config.quantize_rest)
         texts = read_texts(request.text) if request.text else onnx_export.SAMPLE_TEXTS
@@ -37,8 +40,9 @@ def write_and_verify(request: ExportRequest) -> OnnxExported:
     paths = {"path": str(exported.path), "tokenizer": exported.tokenizer and str(exported.tokenizer)}
     result = OnnxExported(
         export=OnnxFile(**{**asdict(exported), **paths}, from_=request.onnx_source and str(request.onnx_source)),
-        verify=OnnxCheck(runtime="onnxruntime", **{**asdict(verified), "path": str(verified.path)},
-                         text=request.text_facts()),
+        verify=OnnxCheck(
+            runtime="onnxruntime", **{**asdict(verified), "path": str(verified.path)}, text=request.text_facts()
+        ),
     )
     return relocated(result, staging, request.file)
 

@@ -18,7 +18,16 @@ from edgeemb.formats.base import (
     reciprocal_or_zero,
 )
 
-__all__ = ["MAX_WIDTH", "Arrays", "QuantFormat", "format_from_spec", "get_format", "names", "onnx_formats", "reciprocal_or_zero"]
+__all__ = [
+    "MAX_WIDTH",
+    "Arrays",
+    "QuantFormat",
+    "format_from_spec",
+    "get_format",
+    "names",
+    "onnx_formats",
+    "reciprocal_or_zero",
+]
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("base", "kernels"):  # kernels: numba, loaded by the first lookup instead

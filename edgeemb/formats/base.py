@@ -105,7 +105,9 @@ class QuantFormat(ABC):
 
         self.check_width(weight.shape[1])
         starts = range(0, weight.shape[0], _CHUNK_ROWS)
-        parts = [self.quantize(weight[s : s + _CHUNK_ROWS]) for s in track(starts, f"quantize {self.name}", len(starts))]
+        parts = [
+            self.quantize(weight[s : s + _CHUNK_ROWS]) for s in track(starts, f"quantize {self.name}", len(starts))
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     @abstractmethod
@@ -134,7 +136,9 @@ class QuantFormat(ABC):
         expected = self.layout(rows, dim)
         for name in sorted(set(expected) | set(arrays)):
             if name not in arrays or name not in expected:
-                raise EdgeembError(f"{self.name}: array {name!r} is {'missing' if name not in arrays else 'not one of this format'}")
+                raise EdgeembError(
+                    f"{self.name}: array {name!r} is {'missing' if name not in arrays else 'not one of this format'}"
+                )
             shape, dtype = expected[name]
             if arrays[name].shape != shape or arrays[name].dtype != dtype:
                 got = f"{arrays[name].dtype} {arrays[name].shape}"

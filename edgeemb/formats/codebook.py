@@ -72,13 +72,19 @@ class PQ(_Codebook, name="pq", onnx="two Gathers"):
         rng = np.random.default_rng(self.seed)
         sample = _sample(rows, self.train_rows, self.centroids, rng)
         groups = _split(sample, self.subspaces)
-        codebooks = _kmeans(groups, self.centroids, self.iterations, rng, spherical=False, label=self.name).astype(np.float16)
+        codebooks = _kmeans(groups, self.centroids, self.iterations, rng, spherical=False, label=self.name).astype(
+            np.float16
+        )
         codes = np.empty((n, self.subspaces), dtype=np.uint8)
         centres = codebooks.astype(np.float32)
         starts = range(0, n, _ASSIGN_ROWS)
         for start in track(starts, "pq assign", len(starts)):
             chunk = rows[start : start + _ASSIGN_ROWS]
-            _nearest(chunk.reshape(len(chunk), self.subspaces, -1).transpose(1, 0, 2), centres, out=codes[start : start + _ASSIGN_ROWS].T)
+            _nearest(
+                chunk.reshape(len(chunk), self.subspaces, -1).transpose(1, 0, 2),
+                centres,
+                out=codes[start : start + _ASSIGN_ROWS].T,
+            )
         return {"codes": codes, "codebooks": codebooks}
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
@@ -90,7 +96,10 @@ class PQ(_Codebook, name="pq", onnx="two Gathers"):
         return np.take(codebooks.reshape(-1, width), flat, axis=0).reshape(len(codes), dim)
 
     def layout(self, rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        return {"codes": ((rows, self.subspaces), np.dtype(np.uint8)), "codebooks": ((self.subspaces, self.centroids, dim // self.subspaces), np.dtype(np.float16))}
+        return {
+            "codes": ((rows, self.subspaces), np.dtype(np.uint8)),
+            "codebooks": ((self.subspaces, self.centroids, dim // self.subspaces), np.dtype(np.float16)),
+        }
 
     def check_arrays(self, arrays: Arrays, dim: int) -> None:
         super().check_arrays(arrays, dim)
@@ -125,7 +134,9 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
 
     def check_width(self, dim: int) -> None:
         if not 2 <= self.clusters <= 65536:
-            raise EdgeembError(f"vocab_kmeans: clusters must be between 2 and 65536 (uint16 codes), got {self.clusters}")
+            raise EdgeembError(
+                f"vocab_kmeans: clusters must be between 2 and 65536 (uint16 codes), got {self.clusters}"
+            )
 
     def quantize(self, rows: np.ndarray) -> Arrays:
         """Learn the centroids from `rows` (the whole table) and encode every row."""
@@ -135,7 +146,9 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
             raise EdgeembError(f"vocab_kmeans: {self.clusters} clusters for a table of only {n} rows")
         rng = np.random.default_rng(self.seed)
         sample = unit_rows(_sample(rows, self.train_rows or 16 * self.clusters, self.clusters, rng))
-        centroids = _kmeans(sample[None], self.clusters, self.iterations, rng, spherical=True, label=self.name)[0].astype(np.float16)
+        centroids = _kmeans(sample[None], self.clusters, self.iterations, rng, spherical=True, label=self.name)[
+            0
+        ].astype(np.float16)
         centres = centroids.astype(np.float32)
         squared = np.einsum("ij,ij->i", centres, centres)
         codes = np.empty(n, dtype=np.uint8 if self.clusters <= 256 else np.uint16)
@@ -147,7 +160,9 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
             # The scale that minimises ||row - scale * centroid||: the row's projection on it.
             dots = np.einsum("ij,ij->i", chunk, centres[nearest])
             codes[start : start + _ASSIGN_ROWS] = nearest
-            scales[start : start + _ASSIGN_ROWS] = np.divide(dots, squared[nearest], out=np.zeros_like(dots), where=squared[nearest] > 0)
+            scales[start : start + _ASSIGN_ROWS] = np.divide(
+                dots, squared[nearest], out=np.zeros_like(dots), where=squared[nearest] > 0
+            )
         return {"codes": codes, "scales": scales, "centroids": centroids}
 
     def dequantize(self, arrays: Arrays, dim: int) -> np.ndarray:
@@ -157,7 +172,11 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
 
     def layout(self, rows: int, dim: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         codes = np.dtype(np.uint8 if self.clusters <= 256 else np.uint16)
-        return {"codes": ((rows,), codes), "scales": ((rows,), np.dtype(np.float16)), "centroids": ((self.clusters, dim), np.dtype(np.float16))}
+        return {
+            "codes": ((rows,), codes),
+            "scales": ((rows,), np.dtype(np.float16)),
+            "centroids": ((self.clusters, dim), np.dtype(np.float16)),
+        }
 
     def check_arrays(self, arrays: Arrays, dim: int) -> None:
         super().check_arrays(arrays, dim)
@@ -168,7 +187,10 @@ class VocabKMeans(_Codebook, name="vocab_kmeans", onnx="two Gathers, a Mul"):
 
     def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
         codes = graph.index(graph.gather(f"{path}.codes", data["codes"], ids))
-        centroids = graph.float32(graph.op("Gather", [graph.const(f"{path}.centroids", data["centroids"]), codes], axis=0), data["centroids"].dtype)
+        centroids = graph.float32(
+            graph.op("Gather", [graph.const(f"{path}.centroids", data["centroids"]), codes], axis=0),
+            data["centroids"].dtype,
+        )
         # Scales stored as (rows, 1) (the same bytes) so the gathered scale broadcasts over the row.
         scales = graph.gather(f"{path}.scales", data["scales"].reshape(-1, 1), ids)
         return graph.op("Mul", [centroids, graph.float32(scales, data["scales"].dtype)])
@@ -227,7 +249,9 @@ def _nearest(points: np.ndarray, centres: np.ndarray, out: np.ndarray | None = N
     return codes
 
 
-def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generator, *, spherical: bool, label: str) -> np.ndarray:
+def _kmeans(
+    points: np.ndarray, k: int, iterations: int, rng: np.random.Generator, *, spherical: bool, label: str
+) -> np.ndarray:
     """Batched k-means: (G, n, m) float32 points -> (G, k, m) centres, one independent k-means per
     group. `spherical`: points are unit rows and centres are renormalised means (cosine k-means)."""
     groups, n, m = points.shape
@@ -238,7 +262,8 @@ def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generato
         codes = _nearest(points, centres)
         # Per-centre sums in one sparse product: column j of the one-hot matrix marks point j's centre.
         one_hot = scipy.sparse.csc_array(
-            (np.ones(groups * n, np.float32), (codes + offsets).ravel(), np.arange(groups * n + 1)), shape=(groups * k, groups * n)
+            (np.ones(groups * n, np.float32), (codes + offsets).ravel(), np.arange(groups * n + 1)),
+            shape=(groups * k, groups * n),
         )
         sums = (one_hot @ flat).reshape(groups, k, m)
         counts = np.bincount((codes + offsets).ravel(), minlength=groups * k).reshape(groups, k)
@@ -246,7 +271,9 @@ def _kmeans(points: np.ndarray, k: int, iterations: int, rng: np.random.Generato
         old = centres
         # float32 counts: int64 ones would make the means, and so every later matmul, float64.
         means = sums / np.maximum(counts, 1).astype(np.float32)[..., None]
-        centres = np.where(filled[..., None], unit_rows(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres)
+        centres = np.where(
+            filled[..., None], unit_rows(means.reshape(-1, m)).reshape(means.shape) if spherical else means, centres
+        )
         # An empty centre is reseeded on the points its group represents worst (largest error).
         for group in np.flatnonzero(~filled.all(axis=1)):
             empty = np.flatnonzero(~filled[group])
@@ -263,7 +290,9 @@ def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     groups, size, m = pool.shape
     centres = np.empty((groups, k, m), dtype=np.float32)
     pool_sq = np.einsum("gpm,gpm->gp", pool, pool)
-    pool_t = np.ascontiguousarray(pool.transpose(0, 2, 1))  # distances come out (G, count, p): min over count is elementwise
+    pool_t = np.ascontiguousarray(
+        pool.transpose(0, 2, 1)
+    )  # distances come out (G, count, p): min over count is elementwise
     closest = np.full((groups, size), np.inf, dtype=np.float32)
     per_round = max(1, -(-k // _SEED_ROUNDS))
     for start in range(0, k, per_round):
@@ -276,7 +305,11 @@ def _seed(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
             exponential = rng.standard_exponential((groups, size), dtype=np.float32)
             keys = np.divide(exponential, closest, out=np.full((groups, size), np.inf, np.float32), where=closest > 0)
         # A pool smaller than k: once every point is chosen, the rest repeat (they stay empty).
-        picked = np.argpartition(keys, count - 1, axis=1)[:, :count] if count < size else np.argsort(keys, axis=1)[:, np.arange(count) % size]
+        picked = (
+            np.argpartition(keys, count - 1, axis=1)[:, :count]
+            if count < size
+            else np.argsort(keys, axis=1)[:, np.arange(count) % size]
+        )
         chosen = np.take_along_axis(pool, picked[..., None], axis=1)
         centres[:, start : start + count] = chosen
         distances = np.matmul(chosen, pool_t)

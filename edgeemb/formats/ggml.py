@@ -79,7 +79,9 @@ class GGMLFormat(QuantFormat):
         # 16.3 -> 11.3 s; every block is encoded on its own, so the bytes do not change).
         step = _TILE_VALUES // self._block
         with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
-            tiles = list(pool.map(self._encode, (blocks[start : start + step] for start in range(0, len(blocks), step))))
+            tiles = list(
+                pool.map(self._encode, (blocks[start : start + step] for start in range(0, len(blocks), step)))
+            )
         encoded = np.concatenate(tiles) if tiles else np.empty((0, self._block_bytes), np.uint8)
         return {"blocks": encoded.reshape(n, dim // self._block * self._block_bytes)}
 
@@ -235,7 +237,6 @@ class _KQuant(GGMLFormat):
 class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K, kernel="q6_k", fallback="Q8_0"):
     """ql (128 B: low 4 bits), qh (64 B: high 2 bits), 16 int8 sub-block scales, fp16 d."""
 
-
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         n = len(blocks)
         # Sub-blocks of 16 as columns: the per-sub-block scalars broadcast along contiguous rows.
@@ -279,7 +280,6 @@ class Q6_K(_KQuant, qtype=GGMLQuantizationType.Q6_K, kernel="q6_k", fallback="Q8
 class Q4_K(_KQuant, qtype=GGMLQuantizationType.Q4_K, kernel="q4_k", fallback="Q5_0"):
     """fp16 d, fp16 dmin, 8 six-bit scales and 8 six-bit mins in 12 bytes, 128 B of nibbles."""
 
-
     def _encode(self, blocks: np.ndarray) -> np.ndarray:
         n = len(blocks)
         x = np.ascontiguousarray(blocks.reshape(n * 8, 32).T)
@@ -308,7 +308,11 @@ class Q4_K(_KQuant, qtype=GGMLQuantizationType.Q4_K, kernel="q4_k", fallback="Q5
         # Scales 0-3 and mins 0-3 fill the low 6 bits of bytes 0-7; scales and mins 4-7 put their low
         # nibbles in bytes 8-11 and their top 2 bits in the spare top bits of bytes 0-7.
         packed = np.concatenate(
-            [ls[:, :4] | ((ls[:, 4:] >> 4) << 6), lm[:, :4] | ((lm[:, 4:] >> 4) << 6), (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4)],
+            [
+                ls[:, :4] | ((ls[:, 4:] >> 4) << 6),
+                lm[:, :4] | ((lm[:, 4:] >> 4) << 6),
+                (ls[:, 4:] & 0x0F) | ((lm[:, 4:] & 0x0F) << 4),
+            ],
             axis=1,
         )
         qs = codes[:, :, 0] | (codes[:, :, 1] << 4)  # 64 values per 32 bytes: value l low, l+32 high

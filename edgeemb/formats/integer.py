@@ -82,7 +82,9 @@ class _IntBlocks(QuantFormat, onnx="GatherBlockQuantized"):
         values = _decode(arrays["codes"], self.bits, 0 if self.zero_point else 1 << (self.bits - 1))
         values = values.reshape(n, count, -1)
         if self.zero_point:  # (code - zero) * scale, as onnxruntime's GatherBlockQuantized computes it
-            values -= _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[:, :count, None]
+            values -= _unpack(arrays["zero_points"], self.bits, arrays["zero_points"].shape[1] * 8 // self.bits)[
+                :, :count, None
+            ]
         values *= scales[..., None]
         return values.reshape(n, dim)
 
@@ -113,21 +115,34 @@ class _IntBlocks(QuantFormat, onnx="GatherBlockQuantized"):
             if self.zero_point:
                 inputs.append(graph.const(f"{path}.zero_points", data["zero_points"]))
             rows = graph.op(
-                "GatherBlockQuantized", inputs, domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=self.bits
+                "GatherBlockQuantized",
+                inputs,
+                domain="com.microsoft",
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=block,
+                bits=self.bits,
             )
             return graph.float32(rows, data["scales"].dtype)
         if self.bits != 8:
-            raise EdgeembError(f"ONNX export: {self.describe()}: GatherBlockQuantized needs blocks of a power of two of at least 16")
+            raise EdgeembError(
+                f"ONNX export: {self.describe()}: GatherBlockQuantized needs blocks of a power of two of at least 16"
+            )
         # int8 codes need no unpacking: gather them as (rows, blocks, block) and scale each block.
         n, blocks = data["scales"].shape
         codes = graph.gather(f"{path}.codes", data["codes"].reshape(n, blocks, -1), ids)
         scales = graph.gather(f"{path}.scales", data["scales"].reshape(n, blocks, 1), ids)
         if self.zero_point:
-            zeros = graph.float32(graph.gather(f"{path}.zero_points", data["zero_points"].reshape(n, blocks, 1), ids), np.uint8)
+            zeros = graph.float32(
+                graph.gather(f"{path}.zero_points", data["zero_points"].reshape(n, blocks, 1), ids), np.uint8
+            )
         else:
             zeros = graph.const(f"{path}.zero", np.array(128, np.float32))  # the implicit symmetric zero point
         values = graph.op("Sub", [graph.float32(codes, np.uint8), zeros])
-        return graph.op("Reshape", [graph.op("Mul", [values, graph.float32(scales, data["scales"].dtype)]), graph.rows_shape(ids, dim)])
+        return graph.op(
+            "Reshape",
+            [graph.op("Mul", [values, graph.float32(scales, data["scales"].dtype)]), graph.rows_shape(ids, dim)],
+        )
 
 
 class Int8(_IntBlocks, name="int8", bits=8):
@@ -173,7 +188,10 @@ class Int8Tensor(QuantFormat, name="int8-tensor", onnx="DequantizeLinear"):
     def onnx_rows(self, graph: OnnxGraph, data: Arrays, dim: int, path: str, ids: str) -> str:
         # As onnxruntime's dynamic quantisation writes it: gather the uint8 rows, then dequantise.
         codes = graph.gather(f"{path}.codes", data["codes"], ids)
-        scale, zero_point = graph.const(f"{path}.scale", data["scale"][0]), graph.const(f"{path}.zero_point", data["zero_point"][0])
+        scale, zero_point = (
+            graph.const(f"{path}.scale", data["scale"][0]),
+            graph.const(f"{path}.zero_point", data["zero_point"][0]),
+        )
         return graph.op("DequantizeLinear", [codes, scale, zero_point])
 
 

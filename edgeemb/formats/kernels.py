@@ -30,7 +30,15 @@ def _half(raw: np.ndarray, at: int, half: np.ndarray) -> np.float32:
 
 
 @numba.njit(inline="always")
-def _int_rows(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, zero: int, bits: int, out: np.ndarray) -> None:
+def _int_rows(
+    codes: np.ndarray,
+    ids: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray,
+    zero: int,
+    bits: int,
+    out: np.ndarray,
+) -> None:
     per_byte, mask = 8 // bits, (1 << bits) - 1
     blocks = scales.shape[1]
     block_bytes = out.shape[1] // blocks // per_byte
@@ -50,7 +58,9 @@ def _int_rows(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_point
 
 
 @_jit
-def int_blocks(codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int, out: np.ndarray) -> None:
+def int_blocks(
+    codes: np.ndarray, ids: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int, out: np.ndarray
+) -> None:
     """Integer block formats, codes packed low bits first: out[r, v] = (code - zero) * scale for
     row ids[r]. `scales` is float32 (len(ids), blocks), already gathered; `zero_points` the whole
     table's packed zero points, or an empty array for the implicit mid-range zero point. Each width
@@ -96,7 +106,12 @@ def q5_0(blocks: np.ndarray, ids: np.ndarray, half: np.ndarray, out: np.ndarray)
         for b in range(out.shape[1] // 32):
             at, base = b * 22, b * 32
             d = _half(raw, at, half)
-            high = np.int64(raw[at + 2]) | (np.int64(raw[at + 3]) << 8) | (np.int64(raw[at + 4]) << 16) | (np.int64(raw[at + 5]) << 24)
+            high = (
+                np.int64(raw[at + 2])
+                | (np.int64(raw[at + 3]) << 8)
+                | (np.int64(raw[at + 4]) << 16)
+                | (np.int64(raw[at + 5]) << 24)
+            )
             for j in range(16):
                 byte = np.int64(raw[at + 6 + j])
                 out[r, base + j] = np.float32(((byte & 15) | (((high >> j) & 1) << 4)) - 16) * d
@@ -173,4 +188,3 @@ def row_ids(ids: np.ndarray, rows: int) -> np.ndarray:
     if lowest < -rows or ids.max() >= rows:
         raise IndexError(f"token id out of range for a table of {rows} rows")
     return np.where(ids < 0, ids + rows, ids) if lowest < 0 else ids
-

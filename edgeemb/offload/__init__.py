@@ -46,8 +46,21 @@ from edgeemb.progress import track
 from edgeemb.results import Result
 
 __all__ = [
-    "INPUT_ONLY", "LAYOUTS", "FlashProfile", "Layout", "OffloadConfig", "OffloadReport", "OffloadedHead", "StoredRows",
-    "emulate_offload", "load_profile", "profile_names", "source_rows", "sweep_budgets", "table_rows", "write_store",
+    "INPUT_ONLY",
+    "LAYOUTS",
+    "FlashProfile",
+    "Layout",
+    "OffloadConfig",
+    "OffloadReport",
+    "OffloadedHead",
+    "StoredRows",
+    "emulate_offload",
+    "load_profile",
+    "profile_names",
+    "source_rows",
+    "sweep_budgets",
+    "table_rows",
+    "write_store",
 ]
 
 Mode = Literal["sim", "real"]
@@ -183,8 +196,14 @@ INPUT_ONLY = OffloadedHead(bytes=0, tied=False, note="the table is input-only: n
 
 
 def emulate_offload(
-    rows: StoredRows, layout: Layout, tokens: np.ndarray, config: OffloadConfig, *,
-    head: OffloadedHead = INPUT_ONLY, calibration: np.ndarray | None = None, store: Path | None = None,
+    rows: StoredRows,
+    layout: Layout,
+    tokens: np.ndarray,
+    config: OffloadConfig,
+    *,
+    head: OffloadedHead = INPUT_ONLY,
+    calibration: np.ndarray | None = None,
+    store: Path | None = None,
 ) -> OffloadReport:
     """Replay `tokens` (ids) against `rows` stored with `layout`, for each cache budget and each
     flash profile. `head` is the output head a tied table keeps in RAM whatever the cache;
@@ -198,8 +217,10 @@ def emulate_offload(
     budgets = config.cache_bytes or sweep_budgets(tokens, layout, rows.records.nbytes)
     too_big = [b for b in budgets if b > rows.records.nbytes]
     if too_big:
-        raise EdgeembError(f"a cache of {too_big[0]:,} bytes is larger than the table's rows "
-                           f"({rows.records.nbytes:,} bytes): keep the table resident instead")
+        raise EdgeembError(
+            f"a cache of {too_big[0]:,} bytes is larger than the table's rows "
+            f"({rows.records.nbytes:,} bytes): keep the table resident instead"
+        )
     if config.hot_bytes and calibration is None:
         raise EdgeembError("a hot set needs calibration text to count token frequencies (--calibration)")
     if config.mode == "real" and store is None:
@@ -213,34 +234,59 @@ def emulate_offload(
     for budget in track(budgets, "cache sizes", len(budgets)):
         replay = plan(tokens, layout, int(budget), pinned, config.cache_unit)
         results = [
-            ProfileResult(profile=p.name, sim=Latency.of(simulate(replay.runs, p)), real=None,
-                          real_bytes_per_token=None, host_limited=None)
+            ProfileResult(
+                profile=p.name,
+                sim=Latency.of(simulate(replay.runs, p)),
+                real=None,
+                real_bytes_per_token=None,
+                host_limited=None,
+            )
             for p in profiles
         ]
         if config.mode == "real":
             results = _real(store, replay, profiles, results, config.throttle, host_reads)
-        points.append(CachePoint(
-            cache_budget_bytes=int(budget), cache_peak_bytes=replay.peak_cache_bytes,
-            resident_bytes=fixed + replay.peak_cache_bytes, hit_rate=float(replay.hits.sum() / replay.lookups.sum()),
-            reads_per_token=float(replay.reads.mean()),
-            bytes_per_token=float(replay.bytes_read.mean()), results=results,
-        ))
+        points.append(
+            CachePoint(
+                cache_budget_bytes=int(budget),
+                cache_peak_bytes=replay.peak_cache_bytes,
+                resident_bytes=fixed + replay.peak_cache_bytes,
+                hit_rate=float(replay.hits.sum() / replay.lookups.sum()),
+                reads_per_token=float(replay.reads.mean()),
+                bytes_per_token=float(replay.bytes_read.mean()),
+                results=results,
+            )
+        )
     return OffloadReport(
-        table=rows.describe, rows=layout.rows, record_bytes=layout.record_bytes, table_bytes=table_bytes,
-        layout=StoreLayout(**layout.describe()), tokens=len(tokens), distinct_tokens=len(np.unique(tokens)),
-        lookups_per_token=layout.layers, cache_unit=config.cache_unit,
+        table=rows.describe,
+        rows=layout.rows,
+        record_bytes=layout.record_bytes,
+        table_bytes=table_bytes,
+        layout=StoreLayout(**layout.describe()),
+        tokens=len(tokens),
+        distinct_tokens=len(np.unique(tokens)),
+        lookups_per_token=layout.layers,
+        cache_unit=config.cache_unit,
         hot_set=HotSet(budget_bytes=config.hot_bytes, tokens=len(pinned) // layout.layers, bytes=hot_set_bytes),
-        head=head, resident_fixed_bytes=fixed, points=points,
+        head=head,
+        resident_fixed_bytes=fixed,
+        points=points,
         real=_real_facts(host_reads, config.throttle) if host_reads else None,
     )
 
 
-def _real(store: Path, replay: Plan, profiles: list[FlashProfile], results: list[ProfileResult], throttle: Throttle,
-          host_reads: list[Measured]) -> list[ProfileResult]:
+def _real(
+    store: Path,
+    replay: Plan,
+    profiles: list[FlashProfile],
+    results: list[ProfileResult],
+    throttle: Throttle,
+    host_reads: list[Measured],
+) -> list[ProfileResult]:
     """Read the plan's pages from `store`: once unthrottled (this host), then held to each profile."""
     if throttle == "cgroup" and not cgroup_available():
-        raise EdgeembError("cgroup throttling needs root and cgroup v1 blkio (/sys/fs/cgroup/blkio); "
-                           "use --throttle user")
+        raise EdgeembError(
+            "cgroup throttling needs root and cgroup v1 blkio (/sys/fs/cgroup/blkio); " "use --throttle user"
+        )
     host = measure(store, replay.runs, None, "none")
     host_reads.append(host)
     host_read = _seconds_per_read(host)
@@ -248,14 +294,21 @@ def _real(store: Path, replay: Plan, profiles: list[FlashProfile], results: list
     for result, profile in zip(results, profiles):
         run = host if throttle == "none" else _measure_throttled(store, replay.runs, profile, throttle)
         if not np.array_equal(run.bytes_read, replay.bytes_read):
-            raise EdgeembError(f"{store}: reads returned {run.bytes_read.sum():,} bytes, the plan asked for "
-                               f"{replay.bytes_read.sum():,} (was the file changed?)")
+            raise EdgeembError(
+                f"{store}: reads returned {run.bytes_read.sum():,} bytes, the plan asked for "
+                f"{replay.bytes_read.sum():,} (was the file changed?)"
+            )
         # a profile whose single page read is quicker than this disk's cannot be played here
         host_limited = host_read is not None and host_read > profile.read_seconds(1, profile.page_size)
-        measured.append(result.model_copy(update={
-            "real": Latency.of(run.seconds), "real_bytes_per_token": float(run.bytes_read.mean()),
-            "host_limited": host_limited,
-        }))
+        measured.append(
+            result.model_copy(
+                update={
+                    "real": Latency.of(run.seconds),
+                    "real_bytes_per_token": float(run.bytes_read.mean()),
+                    "host_limited": host_limited,
+                }
+            )
+        )
     return measured
 
 
@@ -267,9 +320,11 @@ def _real_facts(host_reads: list[Measured], throttle: Throttle) -> RealReads:
     reads = sum(run.reads for run in host_reads)
     per_read = sum(float(run.seconds.sum()) for run in host_reads) / reads if reads else None
     return RealReads(
-        o_direct=host_reads[0].direct, page_cache=not host_reads[0].direct,
+        o_direct=host_reads[0].direct,
+        page_cache=not host_reads[0].direct,
         throttle={"cgroup": "cgroup-blkio", "user": "user-space", "none": "none"}[throttle],
-        host_read_us=per_read * 1e6 if per_read is not None else None, host_reads=reads,
+        host_read_us=per_read * 1e6 if per_read is not None else None,
+        host_reads=reads,
     )
 
 

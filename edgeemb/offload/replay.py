@@ -74,7 +74,10 @@ class Plan:
 
 
 def plan(
-    tokens: np.ndarray, layout: Layout, budget_bytes: int, pinned: frozenset[int] = frozenset(),
+    tokens: np.ndarray,
+    layout: Layout,
+    budget_bytes: int,
+    pinned: frozenset[int] = frozenset(),
     cache_unit: str = "row",
 ) -> Plan:
     """Replay `tokens` through a cache of `budget_bytes`: each token looks up each layer's unit,

@@ -72,9 +72,16 @@ class PlannedOffload:
 
 
 def plan_offload(
-    model: str | Path | None, *, profiles: tuple[str, ...] = (), cache_mb: tuple[float, ...] = (),
-    hot_mb: float | None = None, layout: LayoutKind | None = None, head_type: str | None = None,
-    cache_unit: CacheUnit = "row", mode: Mode = "sim", throttle: Throttle = "user",
+    model: str | Path | None,
+    *,
+    profiles: tuple[str, ...] = (),
+    cache_mb: tuple[float, ...] = (),
+    hot_mb: float | None = None,
+    layout: LayoutKind | None = None,
+    head_type: str | None = None,
+    cache_unit: CacheUnit = "row",
+    mode: Mode = "sim",
+    throttle: Throttle = "user",
 ) -> PlannedOffload:
     """The options given (None or empty: not given), the others from the recipe's `offload:` plan
     when `model` is an OUT/ folder with one (a device recipe), else `OffloadPlan`'s defaults.
@@ -97,9 +104,18 @@ def _recipe_plan(model: str | Path | None) -> OffloadPlan | None:
 
 
 def offload(
-    model: str | Path | None, text: Path, config: OffloadConfig, *, layout: LayoutKind = "single",
-    layers: int | None = None, max_tokens: int = 512, calibration: Path | None = None,
-    calibration_tokens: int | None = None, head_type: str | None = None, store: Path | None = None, force: bool = False,
+    model: str | Path | None,
+    text: Path,
+    config: OffloadConfig,
+    *,
+    layout: LayoutKind = "single",
+    layers: int | None = None,
+    max_tokens: int = 512,
+    calibration: Path | None = None,
+    calibration_tokens: int | None = None,
+    head_type: str | None = None,
+    store: Path | None = None,
+    force: bool = False,
     runtime: bool = False,
 ) -> OffloadResult:
     """Emulate streaming the embedding table of `model` (a model, or an OUT/ folder: its
@@ -117,13 +133,15 @@ def offload(
     gguf = _runtime_gguf(source, artifact) if runtime else None
     page_sizes = {load_profile(name).page_size for name in config.profiles}
     if len(page_sizes) != 1:
-        raise EdgeembError(f"the profiles read pages of different sizes ({sorted(page_sizes)}); "
-                           "emulate them in separate runs")
+        raise EdgeembError(
+            f"the profiles read pages of different sizes ({sorted(page_sizes)}); " "emulate them in separate runs"
+        )
     if layout != "single" and layers is None:
         layers = source.layers
         if layers is None:
-            raise EdgeembError(f"{source.name} does not say how many layers it has; "
-                               f"give --layers for the {layout} layout")
+            raise EdgeembError(
+                f"{source.name} does not say how many layers it has; " f"give --layers for the {layout} layout"
+            )
     tokenize = table_tokenizer(source, table)
     rows = table_rows(table) if artifact else source_rows(source)
     shape = Layout(layout, rows.records.shape[0], rows.records.shape[1], page_sizes.pop(), layers or 1)
@@ -143,7 +161,9 @@ def offload(
             write_store(store, rows, shape, force)
         report = run(store)
     return OffloadResult(
-        model=model_facts(source), source=str(artifact.path) if artifact else source.name, offload=report,
+        model=model_facts(source),
+        source=str(artifact.path) if artifact else source.name,
+        offload=report,
         runtime=_mmap_runtime(gguf, text, max_tokens) if gguf is not None else None,
     )
 
@@ -153,30 +173,44 @@ def table_tokenizer(source: SourceModel, table: EmbeddingTable) -> Callable[[str
     if not isinstance(table, TrimmedTable):
         return source.tokenize
     if source.vocabulary is None:
-        raise EdgeembError(f"{source.name}: the trimmed vocabulary's tokenizer cannot be rebuilt "
-                           "(no tokenizer found beside the model)")
+        raise EdgeembError(
+            f"{source.name}: the trimmed vocabulary's tokenizer cannot be rebuilt "
+            "(no tokenizer found beside the model)"
+        )
     return source.vocabulary().retokenizer(table.keep)
 
 
-def _offloaded_head(source: SourceModel, table: EmbeddingTable, table_bytes: int,
-                    head_type: str | None) -> OffloadedHead:
+def _offloaded_head(
+    source: SourceModel, table: EmbeddingTable, table_bytes: int, head_type: str | None
+) -> OffloadedHead:
     """RAM an output head needs once the table's input lookups move to flash."""
     if not source.tied:
         if head_type:
-            raise EdgeembError(f"{source.name} has no output head tied to its table; "
-                               "--head-type applies to tied tables")
+            raise EdgeembError(
+                f"{source.name} has no output head tied to its table; " "--head-type applies to tied tables"
+            )
         return INPUT_ONLY
     if head_type is None:
-        return OffloadedHead(bytes=table_bytes, tied=True, type="as stored", note=(
-            "the head reads every row per generated token, so a tied table stays whole in RAM: "
-            "offloading it saves nothing unless the head is stored apart (--head-type)"))
+        return OffloadedHead(
+            bytes=table_bytes,
+            tied=True,
+            type="as stored",
+            note=(
+                "the head reads every row per generated token, so a tied table stays whole in RAM: "
+                "offloading it saves nothing unless the head is stored apart (--head-type)"
+            ),
+        )
     fmt = get_format(head_type)
     if fmt.shared:
         raise EdgeembError(f"--head-type {head_type}: a head needs a row-wise format, not one with a shared codebook")
     sample = table.lookup(np.arange(min(256, table.shape[0])))
     per_row = sum(a.nbytes for a in fmt.quantize(sample).values()) / len(sample)
-    return OffloadedHead(bytes=int(per_row * table.shape[0]), tied=True, type=fmt.describe(), note=(
-        "a separate head in RAM; its quality cost is not measured here (compress and evaluate it)"))
+    return OffloadedHead(
+        bytes=int(per_row * table.shape[0]),
+        tied=True,
+        type=fmt.describe(),
+        note=("a separate head in RAM; its quality cost is not measured here (compress and evaluate it)"),
+    )
 
 
 def _runtime_gguf(source: SourceModel, artifact: Artifact | None) -> Path:
@@ -192,9 +226,15 @@ def _mmap_runtime(gguf: Path, text: Path, max_tokens: int) -> list[MmapRun]:
     """The GGUF run in llama.cpp with mmap on and off: peak RSS, resident file pages, tokens/s."""
     runs = measure_ggufs([gguf, gguf], read_text(text), max_tokens, options=[{"use_mmap": True}, {"use_mmap": False}])
     return [
-        MmapRun(file=str(gguf), use_mmap=run.options["use_mmap"], peak_rss_bytes=run.peak_rss_bytes,
-                rss_file_bytes=run.rss_file_bytes, rss_anon_bytes=run.rss_anon_bytes,
-                decode_tokens_per_s=run.decode_tokens_per_s, prefill_tokens_per_s=run.prefill_tokens_per_s,
-                load_seconds=run.load_seconds)
+        MmapRun(
+            file=str(gguf),
+            use_mmap=run.options["use_mmap"],
+            peak_rss_bytes=run.peak_rss_bytes,
+            rss_file_bytes=run.rss_file_bytes,
+            rss_anon_bytes=run.rss_anon_bytes,
+            decode_tokens_per_s=run.decode_tokens_per_s,
+            prefill_tokens_per_s=run.prefill_tokens_per_s,
+            load_seconds=run.load_seconds,
+        )
         for run in runs
     ]

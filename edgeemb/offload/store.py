@@ -96,8 +96,13 @@ class Layout:
         sizes = np.broadcast_to(self.slice_bytes, (len(tokens), self.layers))
         within = np.concatenate([[0], np.cumsum(self.slice_bytes)[:-1]])
         if self.kind == "ple-layer":
-            bases = np.concatenate([[0], np.cumsum([_packed_bytes(self.rows, int(s), self.page_size) for s in self.slice_bytes])[:-1]])
-            offsets = np.stack([bases[l] + _packed_offsets(tokens, int(s), self.page_size) for l, s in enumerate(self.slice_bytes)], axis=1)
+            bases = np.concatenate(
+                [[0], np.cumsum([_packed_bytes(self.rows, int(s), self.page_size) for s in self.slice_bytes])[:-1]]
+            )
+            offsets = np.stack(
+                [bases[l] + _packed_offsets(tokens, int(s), self.page_size) for l, s in enumerate(self.slice_bytes)],
+                axis=1,
+            )
         else:
             offsets = _packed_offsets(tokens, self.record_bytes, self.page_size)[:, None] + within[None, :]
         return offsets, np.array(sizes)
@@ -110,9 +115,14 @@ class Layout:
 
     def describe(self) -> dict:
         return {
-            "kind": self.kind, "layers": self.layers, "rows": self.rows, "record_bytes": self.record_bytes,
-            "slice_bytes": sorted({int(s) for s in self.slice_bytes}), "page_size": self.page_size,
-            "file_bytes": self.file_bytes, "padding_bytes": self.file_bytes - self.rows * self.record_bytes,
+            "kind": self.kind,
+            "layers": self.layers,
+            "rows": self.rows,
+            "record_bytes": self.record_bytes,
+            "slice_bytes": sorted({int(s) for s in self.slice_bytes}),
+            "page_size": self.page_size,
+            "file_bytes": self.file_bytes,
+            "padding_bytes": self.file_bytes - self.rows * self.record_bytes,
         }
 
 
@@ -141,7 +151,11 @@ def write_store(path: Path, rows: StoredRows, layout: Layout, force: bool = Fals
     check_target(path, force)
     bounds = np.concatenate([[0], np.cumsum(layout.slice_bytes)])
     # ple-layer stores one packed table per layer; the token-major layouts pack whole records
-    columns = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)] if layout.kind == "ple-layer" else [(0, layout.record_bytes)]
+    columns = (
+        [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        if layout.kind == "ple-layer"
+        else [(0, layout.record_bytes)]
+    )
     with staged(path, force) as temporary, open(temporary, "wb") as handle:
         for first, last in columns:
             _write_packed(handle, rows.records, first, last, layout.page_size)

@@ -37,10 +37,20 @@ def _gguf_export(report: Report) -> GGUFExported | None:
 
 METRICS: tuple[Metric, ...] = (
     Metric("STS Spearman", lambda r: r.quality.sts, lambda b: b.compressed, True, lambda b: b.original),
-    Metric("nDCG@10", lambda r: r.quality.retrieval, lambda b: b.compressed.ndcg_at_10, True,
-           lambda b: b.original.ndcg_at_10),
-    Metric("recall@10", lambda r: r.quality.retrieval, lambda b: b.compressed.recall_at_10, True,
-           lambda b: b.original.recall_at_10),
+    Metric(
+        "nDCG@10",
+        lambda r: r.quality.retrieval,
+        lambda b: b.compressed.ndcg_at_10,
+        True,
+        lambda b: b.original.ndcg_at_10,
+    ),
+    Metric(
+        "recall@10",
+        lambda r: r.quality.retrieval,
+        lambda b: b.compressed.recall_at_10,
+        True,
+        lambda b: b.original.recall_at_10,
+    ),
     Metric("perplexity", lambda r: r.quality.perplexity, lambda b: b.compressed, False, lambda b: b.original),
     Metric("sentence cosine", lambda r: r.quality.drift, lambda b: b.mean_cosine, True),
     Metric("row cosine", lambda r: r.quality.table, lambda b: b.row_cosine_mean, True),
@@ -49,8 +59,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("nn overlap", lambda r: r.quality.table, lambda b: b.nn_overlap_mean, True),
     # From the recipe's export, verified in its runtime (OUT/report.json "export").
     Metric("exported file bytes", lambda r: r.export, lambda e: e.export.file_bytes, False),
-    Metric("decode vs source", _gguf_export,
-           lambda e: e.verify.export.decode_tokens_per_s / e.verify.source.decode_tokens_per_s, True),
+    Metric(
+        "decode vs source",
+        _gguf_export,
+        lambda e: e.verify.export.decode_tokens_per_s / e.verify.source.decode_tokens_per_s,
+        True,
+    ),
     Metric("llama.cpp peak RSS bytes", _gguf_export, lambda e: e.verify.export.peak_rss_bytes, False),
 )
 SIZE_COLUMNS = (("table bytes", False), ("model bytes", False), ("bits / param", False))
@@ -92,8 +106,9 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     sources = {a.manifest.source.sha256 for a in artifacts}
     if len(sources) > 1 and not allow_mixed:
         names = ", ".join(sorted({f"{a.path.name}: {a.manifest.source.name}" for a in artifacts}))
-        raise EdgeembError(f"the outputs come from different source models ({names}); "
-                           "pass --allow-mixed to compare them anyway")
+        raise EdgeembError(
+            f"the outputs come from different source models ({names}); " "pass --allow-mixed to compare them anyway"
+        )
     notes = ["the outputs come from different source models (--allow-mixed)"] if len(sources) > 1 else []
     metrics = []
     for metric in METRICS:
@@ -125,7 +140,11 @@ def _row(artifact: Artifact, metrics: list[Metric]) -> Row:
     report, manifest = artifact.report, artifact.manifest
     table = report.table
     return Row(
-        artifact.path.name, str(artifact.path), manifest.source.name, manifest.source.sha256, manifest.recipe["name"],
+        artifact.path.name,
+        str(artifact.path),
+        manifest.source.name,
+        manifest.source.sha256,
+        manifest.recipe["name"],
         table.storage,
         {"table bytes": table.bytes, "model bytes": table.model_bytes, "bits / param": table.bits_per_param},
         {m.label: float(m.figure(m.block(report))) for m in metrics},
@@ -193,9 +212,11 @@ def _mark(text: str, best: bool, tag: str) -> str:
 def pareto(comparison: Comparison, metric: str) -> list[int]:
     """Rows no other row beats on both table bytes and `metric` (ties kept)."""
     higher = comparison.higher_is_better(metric)
-    points = [(row.sizes["table bytes"], row.metrics[metric] if higher else -row.metrics[metric])
-              for row in comparison.rows]
+    points = [
+        (row.sizes["table bytes"], row.metrics[metric] if higher else -row.metrics[metric]) for row in comparison.rows
+    ]
     return [
-        i for i, (size, quality) in enumerate(points)
+        i
+        for i, (size, quality) in enumerate(points)
         if not any(s <= size and q >= quality and (s, q) != (size, quality) for s, q in points)
     ]

@@ -45,8 +45,13 @@ _HEAD = {None: "none (encoder)", True: "tied to the table", False: "separate"}
 def progress_bars() -> Iterator[None]:
     """Rich progress bars on stderr for the library's `track` calls (none when it is not a terminal)."""
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
     )
 
     def tracker(items, description, total):
@@ -73,15 +78,21 @@ def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 def print_inspection(facts: ModelFacts, analysis: TableAnalysis) -> None:
-    print_rows(f"{facts.name}: embedding table", [
-        ("architecture", f"{facts.architecture} ({facts.format})"),
-        ("shape", f"{facts.vocab} x {facts.dim}  ({facts.tensor})"),
-        ("stored as", f"{facts.stored_dtype}, {human_bytes(facts.table_bytes)}"),
-        ("share of model", f"{facts.table_share_of_params:.1%} of {facts.total_params / 1e6:.1f} M params, "
-                           f"{facts.table_share_of_bytes:.1%} of weight bytes"),
-        ("output head", _HEAD[facts.tied]),
-        *_analysis_rows(analysis),
-    ])
+    print_rows(
+        f"{facts.name}: embedding table",
+        [
+            ("architecture", f"{facts.architecture} ({facts.format})"),
+            ("shape", f"{facts.vocab} x {facts.dim}  ({facts.tensor})"),
+            ("stored as", f"{facts.stored_dtype}, {human_bytes(facts.table_bytes)}"),
+            (
+                "share of model",
+                f"{facts.table_share_of_params:.1%} of {facts.total_params / 1e6:.1f} M params, "
+                f"{facts.table_share_of_bytes:.1%} of weight bytes",
+            ),
+            ("output head", _HEAD[facts.tied]),
+            *_analysis_rows(analysis),
+        ],
+    )
 
 
 def _sparkline(values: list[float], width: int = 48) -> str:
@@ -106,47 +117,74 @@ def _analysis_rows(analysis: TableAnalysis) -> list[tuple[str, str]]:
     return [
         ("SVD energy ranks", f"{ranks} of {analysis.dim} (mean-centred, {spectrum.method})"),
         ("singular values", f"{_sparkline(values)}  {values[0]:.3g} … {values[-1]:.3g}"),
-        ("per-dim variance", f"{variance.min:.3g} / {variance.median:.3g} / {variance.max:.3g} "
-                             f"(min/median/max, {ratio}); half of it in {variance.dims_for_half} dims"),
-        ("anisotropy", f"mean cosine of random row pairs {analysis.anisotropy.mean_pair_cosine:.3f}; "
-                       f"|mean row| / mean |row| {analysis.anisotropy.mean_norm_ratio:.3f}"),
-        ("hubness", f"k-occurrence skew {hubness.skewness:.2f} (k={hubness.k}, {hubness.sample} rows), "
-                    f"max {hubness.max_k_occurrence}, anti-hubs {hubness.antihub_fraction:.1%}"),
-        ("row norms", f"mean {norms.mean:.3g} ± {norms.std:.3g}; {norms.outlier_count} outliers "
-                      f"({norms.outlier_low_count} low, {norms.outlier_high_count} high): "
-                      f"{_examples(norms.outlier_examples)}"),
-        ("near-duplicate rows", f"~{duplicates.estimated_count} ({duplicates.fraction:.1%} of {duplicates.sample} "
-                                f"sampled) have a neighbour with cosine > {duplicates.threshold}: "
-                                f"{_examples(duplicates.examples)}"),
+        (
+            "per-dim variance",
+            f"{variance.min:.3g} / {variance.median:.3g} / {variance.max:.3g} "
+            f"(min/median/max, {ratio}); half of it in {variance.dims_for_half} dims",
+        ),
+        (
+            "anisotropy",
+            f"mean cosine of random row pairs {analysis.anisotropy.mean_pair_cosine:.3f}; "
+            f"|mean row| / mean |row| {analysis.anisotropy.mean_norm_ratio:.3f}",
+        ),
+        (
+            "hubness",
+            f"k-occurrence skew {hubness.skewness:.2f} (k={hubness.k}, {hubness.sample} rows), "
+            f"max {hubness.max_k_occurrence}, anti-hubs {hubness.antihub_fraction:.1%}",
+        ),
+        (
+            "row norms",
+            f"mean {norms.mean:.3g} ± {norms.std:.3g}; {norms.outlier_count} outliers "
+            f"({norms.outlier_low_count} low, {norms.outlier_high_count} high): "
+            f"{_examples(norms.outlier_examples)}",
+        ),
+        (
+            "near-duplicate rows",
+            f"~{duplicates.estimated_count} ({duplicates.fraction:.1%} of {duplicates.sample} "
+            f"sampled) have a neighbour with cosine > {duplicates.threshold}: "
+            f"{_examples(duplicates.examples)}",
+        ),
     ]
 
 
 def print_trim(preview: TrimPreview) -> None:
     facts = preview.model
-    print_rows(f"{facts.name}: vocabulary trim (nothing written)", [
-        *vocabulary_rows(preview),
-        ("table", f"{human_bytes(facts.table_bytes)} -> {human_bytes(preview.table_bytes)} as stored "
-                  f"({facts.stored_dtype})"),
-        ("model", f"{human_bytes(facts.total_bytes)} -> {human_bytes(preview.model_bytes)}"),
-        ("dropped, e.g.", " ".join(repr(t) for t in preview.examples_dropped)),
-    ])
+    print_rows(
+        f"{facts.name}: vocabulary trim (nothing written)",
+        [
+            *vocabulary_rows(preview),
+            (
+                "table",
+                f"{human_bytes(facts.table_bytes)} -> {human_bytes(preview.table_bytes)} as stored "
+                f"({facts.stored_dtype})",
+            ),
+            ("model", f"{human_bytes(facts.total_bytes)} -> {human_bytes(preview.model_bytes)}"),
+            ("dropped, e.g.", " ".join(repr(t) for t in preview.examples_dropped)),
+        ],
+    )
 
 
 def print_report(report: Report | Evaluation) -> None:
     model, table, quality = report.model, report.table, report.quality
     rows = [
-        ("table bytes", f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  "
-                        f"({table.ratio_vs_source:.2f}x smaller)"),
+        (
+            "table bytes",
+            f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  "
+            f"({table.ratio_vs_source:.2f}x smaller)",
+        ),
         ("bits per parameter", f"{table.bits_per_param:.2f}"),
         *vocabulary_rows(table.vocabulary),
         *((key.replace("_", " "), format_number(value)) for key, value in (quality.table or ())),
-        *((label, f"{before} -> {after}  ({change}; {data})")
-          for label, data, before, after, change in comparison_rows(quality)),
+        *(
+            (label, f"{before} -> {after}  ({change}; {data})")
+            for label, data, before, after, change in comparison_rows(quality)
+        ),
     ]
     if quality.drift is not None:
         drift = quality.drift
-        rows.append(("sentence cosine", f"mean {drift.mean_cosine:.4f}, p1 {drift.p01_cosine:.4f} "
-                                        f"over {drift.n} texts"))
+        rows.append(
+            ("sentence cosine", f"mean {drift.mean_cosine:.4f}, p1 {drift.p01_cosine:.4f} " f"over {drift.n} texts")
+        )
     print_rows(f"{model.name}: {table.storage}", rows)
 
 
@@ -159,22 +197,39 @@ def _gguf_rows(exported: GGUFExported) -> tuple[str, list[tuple[str, str]]]:
     written, check = exported.export, exported.verify
     source_run, export_run = check.source, check.export
     rows = [
-        ("written", f"{written.path} ({human_bytes(written.file_bytes)}; source {human_bytes(written.source_bytes)}, "
-                    f"{written.file_bytes / written.source_bytes - 1:+.1%})"),
-        ("token_embd", f"{written.tensor_type}, {human_bytes(written.table_bytes)} "
-                       f"(source {human_bytes(written.source_table_bytes)})"),
+        (
+            "written",
+            f"{written.path} ({human_bytes(written.file_bytes)}; source {human_bytes(written.source_bytes)}, "
+            f"{written.file_bytes / written.source_bytes - 1:+.1%})",
+        ),
+        (
+            "token_embd",
+            f"{written.tensor_type}, {human_bytes(written.table_bytes)} "
+            f"(source {human_bytes(written.source_table_bytes)})",
+        ),
         *(("note", note) for note in written.notes),
-        ("greedy output", f"{check.greedy_tokens_equal_to_source}/{len(export_run.greedy_ids)} tokens as the source: "
-                          f"{export_run.greedy_text[:80]!r}"),
-        ("decode", f"{export_run.decode_tokens_per_s:.1f} tokens/s "
-                   f"(source {source_run.decode_tokens_per_s:.1f}, same run)"),
+        (
+            "greedy output",
+            f"{check.greedy_tokens_equal_to_source}/{len(export_run.greedy_ids)} tokens as the source: "
+            f"{export_run.greedy_text[:80]!r}",
+        ),
+        (
+            "decode",
+            f"{export_run.decode_tokens_per_s:.1f} tokens/s "
+            f"(source {source_run.decode_tokens_per_s:.1f}, same run)",
+        ),
         ("peak RSS", f"{human_bytes(export_run.peak_rss_bytes)} (source {human_bytes(source_run.peak_rss_bytes)})"),
     ]
     before, after = source_run.perplexity, export_run.perplexity
     if before is not None and after is not None and check.text is not None:
         change = after.perplexity / before.perplexity - 1
-        rows.append(("perplexity", f"{before.perplexity:.3f} -> {after.perplexity:.3f} ({change:+.2%}; "
-                                   f"{after.tokens_scored} tokens of {check.text.data})"))
+        rows.append(
+            (
+                "perplexity",
+                f"{before.perplexity:.3f} -> {after.perplexity:.3f} ({change:+.2%}; "
+                f"{after.tokens_scored} tokens of {check.text.data})",
+            )
+        )
     return "GGUF export, verified in llama.cpp", rows
 
 
@@ -182,12 +237,18 @@ def _onnx_rows(exported: OnnxExported) -> tuple[str, list[tuple[str, str]]]:
     written, check = exported.export, exported.verify
     return "ONNX export, verified in onnxruntime", [
         ("written", f"{written.path} ({human_bytes(written.file_bytes)})"),
-        ("embedding", f"{written.table}, {human_bytes(written.table_bytes)}; "
-                      f"other MatMuls {'int8' if written.quantized_rest else 'as exported'}"),
+        (
+            "embedding",
+            f"{written.table}, {human_bytes(written.table_bytes)}; "
+            f"other MatMuls {'int8' if written.quantized_rest else 'as exported'}",
+        ),
         ("onnx.checker", check.checker),
         ("vs PyTorch", f"max abs difference {check.max_abs_diff:.2e} (compressed model, same table)"),
-        ("vs original", f"cosine mean {check.mean_cosine:.4f}, p1 {check.p01_cosine:.4f}, "
-                        f"min {check.min_cosine:.4f} over {check.texts} texts"),
+        (
+            "vs original",
+            f"cosine mean {check.mean_cosine:.4f}, p1 {check.p01_cosine:.4f}, "
+            f"min {check.min_cosine:.4f} over {check.texts} texts",
+        ),
         ("latency", f"p50 {check.p50_latency_ms:.2f} ms per sentence ({check.threads} thread)"),
         ("session memory", f"{check.session_rss_mb:.0f} MB peak RSS above a bare process"),
     ]
@@ -197,14 +258,19 @@ def _st_rows(exported: StExported) -> tuple[str, list[tuple[str, str]]]:
     written, check = exported.export, exported.verify
     return "sentence-transformers export", [
         ("written", f"{written.path} ({human_bytes(written.file_bytes)}, the table decoded to fp32)"),
-        ("vs compressed model", f"max abs difference {check.max_abs_diff:.2e} over {check.texts} texts "
-                                "(SentenceTransformer(path), offline)"),
+        (
+            "vs compressed model",
+            f"max abs difference {check.max_abs_diff:.2e} over {check.texts} texts "
+            "(SentenceTransformer(path), offline)",
+        ),
     ]
 
 
 # An export's title and rows, by its format.
 _EXPORT_VIEWS: dict[str, Callable[[Any], tuple[str, list[tuple[str, str]]]]] = {
-    "gguf": _gguf_rows, "onnx": _onnx_rows, "st": _st_rows,
+    "gguf": _gguf_rows,
+    "onnx": _onnx_rows,
+    "st": _st_rows,
 }
 
 
@@ -216,19 +282,39 @@ def print_offload(result: OffloadResult) -> None:
     pages = report.cache_unit == "page"
     hot = report.hot_set
     ram_head = f"{human_bytes(head.bytes)} in RAM ({head.type or ''}): {head.note}"
-    print_rows(f"{result.source}: embedding table on flash", [
-        ("table", f"{report.rows:,} rows x {report.record_bytes} B ({report.table}), "
-                  f"{human_bytes(report.table_bytes)} all resident"),
-        ("store", f"layout {layout.kind}{slices}, {human_bytes(layout.file_bytes)} in {layout.page_size} B pages"),
-        ("stream", f"{report.tokens} tokens ({report.distinct_tokens} distinct), "
-                   f"{report.lookups_per_token} lookup(s) per token"),
-        ("cache", "LRU of whole pages, as the OS page cache under mmap" if pages else
-                  "LRU of rows, 16 B of index each"),
-        ("hot set", f"{hot.tokens} tokens, {human_bytes(hot.bytes)}" if hot.tokens else "none"),
-        ("output head", ram_head if head.tied else head.note),
-        *([("real reads", f"{'O_DIRECT' if real.o_direct else 'page cache in play'}, throttle {real.throttle}, "
-            f"this host unthrottled: {real.host_read_us:.0f} us per read")] if real is not None else []),
-    ])
+    print_rows(
+        f"{result.source}: embedding table on flash",
+        [
+            (
+                "table",
+                f"{report.rows:,} rows x {report.record_bytes} B ({report.table}), "
+                f"{human_bytes(report.table_bytes)} all resident",
+            ),
+            ("store", f"layout {layout.kind}{slices}, {human_bytes(layout.file_bytes)} in {layout.page_size} B pages"),
+            (
+                "stream",
+                f"{report.tokens} tokens ({report.distinct_tokens} distinct), "
+                f"{report.lookups_per_token} lookup(s) per token",
+            ),
+            (
+                "cache",
+                "LRU of whole pages, as the OS page cache under mmap" if pages else "LRU of rows, 16 B of index each",
+            ),
+            ("hot set", f"{hot.tokens} tokens, {human_bytes(hot.bytes)}" if hot.tokens else "none"),
+            ("output head", ram_head if head.tied else head.note),
+            *(
+                [
+                    (
+                        "real reads",
+                        f"{'O_DIRECT' if real.o_direct else 'page cache in play'}, throttle {real.throttle}, "
+                        f"this host unthrottled: {real.host_read_us:.0f} us per read",
+                    )
+                ]
+                if real is not None
+                else []
+            ),
+        ],
+    )
     profiles = [r.profile for r in report.points[0].results]
     table = Table(title="per token, against cache size (latency: mean / p99 us)")
     for column in ("cache", "resident", "vs whole table", "hit rate", "reads", "flash bytes", *profiles):
@@ -241,9 +327,13 @@ def print_offload(result: OffloadResult) -> None:
                 text += f"\nreal {r.real.mean_us:.0f} / {r.real.p99_us:.0f}{' (host slower)' if r.host_limited else ''}"
             cells.append(text)
         table.add_row(
-            human_bytes(point.cache_peak_bytes), human_bytes(point.resident_bytes),
-            f"{point.resident_bytes / report.table_bytes:.1%}", f"{point.hit_rate:.1%}", f"{point.reads_per_token:.2f}",
-            human_bytes(point.bytes_per_token), *cells,
+            human_bytes(point.cache_peak_bytes),
+            human_bytes(point.resident_bytes),
+            f"{point.resident_bytes / report.table_bytes:.1%}",
+            f"{point.hit_rate:.1%}",
+            f"{point.reads_per_token:.2f}",
+            human_bytes(point.bytes_per_token),
+            *cells,
         )
     out_console.print(table)
     for run in result.runtime or ():
@@ -259,8 +349,10 @@ def print_comparison(comparison: Comparison) -> None:
     for head in ("output", "recipe", "storage", *columns(comparison)):
         table.add_column(head, justify="left" if head in ("output", "recipe", "storage") else "right")
     for i, row in enumerate(comparison.rows):
-        cells = [Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "")
-                 for c in columns(comparison)]
+        cells = [
+            Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "")
+            for c in columns(comparison)
+        ]
         table.add_row(Text(row.label), Text(row.recipe), Text(row.storage), *cells)
     out_console.print(table)
     for note in comparison.notes:
@@ -285,24 +377,42 @@ def print_recipes(recipes: list[dict]) -> None:
 
 def print_cross(build: CrossBuild, out: Path) -> None:
     smoke = build.smoke
-    print_rows(f"llama.cpp for {build.target}", [
-        ("binaries", f"{', '.join(build.binaries)} in {out}/ ({'cached build' if build.cached else 'built'})"),
-        ("architecture", f"aarch64, -march={build.arm_arch}; {build.toolchain}; "
-                         f"llama.cpp of llama-cpp-python {build.llama_cpp}"),
-        *(("note", note) for note in build.notes),
-        ("under qemu", f"{smoke.cpu}: {'ok' if smoke.ok else 'FAILED'}: {smoke.message}"),
-    ])
+    print_rows(
+        f"llama.cpp for {build.target}",
+        [
+            ("binaries", f"{', '.join(build.binaries)} in {out}/ ({'cached build' if build.cached else 'built'})"),
+            (
+                "architecture",
+                f"aarch64, -march={build.arm_arch}; {build.toolchain}; "
+                f"llama.cpp of llama-cpp-python {build.llama_cpp}",
+            ),
+            *(("note", note) for note in build.notes),
+            ("under qemu", f"{smoke.cpu}: {'ok' if smoke.ok else 'FAILED'}: {smoke.message}"),
+        ],
+    )
 
 
 def print_bundle(written: dict, device: str) -> None:
-    print_rows(f"bundle for {device}", [
-        ("written", f"{written['bundle']} ({human_bytes(written['bytes'])}): {written['folder']}/ with "
-                    f"{written['model']}, llama-bench, run.sh"),
-        ("llama-bench", f"aarch64 -march={written['llama_bench']['arm_arch']}, {written['llama_bench']['toolchain']}"),
-        *(("note", note) for note in written["notes"]),
-        ("on the device", f"tar xzf {Path(written['bundle']).name} && sh {written['folder']}/run.sh  "
-                          f"(writes {written['folder']}/bench.json)"),
-    ])
+    print_rows(
+        f"bundle for {device}",
+        [
+            (
+                "written",
+                f"{written['bundle']} ({human_bytes(written['bytes'])}): {written['folder']}/ with "
+                f"{written['model']}, llama-bench, run.sh",
+            ),
+            (
+                "llama-bench",
+                f"aarch64 -march={written['llama_bench']['arm_arch']}, {written['llama_bench']['toolchain']}",
+            ),
+            *(("note", note) for note in written["notes"]),
+            (
+                "on the device",
+                f"tar xzf {Path(written['bundle']).name} && sh {written['folder']}/run.sh  "
+                f"(writes {written['folder']}/bench.json)",
+            ),
+        ],
+    )
 
 
 def _bench_table(title: str, results: list[BenchResult], ratio_column: bool) -> Table:
@@ -324,8 +434,11 @@ def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None
     table = _bench_table(title, results, bool(ratios))
     rows: list[tuple[str, Callable[[BenchResult], str], str | None]] = [
         ("file", lambda r: human_bytes(r.file_bytes), "file_bytes"),
-        (f"instructions per {last.unit}", lambda r: f"{r.instructions_per_unit / 1e6:,.2f} M ({r.units} counted)",
-         "instructions"),
+        (
+            f"instructions per {last.unit}",
+            lambda r: f"{r.instructions_per_unit / 1e6:,.2f} M ({r.units} counted)",
+            "instructions",
+        ),
         ("start-up run", lambda r: f"{r.short_run_instructions / 1e6:,.1f} M instructions", None),
         ("qemu peak RSS", lambda r: human_bytes(r.peak_rss_bytes), "peak_rss"),
     ]
@@ -335,8 +448,10 @@ def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None
     out_console.print(table)
     for result in results:
         if result.other_thread_instructions is not None:
-            out_console.print(f"{Path(result.artifact).name}: other threads ran {result.other_thread_instructions} "
-                              "instructions (not counted per unit: they vary)")
+            out_console.print(
+                f"{Path(result.artifact).name}: other threads ran {result.other_thread_instructions} "
+                "instructions (not counted per unit: they vary)"
+            )
 
 
 def _bench_cell(result: BenchResult, key: str) -> str:
@@ -363,15 +478,29 @@ def _bench_cell(result: BenchResult, key: str) -> str:
     }[key]
 
 
-_BENCH_LABELS = {"where": "run on", "file": "file", "load": "load", "latency": "latency", "prompt": "prompt",
-                 "throughput": "throughput", "memory": "peak RSS", "charged": "cgroup peak",
-                 "faults": "pages read (major faults)"}
+_BENCH_LABELS = {
+    "where": "run on",
+    "file": "file",
+    "load": "load",
+    "latency": "latency",
+    "prompt": "prompt",
+    "throughput": "throughput",
+    "memory": "peak RSS",
+    "charged": "cgroup peak",
+    "faults": "pages read (major faults)",
+}
 
 
 def print_bench(results: list[BenchResult], ratios: dict[str, float]) -> None:
     """Bench results side by side; with two, the second's ratios to the first (`ratios`)."""
-    ratio_of = {"file": "file_bytes", "load": "load_s", "latency": "latency_p50", "prompt": "prompt_ms_per_token",
-                "throughput": "throughput", "memory": "peak_rss"}
+    ratio_of = {
+        "file": "file_bytes",
+        "load": "load_s",
+        "latency": "latency_p50",
+        "prompt": "prompt_ms_per_token",
+        "throughput": "throughput",
+        "memory": "peak_rss",
+    }
     if "latency_p50" not in ratios and "latency_mean" in ratios:
         ratio_of["latency"] = "latency_mean"
     table = _bench_table(f"{results[-1].backend} benchmark", results, bool(ratios))
@@ -398,6 +527,8 @@ def _limits_note(result: BenchResult) -> str:
         note += f"; CPU quota {limits.cpu_quota.share:.0%} of each core by {limits.cpu_quota.how}"
     if limits.reads is not None:
         reads = limits.reads
-        note += (f"; reads of disk {reads.device} at {reads.bytes_per_s / 1e6:.0f} MB/s and {reads.iops} IOPS "
-                 f"by {reads.how}")
+        note += (
+            f"; reads of disk {reads.device} at {reads.bytes_per_s / 1e6:.0f} MB/s and {reads.iops} IOPS "
+            f"by {reads.how}"
+        )
     return note

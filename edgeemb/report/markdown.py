@@ -39,8 +39,9 @@ def comparison_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
         rows.append((f"perplexity{per}", data, f"{ppl.original:.3f}", f"{ppl.compressed:.3f}", change))
         if ppl.bits_per_byte is not None:
             bits = ppl.bits_per_byte
-            rows.append(("bits per byte", ppl.data, f"{bits.original:.4f}", f"{bits.compressed:.4f}",
-                         f"{bits.delta:+.4f}"))
+            rows.append(
+                ("bits per byte", ppl.data, f"{bits.original:.4f}", f"{bits.compressed:.4f}", f"{bits.delta:+.4f}")
+            )
     return rows
 
 
@@ -49,13 +50,23 @@ def vocabulary_rows(vocab: TrimFacts | None) -> list[tuple[str, str]]:
     if vocab is None:
         return []
     frequent_rows = vocab.corpus.frequent_rows if vocab.corpus is not None else 0
-    rows = [("vocabulary", f"{vocab.rows:,} of {vocab.source_rows:,} rows ({vocab.rows / vocab.source_rows:.1%}): "
-             f"{vocab.floor_rows:,} always kept (special, byte, fallback), {vocab.script_rows or 0:,} by script, "
-             f"{frequent_rows:,} by corpus, {vocab.closure_rows_added:,} merge intermediates added")]
+    rows = [
+        (
+            "vocabulary",
+            f"{vocab.rows:,} of {vocab.source_rows:,} rows ({vocab.rows / vocab.source_rows:.1%}): "
+            f"{vocab.floor_rows:,} always kept (special, byte, fallback), {vocab.script_rows or 0:,} by script, "
+            f"{frequent_rows:,} by corpus, {vocab.closure_rows_added:,} merge intermediates added",
+        )
+    ]
     if vocab.holdout is not None:
         held = vocab.holdout
-        rows.append(("held-out corpus", f"{held.lines:,} lines: {held.token_coverage:.2%} of their tokens kept, "
-                     f"{held.lines_changed:.1%} of lines tokenised differently, {held.token_increase:+.2%} tokens"))
+        rows.append(
+            (
+                "held-out corpus",
+                f"{held.lines:,} lines: {held.token_coverage:.2%} of their tokens kept, "
+                f"{held.lines_changed:.1%} of lines tokenised differently, {held.token_increase:+.2%} tokens",
+            )
+        )
     return rows
 
 
@@ -88,11 +99,19 @@ def render_report(report: Report) -> str:
         lines += [f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality.table]
     comparisons = comparison_rows(quality)
     if comparisons:
-        lines += ["", "Model level (sentence embeddings):", "", "| metric | data | original | compressed | change |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Model level (sentence embeddings):",
+            "",
+            "| metric | data | original | compressed | change |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {' | '.join(row)} |" for row in comparisons]
     if quality.drift is not None:
         drift = quality.drift
-        lines += ["", f"Sentence-embedding cosine, original vs compressed, over {drift.n} texts: "
-                  f"mean {drift.mean_cosine:.4f}, 1st percentile {drift.p01_cosine:.4f}, min {drift.min_cosine:.4f}."]
+        lines += [
+            "",
+            f"Sentence-embedding cosine, original vs compressed, over {drift.n} texts: "
+            f"mean {drift.mean_cosine:.4f}, 1st percentile {drift.p01_cosine:.4f}, min {drift.min_cosine:.4f}.",
+        ]
     return "\n".join(lines) + "\n"

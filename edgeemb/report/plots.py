@@ -44,8 +44,9 @@ def _spectrum(ax, analysis: TableAnalysis) -> None:
     twin.set_ylabel("cumulative energy", color="0.4")
     twin.set_ylim(0, 1.02)
     for level, rank in spectrum.energy_rank.items():
-        ax.axvline(rank, color=_LEVEL_COLOURS[level], linestyle="--", linewidth=1,
-                   label=f"{float(level):.0%}: rank {rank}")
+        ax.axvline(
+            rank, color=_LEVEL_COLOURS[level], linestyle="--", linewidth=1, label=f"{float(level):.0%}: rank {rank}"
+        )
     ax.legend(loc="lower left", fontsize=8)
     source = "exact" if spectrum.method == "gram" else f"{spectrum.rows_used:,}-row sample"
     ax.set_title(f"Singular values ({source})")
@@ -78,8 +79,10 @@ def _norms(ax, analysis: TableAnalysis) -> None:
     if label is not None:
         ax.plot([], [], color="tab:red", linestyle="--", label=label)
     ax.legend(loc="best", fontsize=8)
-    ax.set_title(f"Row norms: {norms.outlier_count:,} outliers "
-                 f"({norms.outlier_low_count:,} low, {norms.outlier_high_count:,} high)")
+    ax.set_title(
+        f"Row norms: {norms.outlier_count:,} outliers "
+        f"({norms.outlier_low_count:,} low, {norms.outlier_high_count:,} high)"
+    )
 
 
 def _hubness(ax, analysis: TableAnalysis) -> None:
@@ -106,7 +109,9 @@ def plot_offload(report: OffloadReport, path: Path, title: str) -> None:
     layout = report.layout
     figure.suptitle(
         f"{title}: {report.table} rows of {layout.record_bytes} B, layout {layout.kind}"
-        + (f" ({layout.layers} layers)" if layout.layers > 1 else "") + f", {report.tokens} tokens", fontsize=12,
+        + (f" ({layout.layers} layers)" if layout.layers > 1 else "")
+        + f", {report.tokens} tokens",
+        fontsize=12,
     )
     cache_ax, latency_ax = figure.subplots(1, 2)
     points = report.points
@@ -156,11 +161,19 @@ def plot_pareto(comparison: Comparison, metric: str, path: Path) -> None:
     span = float(np.ptp(values)) or 1.0
     below, previous = False, None
     for i in np.argsort(sizes):
-        close = (previous is not None and abs(np.log(sizes[i] / sizes[previous])) < 0.15
-                 and abs(values[i] - values[previous]) < 0.05 * span)
+        close = (
+            previous is not None
+            and abs(np.log(sizes[i] / sizes[previous])) < 0.15
+            and abs(values[i] - values[previous]) < 0.05 * span
+        )
         below = not below if close else False
-        ax.annotate(comparison.rows[i].label, (sizes[i], values[i]), textcoords="offset points",
-                    xytext=(4, -11 if below else 4), fontsize=8)
+        ax.annotate(
+            comparison.rows[i].label,
+            (sizes[i], values[i]),
+            textcoords="offset points",
+            xytext=(4, -11 if below else 4),
+            fontsize=8,
+        )
         previous = i
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")

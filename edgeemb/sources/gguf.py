@@ -91,16 +91,25 @@ def gguf_vocabulary(path: Path) -> Vocabulary:
         raise EdgeembError(f"{path}: trim_vocab: tokenizer.ggml.model {model!r} is not supported (llama, gpt2)")
     tokens = meta[TOKENS_KEY]
     types = np.asarray(meta.get("tokenizer.ggml.token_type", np.ones(len(tokens))), np.uint8)
-    special = {key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): index
-               for key, index in special_token_ids(meta).items() if 0 <= index < len(tokens)}
+    special = {
+        key.removeprefix("tokenizer.ggml.").removesuffix("_token_id"): index
+        for key, index in special_token_ids(meta).items()
+        if 0 <= index < len(tokens)
+    }
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])] if kind == "bpe" else None
     tokenize = _llama_tokenizer(path)
     if tokenize is None:
         raise EdgeembError("trim_vocab on a GGUF model needs llama-cpp-python (llama.cpp's tokenizer)")
     return Vocabulary(
-        kind, tokens, types, special, tokenize, functools.partial(_trimmed_tokenizer, path, header),
+        kind,
+        tokens,
+        types,
+        special,
+        tokenize,
+        functools.partial(_trimmed_tokenizer, path, header),
         scores=np.asarray(meta["tokenizer.ggml.scores"], np.float32) if "tokenizer.ggml.scores" in meta else None,
-        merges=merges, byte_level=kind == "bpe",
+        merges=merges,
+        byte_level=kind == "bpe",
     )
 
 

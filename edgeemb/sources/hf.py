@@ -25,7 +25,11 @@ from edgeemb.vocab import TokenType, Vocabulary, merge_survives
 
 # Preferred first: the names transformers gives the input embedding across common architectures.
 _EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight", "word_embeddings.weight", "wte.weight", "tok_embeddings.weight", "shared.weight",
+    "embed_tokens.weight",
+    "word_embeddings.weight",
+    "wte.weight",
+    "tok_embeddings.weight",
+    "shared.weight",
 )
 _HEAD_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -34,8 +38,13 @@ _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 # The JSON objects sentence-transformers and transformers read when they load a model's folders.
-_LOADED_CONFIGS = ("config.json", "config_sentence_transformers.json", "sentence_bert_config.json",
-                   "tokenizer_config.json", "special_tokens_map.json")
+_LOADED_CONFIGS = (
+    "config.json",
+    "config_sentence_transformers.json",
+    "sentence_bert_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def _modules(path: Path) -> list[dict[str, str]]:
@@ -97,7 +106,9 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
     headers = {file: _tensor_headers(file) for file in _weight_files(model_dir)}
     shapes = {key: (file, shape, dtype) for file, tensors in headers.items() for key, (shape, dtype) in tensors.items()}
     candidates = [
-        key for suffix in _EMBEDDING_SUFFIXES for key in shapes
+        key
+        for suffix in _EMBEDDING_SUFFIXES
+        for key in shapes
         if key.endswith(suffix) and shapes[key][1] == [vocab, hidden]
     ]
     if not candidates:
@@ -213,7 +224,9 @@ def _vocabulary(model_dir: Path, root: Path, size: int) -> Callable[[], Vocabula
 
 
 _MODELS: dict[str, Literal["wordpiece", "bpe", "unigram"]] = {
-    "WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram",
+    "WordPiece": "wordpiece",
+    "BPE": "bpe",
+    "Unigram": "unigram",
 }
 
 
@@ -249,7 +262,10 @@ def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
         special["unk"] = unk
     tokenizer = _load_tokenizer(json.dumps(data))
     return Vocabulary(
-        kind, tokens, types, special,
+        kind,
+        tokens,
+        types,
+        special,
         tokenize=_encoder(tokenizer),
         retokenizer=lambda keep: _encoder(_load_tokenizer(json.dumps(trim_tokenizer_json(data, keep)))),
         merges=[_merge_pair(m) for m in model.get("merges", [])] if kind == "bpe" else None,

@@ -64,7 +64,11 @@ STEPS: dict[str, Step] = {}
 
 
 def register(
-    name: str, config_type: type[StepConfig], *, replaces_model: bool = False, trims_vocab: bool = False,
+    name: str,
+    config_type: type[StepConfig],
+    *,
+    replaces_model: bool = False,
+    trims_vocab: bool = False,
     peer: bool = False,
 ):
     def wrap(function):
@@ -75,4 +79,3 @@ def register(
         return function
 
     return wrap
-

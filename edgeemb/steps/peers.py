@@ -35,8 +35,8 @@ from pydantic import Field
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
 from edgeemb.formats.integer import pack_codes
-from edgeemb.steps.base import StepContext, StepConfig, register
 from edgeemb.progress import quiet, silenced_output
+from edgeemb.steps.base import StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, QuantizedTable
 
 _CHECK_ROWS = 16384
@@ -53,12 +53,15 @@ class OnnxruntimeInt4Config(StepConfig):
 
 class LlamaQuantizeConfig(StepConfig):
     type: Literal["Q8_0", "Q5_0", "Q4_0", "Q4_1"] = Field(
-        default="Q5_0", description="token_embedding_type given to llama.cpp's quantiser (Q5_0: its fallback for widths K-quants cannot take)"
+        default="Q5_0",
+        description="token_embedding_type given to llama.cpp's quantiser (Q5_0: its fallback for widths K-quants cannot take)",
     )
 
 
 @register("onnxruntime_dynamic", OnnxruntimeDynamicConfig, peer=True)
-def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig, context: StepContext = StepContext()) -> QuantizedTable:
+def onnxruntime_dynamic(
+    table: EmbeddingTable, config: OnnxruntimeDynamicConfig, context: StepContext = StepContext()
+) -> QuantizedTable:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight = _own_table(table, "onnxruntime_dynamic")
@@ -66,21 +69,36 @@ def onnxruntime_dynamic(table: EmbeddingTable, config: OnnxruntimeDynamicConfig,
     def run(source: Path, out: Path) -> None:
         # The arm64 config's arguments, as tools/onnx_numbers.py's whole-model peer passes them.
         quantize_dynamic(
-            source, out, op_types_to_quantize=["Gather"], per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False, "EnableSubgraph": False, "ForceSymmetric": False},
+            source,
+            out,
+            op_types_to_quantize=["Gather"],
+            per_channel=True,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": False,
+                "EnableSubgraph": False,
+                "ForceSymmetric": False,
+            },
         )
 
     graph, session = _quantized_gather(weight, run)
     gather = _single(graph, "Gather")
     dequantize = _single(graph, "DequantizeLinear")
     inits = _initializers(graph)
-    arrays = {"codes": inits[gather.input[0]], "scale": inits[dequantize.input[1]].reshape(1).astype(np.float32),
-              "zero_point": inits[dequantize.input[2]].reshape(1)}
+    arrays = {
+        "codes": inits[gather.input[0]],
+        "scale": inits[dequantize.input[1]].reshape(1).astype(np.float32),
+        "zero_point": inits[dequantize.input[2]].reshape(1),
+    }
     return _checked(QuantizedTable(get_format("int8-tensor"), arrays, weight.shape[1]), session, "onnxruntime")
 
 
 @register("onnxruntime_int4", OnnxruntimeInt4Config, peer=True)
-def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, context: StepContext = StepContext()) -> QuantizedTable:
+def onnxruntime_int4(
+    table: EmbeddingTable, config: OnnxruntimeInt4Config, context: StepContext = StepContext()
+) -> QuantizedTable:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     weight = _own_table(table, "onnxruntime_int4")
@@ -92,8 +110,11 @@ def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, conte
         import onnx
 
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(source), block_size=config.block_size, is_symmetric=config.symmetric,
-            op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),),
+            onnx.load(source),
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            op_types_to_quantize=("Gather",),
+            quant_axes=(("Gather", 1),),
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(out))
@@ -119,7 +140,9 @@ def onnxruntime_int4(table: EmbeddingTable, config: OnnxruntimeInt4Config, conte
 
 
 @register("llama_quantize", LlamaQuantizeConfig, peer=True)
-def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: StepContext = StepContext()) -> QuantizedTable:
+def llama_quantize(
+    table: EmbeddingTable, config: LlamaQuantizeConfig, context: StepContext = StepContext()
+) -> QuantizedTable:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -145,28 +168,48 @@ def llama_quantize(table: EmbeddingTable, config: LlamaQuantizeConfig, context: 
 
 
 class Model2VecConfig(StepConfig):
-    pca_dims: int | None = Field(default=256, ge=1, description="PCA width of the static vectors (model2vec's default 256; null keeps the model's width)")
+    pca_dims: int | None = Field(
+        default=256,
+        ge=1,
+        description="PCA width of the static vectors (model2vec's default 256; null keeps the model's width)",
+    )
 
 
 @register("model2vec_distill", Model2VecConfig, replaces_model=True, peer=True)
-def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: StepContext = StepContext()) -> DenseTable:
+def model2vec_distill(
+    table: EmbeddingTable, config: Model2VecConfig, context: StepContext = StepContext()
+) -> DenseTable:
     _own_table(table, "model2vec_distill")
-    if context.model_format != "sentence-transformers" or context.model_path is None or context.tokenize is None or context.tokens is None:
+    if (
+        context.model_format != "sentence-transformers"
+        or context.model_path is None
+        or context.tokenize is None
+        or context.tokens is None
+    ):
         raise EdgeembError("model2vec_distill distils a sentence-transformers model: give one (e.g. minilm)")
     from edgeemb.evaluate.encoder import static_encoder, unk_id
 
     try:
         from model2vec.distill import distill
     except ImportError:
-        raise EdgeembError("model2vec_distill needs model2vec: pip install 'model2vec==0.10.0' 'skeletoken==0.6.1' scikit-learn") from None
+        raise EdgeembError(
+            "model2vec_distill needs model2vec: pip install 'model2vec==0.10.0' 'skeletoken==0.6.1' scikit-learn"
+        ) from None
     with quiet(), silenced_output():
-        static = distill(model_name=str(context.model_path), pca_dims=config.pca_dims, token_remove_pattern=None, quantize_to="float16")
+        static = distill(
+            model_name=str(context.model_path),
+            pca_dims=config.pca_dims,
+            token_remove_pattern=None,
+            quantize_to="float16",
+        )
     # model2vec drops the special tokens and renumbers the rest: its rows go back to the model's
     # own token ids, and the few it dropped stay zero (a static model never looks them up).
     rows = static.tokenizer.get_vocab()
     ids = [rows.get(token, -1) for token in context.tokens]
     if sum(i >= 0 for i in ids) != len(rows):
-        raise EdgeembError("model2vec's vocabulary is not a subset of the model's: the rows cannot be put back in token id order")
+        raise EdgeembError(
+            "model2vec's vocabulary is not a subset of the model's: the rows cannot be put back in token id order"
+        )
     weight = np.zeros((table.shape[0], static.embedding.shape[1]), np.float16)
     kept = np.flatnonzero(np.asarray(ids) >= 0)
     weight[kept] = np.asarray(static.embedding, np.float16)[np.asarray(ids)[kept]]
@@ -178,12 +221,18 @@ def model2vec_distill(table: EmbeddingTable, config: Model2VecConfig, context: S
     return distilled
 
 
-_CHECK_TEXTS = ["A man is playing a guitar.", "The stock market fell sharply on Monday.", "Wind tunnel tests of a swept wing."]
+_CHECK_TEXTS = [
+    "A man is playing a guitar.",
+    "The stock market fell sharply on Monday.",
+    "Wind tunnel tests of a swept wing.",
+]
 
 
 def _own_table(table: EmbeddingTable, step: str) -> np.ndarray:
     if not isinstance(table, DenseTable):
-        raise EdgeembError(f"{step} quantises the model's own table: make it the recipe's only step (got a {table.describe()} table)")
+        raise EdgeembError(
+            f"{step} quantises the model's own table: make it the recipe's only step (got a {table.describe()} table)"
+        )
     return table.weight.astype(np.float32, copy=False)
 
 
@@ -196,10 +245,15 @@ def _quantized_gather(weight: np.ndarray, run):
 
     node = helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0)
     graph = helper.make_graph(
-        [node], "table", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, weight.shape[1]])], [numpy_helper.from_array(weight, "table")],
+        [node],
+        "table",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, weight.shape[1]])],
+        [numpy_helper.from_array(weight, "table")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10  # what onnxruntime 1.31 reads; onnx would stamp its own newer version
     with tempfile.TemporaryDirectory(prefix="edgeemb-peer-") as folder, quiet():
         source, out = Path(folder) / "table.onnx", Path(folder) / "quantized.onnx"
@@ -213,7 +267,9 @@ def _quantized_gather(weight: np.ndarray, run):
 def _single(graph, op_type: str):
     nodes = [node for node in graph.node if node.op_type == op_type]
     if len(nodes) != 1:
-        raise EdgeembError(f"the peer's quantiser wrote {len(nodes)} {op_type} nodes, expected one ({[n.op_type for n in graph.node]})")
+        raise EdgeembError(
+            f"the peer's quantiser wrote {len(nodes)} {op_type} nodes, expected one ({[n.op_type for n in graph.node]})"
+        )
     return nodes[0]
 
 
@@ -231,5 +287,7 @@ def _checked(table: QuantizedTable, session, tool: str) -> QuantizedTable:
         theirs = session.run(None, {"ids": ids})[0]
         if not np.array_equal(table.lookup(ids), theirs):
             difference = float(np.abs(table.lookup(ids) - theirs).max())
-            raise EdgeembError(f"edgeemb decodes {tool}'s {table.describe()} table differently from {tool} (max difference {difference:.3g})")
+            raise EdgeembError(
+                f"edgeemb decodes {tool}'s {table.describe()} table differently from {tool} (max difference {difference:.3g})"
+            )
     return table

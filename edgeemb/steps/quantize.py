@@ -28,7 +28,8 @@ class FormatConfig(StepConfig):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     format: formats.QuantFormat = Field(
-        default_factory=lambda: formats.get_format(DEFAULT_FORMAT), exclude=True,
+        default_factory=lambda: formats.get_format(DEFAULT_FORMAT),
+        exclude=True,
         description=f"a format object, or one of: {', '.join(formats.names())}, with its options beside it",
     )
 
@@ -133,7 +134,9 @@ def token_frequency(rows: int, context: StepContext, corpus: Path | None) -> np.
 
 
 @register("mixed_precision", MixedPrecisionConfig)
-def mixed_precision(table: EmbeddingTable, config: MixedPrecisionConfig, context: StepContext = StepContext()) -> EmbeddingTable:
+def mixed_precision(
+    table: EmbeddingTable, config: MixedPrecisionConfig, context: StepContext = StepContext()
+) -> EmbeddingTable:
     rows = table.shape[0]
     frequency = token_frequency(rows, context, config.corpus)
     # Most frequent first; ties broken by lower id (stable sort on the negated score).

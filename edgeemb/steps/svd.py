@@ -11,8 +11,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgeemb.errors import EdgeembError
-from edgeemb.steps.base import StepContext, StepConfig, register
 from edgeemb.spectrum import centred_gram, descending_eigh, energy_rank
+from edgeemb.steps.base import StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, LowRankTable
 
 _CHUNK_ROWS = 32768
@@ -22,14 +22,22 @@ class SVDConfig(StepConfig):
     """Choose the rank by exactly one of `rank`, `energy` or `max_bytes`."""
 
     rank: int | None = Field(default=None, ge=1, description="keep this many components")
-    energy: float | None = Field(default=None, gt=0, le=1, description="smallest rank keeping this share of the spectrum's energy")
-    max_bytes: int | None = Field(default=None, ge=1, description="largest rank whose factors (as this step stores them) fit")
+    energy: float | None = Field(
+        default=None, gt=0, le=1, description="smallest rank keeping this share of the spectrum's energy"
+    )
+    max_bytes: int | None = Field(
+        default=None, ge=1, description="largest rank whose factors (as this step stores them) fit"
+    )
     center: bool = Field(default=True, description="subtract the mean row first and store it (one row of bytes)")
-    round_to: int = Field(default=32, ge=1, description="a rank chosen by energy/max_bytes is a multiple of this, so quantisation blocks fit")
+    round_to: int = Field(
+        default=32,
+        ge=1,
+        description="a rank chosen by energy/max_bytes is a multiple of this, so quantisation blocks fit",
+    )
     dtype: Literal["float32", "float16"] = "float32"
 
     @model_validator(mode="after")
-    def _one_criterion(self) -> "SVDConfig":
+    def _one_criterion(self) -> SVDConfig:
         chosen = [k for k in ("rank", "energy", "max_bytes") if getattr(self, k) is not None]
         if len(chosen) != 1:
             raise ValueError(f"give exactly one of rank, energy, max_bytes (got {', '.join(chosen) or 'none'})")
@@ -57,7 +65,9 @@ def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> in
     rank = (config.max_bytes // itemsize - bias) // (rows + dim) // config.round_to * config.round_to
     if rank < 1:
         smallest = itemsize * (config.round_to * (rows + dim) + bias)
-        raise EdgeembError(f"svd: max_bytes {config.max_bytes} is too small; rank {config.round_to} already needs {smallest} bytes")
+        raise EdgeembError(
+            f"svd: max_bytes {config.max_bytes} is too small; rank {config.round_to} already needs {smallest} bytes"
+        )
     if rank >= dim:
         raise EdgeembError(f"svd: max_bytes {config.max_bytes} allows full rank {dim}: no factorisation needed")
     return rank

@@ -24,8 +24,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from edgeemb.errors import EdgeembError, regular_file
-from edgeemb.steps.base import PathArgument, StepContext, StepConfig, register
 from edgeemb.progress import track
+from edgeemb.steps.base import PathArgument, StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 from edgeemb.vocab import Vocabulary, require_kept, script_mask, single_characters
 
@@ -34,14 +34,33 @@ class TrimConfig(StepConfig):
     """Keep the union of the policies given (at least one); with a corpus, at most one of
     min_count, top_k, coverage (default: min_count 1)."""
 
-    scripts: tuple[str | dict[str, int], ...] = Field(default=(), strict=False, description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)")
-    characters: bool = Field(default=False, description="also keep every single-character piece, of any script: other text then falls back to characters, not bytes")
-    corpus: tuple[PathArgument, ...] = Field(default=(), strict=False, description="text whose tokens are counted: plain-text files (a line each) or BEIR folders (their documents)")
+    scripts: tuple[str | dict[str, int], ...] = Field(
+        default=(),
+        strict=False,
+        description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)",
+    )
+    characters: bool = Field(
+        default=False,
+        description="also keep every single-character piece, of any script: other text then falls back to characters, not bytes",
+    )
+    corpus: tuple[PathArgument, ...] = Field(
+        default=(),
+        strict=False,
+        description="text whose tokens are counted: plain-text files (a line each) or BEIR folders (their documents)",
+    )
     min_count: int | None = Field(default=None, ge=1, description="keep pieces seen at least this often in the corpus")
     top_k: int | None = Field(default=None, ge=1, description="keep the corpus's k most frequent pieces")
-    coverage: float | None = Field(default=None, gt=0, le=1, description="keep the most frequent pieces covering this share of corpus tokens")
-    holdout: float = Field(default=0.1, ge=0, lt=1, description="last share of the corpus lines held back to judge the trim (not counted)")
-    drop: tuple[str, ...] = Field(default=(), strict=False, description="pieces to drop even if a policy or the floor keeps them (e.g. '<start_of_image>')")
+    coverage: float | None = Field(
+        default=None, gt=0, le=1, description="keep the most frequent pieces covering this share of corpus tokens"
+    )
+    holdout: float = Field(
+        default=0.1, ge=0, lt=1, description="last share of the corpus lines held back to judge the trim (not counted)"
+    )
+    drop: tuple[str, ...] = Field(
+        default=(),
+        strict=False,
+        description="pieces to drop even if a policy or the floor keeps them (e.g. '<start_of_image>')",
+    )
 
     @field_validator("scripts")
     @classmethod
@@ -80,7 +99,9 @@ def known_scripts() -> frozenset[str]:
 @register("trim_vocab", TrimConfig, trims_vocab=True)
 def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: StepContext = StepContext()) -> TrimmedTable:
     if context.vocabulary is None:
-        raise EdgeembError("trim_vocab: this model has no tokenizer edgeemb can rewrite (it reads tokenizer.json and GGUF vocabularies)")
+        raise EdgeembError(
+            "trim_vocab: this model has no tokenizer edgeemb can rewrite (it reads tokenizer.json and GGUF vocabularies)"
+        )
     if not isinstance(table, DenseTable):
         raise EdgeembError("trim_vocab: the vocabulary is trimmed first, before any other step")
     vocab = context.vocabulary()
@@ -106,8 +127,13 @@ def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: StepContext =
         counts = np.bincount(np.fromiter(_ids(vocab, counted, "count corpus tokens"), np.int64), minlength=len(vocab))
         frequent = _frequent(counts, config)
         keep |= frequent
-        facts["corpus"] = {"files": [str(p) for p in config.corpus], "lines_counted": len(counted), "tokens_counted": int(counts.sum()),
-                           "distinct_tokens": int((counts > 0).sum()), "frequent_rows": int(frequent.sum())}
+        facts["corpus"] = {
+            "files": [str(p) for p in config.corpus],
+            "lines_counted": len(counted),
+            "tokens_counted": int(counts.sum()),
+            "distinct_tokens": int((counts > 0).sum()),
+            "frequent_rows": int(frequent.sum()),
+        }
     index = {token: i for i, token in enumerate(vocab.tokens)} if config.drop else {}
     for piece in config.drop:
         if piece not in index:
@@ -138,8 +164,11 @@ def holdout_report(vocab: Vocabulary, kept: np.ndarray, lines: list[str]) -> dic
         kept_tokens += int(mask[before].sum()) if before else 0
         changed += [int(kept[i]) for i in after] != before
     return {
-        "lines": len(lines), "tokens_original": original_tokens, "tokens_trimmed": new_tokens,
-        "token_coverage": kept_tokens / max(original_tokens, 1), "lines_changed": changed / max(len(lines), 1),
+        "lines": len(lines),
+        "tokens_original": original_tokens,
+        "tokens_trimmed": new_tokens,
+        "token_coverage": kept_tokens / max(original_tokens, 1),
+        "lines_changed": changed / max(len(lines), 1),
         "token_increase": new_tokens / max(original_tokens, 1) - 1,
     }
 

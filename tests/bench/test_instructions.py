@@ -18,13 +18,15 @@ from gguf import GGMLQuantizationType as Q
 from edgeemb.bench.devices import load_device
 from edgeemb.bench.instructions import _fake_machine, count_instructions, run_counted
 from edgeemb.bench.run import bench, compare_runs
-from edgeemb.results import BenchResult
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
+from edgeemb.results import BenchResult
 from tests.formats.test_ggml import _layer_weights, _write_llama
 
 QEMU = all(shutil.which(tool) for tool in ("qemu-aarch64", "aarch64-linux-gnu-gcc", "gcc", "unshare", "apt-get"))
-NEEDS_QEMU = pytest.mark.skipif(not QEMU, reason="needs qemu-user, gcc-aarch64-linux-gnu, gcc and apt (.ci/run installs them)")
+NEEDS_QEMU = pytest.mark.skipif(
+    not QEMU, reason="needs qemu-user, gcc-aarch64-linux-gnu, gcc and apt (.ci/run installs them)"
+)
 CROSS = QEMU and all(shutil.which(tool) for tool in ("aarch64-linux-gnu-g++", "cmake"))
 RPI5 = load_device("rpi5")
 
@@ -43,7 +45,9 @@ int main(int argc, char **argv)
 def test_missing_qemu_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     (tmp_path / "m.onnx").write_bytes(b"0")
-    with pytest.raises(EdgeembError, match=r"qemu-aarch64 not found: install qemu-user \(Debian: apt-get install qemu-user\)"):
+    with pytest.raises(
+        EdgeembError, match=r"qemu-aarch64 not found: install qemu-user \(Debian: apt-get install qemu-user\)"
+    ):
         count_instructions(tmp_path / "m.onnx", RPI5, ids=[[1, 2]])
 
 
@@ -71,7 +75,9 @@ def test_counts_are_exact_and_repeat(tmp_path):
 
 @NEEDS_QEMU
 def test_a_cpu_qemu_does_not_model_is_named(tmp_path):
-    listed = subprocess.run(["qemu-aarch64", "-cpu", "help"], capture_output=True, text=True, check=False).stdout.split()
+    listed = subprocess.run(
+        ["qemu-aarch64", "-cpu", "help"], capture_output=True, text=True, check=False
+    ).stdout.split()
     if "cortex-a710" in listed:
         pytest.skip("this qemu models the Cortex-A710")
     (tmp_path / "m.onnx").write_bytes(b"0")
@@ -88,7 +94,9 @@ def test_onnx_counts_per_sentence_repeat(tiny_model, tmp_path):
     texts = ["a short sentence", "another one that is a little longer"]
     first, second = (bench(fp32, tokenizer=str(tiny_model), texts=texts, emulate=True) for _ in range(2))
     assert first.unit == "sentence" and first.units == 2 and first.emulated.cpu == "cortex-a76"
-    assert first.instructions == second.instructions > 0 and first.short_run_instructions == second.short_run_instructions
+    assert (
+        first.instructions == second.instructions > 0 and first.short_run_instructions == second.short_run_instructions
+    )
     assert first.other_thread_instructions is None  # one thread: nothing left out of the count
     assert compare_runs(first, second)["instructions"] == 1.0
 
@@ -104,11 +112,18 @@ def test_gguf_counts_per_token_repeat(tmp_path):
     assert done.exit_code == 0, done.output
     report = json.loads(done.output)
     baseline, result = report["baseline"], report["result"]
-    assert result["unit"] == "generated token" and result["units"] == 4 and result["emulated"]["arm_arch"] == "armv8.2-a+dotprod+fp16"
+    assert (
+        result["unit"] == "generated token"
+        and result["units"] == 4
+        and result["emulated"]["arm_arch"] == "armv8.2-a+dotprod+fp16"
+    )
     assert result["instructions"] > 0 and "other_thread_instructions" not in result
     assert result["vs_baseline"]["file_bytes"] == small.stat().st_size / big.stat().st_size
     again = count_instructions(big, RPI5, generate=4)
-    assert again["instructions"] == baseline["instructions"] and again["short_run_instructions"] == baseline["short_run_instructions"]
+    assert (
+        again["instructions"] == baseline["instructions"]
+        and again["short_run_instructions"] == baseline["short_run_instructions"]
+    )
 
 
 @pytest.mark.real
@@ -128,15 +143,33 @@ def test_minilm_int4_onnx_costs_fewer_instructions_per_sentence(minilm_onnx, tmp
 
 
 def test_compare_keeps_counts_and_timings_apart(tmp_path):
-    run = {"schema": "edgeemb.bench/1", "fits": True, "artifact": "a.onnx", "backend": "onnxruntime", "file_bytes": 10,
-           "host": {"machine": "x86_64"}, "profile": None, "peak_rss_bytes": 100}
+    run = {
+        "schema": "edgeemb.bench/1",
+        "fits": True,
+        "artifact": "a.onnx",
+        "backend": "onnxruntime",
+        "file_bytes": 10,
+        "host": {"machine": "x86_64"},
+        "profile": None,
+        "peak_rss_bytes": 100,
+    }
     counted = {**run, "instructions_per_unit": 5.0}
-    timed = {**run, "latency_ms": {"p50": 1.0, "p95": 1.0, "mean": 1.0, "count": 1}, "throughput": {"value": 1.0, "unit": "sentences/s"}}
+    timed = {
+        **run,
+        "latency_ms": {"p50": 1.0, "p95": 1.0, "mean": 1.0, "count": 1},
+        "throughput": {"value": 1.0, "unit": "sentences/s"},
+    }
     results = {name: BenchResult.model_validate(data) for name, data in (("counted", counted), ("timed", timed))}
-    assert compare_runs(results["counted"], results["timed"]) == {} and compare_runs(results["timed"], results["counted"]) == {}
+    assert (
+        compare_runs(results["counted"], results["timed"]) == {}
+        and compare_runs(results["timed"], results["counted"]) == {}
+    )
     halved = results["counted"].model_copy(update={"instructions_per_unit": 2.5, "file_bytes": 5})
     assert compare_runs(results["counted"], halved) == {"file_bytes": 0.5, "instructions": 0.5, "peak_rss": 1.0}
     (tmp_path / "a.json").write_text(json.dumps(counted))
     (tmp_path / "b.json").write_text(json.dumps(timed))
     done = CliRunner().invoke(main, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
-    assert done.exit_code == 1 and "instruction counts (bench --emulate) and timed runs measure different things" in done.output
+    assert (
+        done.exit_code == 1
+        and "instruction counts (bench --emulate) and timed runs measure different things" in done.output
+    )

@@ -83,7 +83,13 @@ def test_a_model_over_the_memory_cap_does_not_fit_and_one_under_it_does(tmp_path
     assert big.fits is False and big.message.startswith(f"does not fit in {cap} MB")
     assert big.limits.memory.cap_mb == cap
     assert ("cgroup" in big.limits.memory.how) == (how == "cgroup")
-    small = bench(_table_artifact(tmp_path / "int4", 200_000, quantized=True), profile=profile, runs=1, batch=256, memory_limit=how)
+    small = bench(
+        _table_artifact(tmp_path / "int4", 200_000, quantized=True),
+        profile=profile,
+        runs=1,
+        batch=256,
+        memory_limit=how,
+    )
     assert small.fits is True
     assert (small.charged_peak_bytes if how == "cgroup" else small.peak_rss_bytes) <= cap * 2**20
     assert compare_runs(big, small) == {}  # no ratios against a run that did not fit
@@ -159,7 +165,11 @@ def test_flash_throttle_and_cpu_quota_slow_the_run_by_cgroup(tmp_path):
     if device is None:
         pytest.skip("the test folder is on no block device")
     evict_page_cache(data)
-    run = run_limited([sys.executable, "-c", _TIMER], {"task": "read", "path": str(data)}, read_throttle=ReadThrottle(device, 3 * 2**20, 200))
+    run = run_limited(
+        [sys.executable, "-c", _TIMER],
+        {"task": "read", "path": str(data)},
+        read_throttle=ReadThrottle(device, 3 * 2**20, 200),
+    )
     assert run.returncode == 0, run.stderr
     assert run.limits["reads"]["how"].startswith("cgroup v") and run.limits["reads"]["device"] == device
     assert json.loads(run.stdout)["wall"] > 1.5  # 6 MiB at 3 MiB/s: two seconds, less what the first tick lets through

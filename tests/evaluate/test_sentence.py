@@ -51,7 +51,7 @@ STS_PAIRS = [("ab", "ab"), ("ab", "abc"), ("ab", "ac"), ("ab", "cd")]
 def test_read_sts_any_column_order_and_extra_columns(tmp_path: Path) -> None:
     path = write_sts(
         tmp_path / "sts.tsv",
-        [("3.5", "x", "A \"quoted\" one", "B"), ("1", "y", "C", "D")],
+        [("3.5", "x", 'A "quoted" one', "B"), ("1", "y", "C", "D")],
         header="score\tgenre\tsentence1\tsentence2",
     )
     data = read_sts(path)

@@ -35,18 +35,28 @@ def _everything_but(path: Path, replaced: set[str]) -> tuple[dict[str, bytes], d
     with open(path, "rb") as handle:
         raw = handle.read(header.infos_offset)
     metadata = {key: raw[span.start : span.end] for key, span in header.spans.items() if key != MARK_KEY}
-    tensors = {t.name: (t.type_name, t.shape, _table_bytes(path, t.name).tobytes()) for t in header.tensors if t.name not in replaced}
+    tensors = {
+        t.name: (t.type_name, t.shape, _table_bytes(path, t.name).tobytes())
+        for t in header.tensors
+        if t.name not in replaced
+    }
     return metadata, tensors
 
 
 def test_requantising_to_the_same_type_gives_the_same_file(tmp_path):
     weight = write_gguf(tmp_path / "source.gguf", Q.Q8_0)
     decoded = dequantize(_table_bytes(tmp_path / "source.gguf", TOKEN_EMBD), Q.Q8_0)
-    export = export_gguf(tmp_path / "source.gguf", QuantizedTable.quantize(decoded, get_format("Q8_0")), tmp_path / "out.gguf")
+    export = export_gguf(
+        tmp_path / "source.gguf", QuantizedTable.quantize(decoded, get_format("Q8_0")), tmp_path / "out.gguf"
+    )
     assert _everything_but(tmp_path / "out.gguf", set()) == _everything_but(tmp_path / "source.gguf", set())
     # The only addition is edgeemb's mark, which llama.cpp ignores and `--force` looks for.
     out, source = read_gguf_header(tmp_path / "out.gguf"), read_gguf_header(tmp_path / "source.gguf")
-    assert set(out.metadata) == {*source.metadata, MARK_KEY} and out.metadata[MARK_KEY] == MARK and owned(tmp_path / "out.gguf")
+    assert (
+        set(out.metadata) == {*source.metadata, MARK_KEY}
+        and out.metadata[MARK_KEY] == MARK
+        and owned(tmp_path / "out.gguf")
+    )
     assert not owned(tmp_path / "source.gguf")
     assert not export.rebuilt and export.replaced == [TOKEN_EMBD] and weight.shape == decoded.shape
 
@@ -57,7 +67,9 @@ def test_only_token_embd_changes(tmp_path, alignment):
     table = QuantizedTable.quantize(weight, get_format("Q4_0", search=True))
     export = export_gguf(tmp_path / "source.gguf", table, tmp_path / "out.gguf")
 
-    assert _everything_but(tmp_path / "out.gguf", {TOKEN_EMBD}) == _everything_but(tmp_path / "source.gguf", {TOKEN_EMBD})
+    assert _everything_but(tmp_path / "out.gguf", {TOKEN_EMBD}) == _everything_but(
+        tmp_path / "source.gguf", {TOKEN_EMBD}
+    )
     out = read_gguf_header(tmp_path / "out.gguf")
     assert out.tensor(TOKEN_EMBD).type_name == "Q4_0" and out.data_offset % (alignment or 32) == 0
     written = dequantize(_table_bytes(tmp_path / "out.gguf", TOKEN_EMBD), Q.Q4_0)
@@ -99,7 +111,9 @@ def test_bad_requests_leave_nothing_behind(tmp_path):
         export_gguf(tmp_path / "source.gguf", DenseTable(weight), tmp_path / "out.gguf", tensor_type="Q3_X")
     header = read_gguf_header(tmp_path / "source.gguf")
     with pytest.raises(EdgeembError, match="bytes given"):
-        rewrite_gguf(tmp_path / "source.gguf", header, tmp_path / "out.gguf", {TOKEN_EMBD: ("Q8_0", np.zeros((96, 3), np.uint8))})
+        rewrite_gguf(
+            tmp_path / "source.gguf", header, tmp_path / "out.gguf", {TOKEN_EMBD: ("Q8_0", np.zeros((96, 3), np.uint8))}
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.gguf"]
 
     (tmp_path / "taken.gguf").write_bytes(b"keep me")
@@ -139,7 +153,9 @@ def test_smollm2_activation_weighted_q4_0_beats_llama_cpp_q4_0(tmp_path):
     text = read_text(wikitext)
     (tmp_path / "calibration.txt").write_text(text[len(text) // 2 :], encoding="utf-8")
     model = open_model("smollm2-135m")
-    compress(model, "gguf-q4_0-act", tmp_path / "out", calibration=tmp_path / "calibration.txt", calibration_tokens=1024)
+    compress(
+        model, "gguf-q4_0-act", tmp_path / "out", calibration=tmp_path / "calibration.txt", calibration_tokens=1024
+    )
     report = export_artifact(tmp_path / "out", text=wikitext, max_tokens=512)
     llama_quantize_token_embd(model.path, tmp_path / "llama-q4_0.gguf", "Q4_0")
     (llama_run,) = measure_ggufs([tmp_path / "llama-q4_0.gguf"], text, 512)
@@ -147,11 +163,15 @@ def test_smollm2_activation_weighted_q4_0_beats_llama_cpp_q4_0(tmp_path):
     verify = report.verify
     source, ours, theirs = verify.source.perplexity, verify.export.perplexity, llama_run.perplexity
     assert ours.tokens_scored == theirs.tokens_scored == 511
-    tensors = [sorted((t.name, t.type_name, t.nbytes) for t in read_gguf_header(path).tensors) for path in (tmp_path / "out" / "model.gguf", tmp_path / "llama-q4_0.gguf")]
+    tensors = [
+        sorted((t.name, t.type_name, t.nbytes) for t in read_gguf_header(path).tensors)
+        for path in (tmp_path / "out" / "model.gguf", tmp_path / "llama-q4_0.gguf")
+    ]
     assert tensors[0] == tensors[1]  # the same tensors at the same size; the file adds edgeemb's mark key
     assert 0 < report.export.file_bytes - llama_run.file_bytes <= 128
     assert source.perplexity < ours.perplexity < theirs.perplexity
     assert len(verify.export.greedy_ids) == 32 and verify.export.greedy_text.strip()
+
 
 def test_an_export_llama_cpp_cannot_load_fails_and_is_removed(tmp_path):
     """A GGUF whose architecture llama.cpp cannot build (here: a llama without its vocabulary
@@ -170,7 +190,9 @@ def test_an_export_llama_cpp_cannot_load_fails_and_is_removed(tmp_path):
 
 def test_perplexity_needs_a_causal_lm(tiny_model, tmp_path):
     (tmp_path / "text.txt").write_text("some text to score\n")
-    result = CliRunner().invoke(main, ["compress", str(tiny_model), "-o", str(tmp_path / "out"), "--perplexity", str(tmp_path / "text.txt")])
+    result = CliRunner().invoke(
+        main, ["compress", str(tiny_model), "-o", str(tmp_path / "out"), "--perplexity", str(tmp_path / "text.txt")]
+    )
     assert result.exit_code == 1 and "perplexity needs a causal LM" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -179,14 +201,26 @@ def test_perplexity_needs_a_causal_lm(tiny_model, tmp_path):
 def test_smollm2_perplexity_with_the_table_replaced(tmp_path):
     """`compress --perplexity` on a GGUF causal LM: transformers scores the original and the
     compressed table on the same tokens of real text; int4 costs some perplexity, not much."""
-    result = CliRunner().invoke(main, [
-        "compress", "smollm2-135m", "-r", "int4", "-o", str(tmp_path / "out"), "--json",
-        "--perplexity", str(data_file("wikitext2", "wikitext2_raw_test_joined.txt")), "--max-tokens", "512",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compress",
+            "smollm2-135m",
+            "-r",
+            "int4",
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+            "--perplexity",
+            str(data_file("wikitext2", "wikitext2_raw_test_joined.txt")),
+            "--max-tokens",
+            "512",
+        ],
+    )
     assert result.exit_code == 0, result.output
     import json
 
-    ppl = json.loads(result.output[result.output.index("{"):])["quality"]["perplexity"]
+    ppl = json.loads(result.output[result.output.index("{") :])["quality"]["perplexity"]
     assert ppl["tokens_scored"] == 511 and ppl["runtime"] == "transformers"
     assert ppl["original"] < ppl["compressed"] < 1.3 * ppl["original"]
 
@@ -223,8 +257,8 @@ def test_importance_weighted_q4_0_lowers_the_weighted_error():
 
 
 def test_importance_needs_a_format_and_a_model_that_take_it():
-    from edgeemb.steps import StepContext
     from edgeemb.recipe import parse_recipe
+    from edgeemb.steps import StepContext
 
     weight = DenseTable(np.ones((8, 32), np.float32))
     with pytest.raises(EdgeembError, match="format int4 does not take importance weights"):
@@ -241,7 +275,7 @@ def test_cli_exports_a_sentence_model_and_verifies_it(tiny_model, tmp_path, fmt)
     assert result.exit_code == 0, result.output
     import json
 
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     assert Path(report["export"]["path"]).exists()
     assert report["verify"]["max_abs_diff"] < 1e-3
     again = runner.invoke(main, ["export", str(tmp_path / "out"), "--format", fmt])
@@ -264,12 +298,23 @@ def test_smollm2_recipe_and_llama_cpp_peer_compared_on_llama_cpp_perplexity(tmp_
     (tmp_path / "calibration.txt").write_text(text[len(text) // 2 :], encoding="utf-8")
     data = EvaluationData(perplexity=wikitext, max_tokens=512)
     for recipe in ("smollm2-135m-q4_0-act", "peer-llama-q4_0"):
-        result = compress("smollm2-135m", recipe, tmp_path / recipe, data=data, calibration=tmp_path / "calibration.txt", calibration_tokens=1024)
+        result = compress(
+            "smollm2-135m",
+            recipe,
+            tmp_path / recipe,
+            data=data,
+            calibration=tmp_path / "calibration.txt",
+            calibration_tokens=1024,
+        )
         assert result.report.quality.perplexity.runtime == "llama.cpp"
         assert result.report.export.verify.export.perplexity.tokens_scored == 511
     comparison = compare_outputs([tmp_path / "smollm2-135m-q4_0-act", tmp_path / "peer-llama-q4_0"])
     ours, peer = comparison.rows
-    assert {"perplexity", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(comparison.metrics)
+    assert {"perplexity", "exported file bytes", "decode vs source", "llama.cpp peak RSS bytes"} <= set(
+        comparison.metrics
+    )
     assert ours.metrics["exported file bytes"] == peer.metrics["exported file bytes"]
     assert ours.metrics["perplexity"] < peer.metrics["perplexity"]
-    assert any(note.startswith("perplexity of the source model on the same data (llama.cpp)") for note in comparison.notes)
+    assert any(
+        note.startswith("perplexity of the source model on the same data (llama.cpp)") for note in comparison.notes
+    )

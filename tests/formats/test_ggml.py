@@ -27,7 +27,7 @@ def _awkward(rows: int, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((rows, dim)) * rng.lognormal(-2, 1, (rows, 1))).astype(np.float32)
     w[0] = 0
-    w[1, :dim // 2] = 0
+    w[1, : dim // 2] = 0
     w[2, :32] = 1.5
     w[2, 32:64] = -2.0
     w[3] = 0
@@ -308,7 +308,10 @@ def test_bytes_match_llama_cpp_quantiser(tmp_path, name, identical):
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.token_embedding_type = int(Q[name])
     out = tmp_path / f"{name}.gguf"
-    assert llama_cpp.llama_model_quantize(str(tmp_path / "f32.gguf").encode(), str(out).encode(), ctypes.byref(params)) == 0
+    assert (
+        llama_cpp.llama_model_quantize(str(tmp_path / "f32.gguf").encode(), str(out).encode(), ctypes.byref(params))
+        == 0
+    )
     info = read_gguf_header(out).tensor("token_embd.weight")
     assert info.type_name == name
     theirs = np.array(tensor_bytes(out, info))
@@ -326,7 +329,6 @@ F32 = np.float32
 
 def _nearest_int(v: np.float32) -> int:
     return int(np.rint(F32(v)))  # C adds 1.5 * 2**23: round half to even
-
 
 
 def _ref_make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]]:
@@ -383,7 +385,9 @@ def _ref_q6_k(x: np.ndarray) -> np.ndarray:
         for l in range(32):
             out[64 * half + l] = (L[l] & 0xF) | ((L[l + 64] & 0xF) << 4)
             out[64 * half + l + 32] = (L[l + 32] & 0xF) | ((L[l + 96] & 0xF) << 4)
-            out[128 + 32 * half + l] = (L[l] >> 4) | ((L[l + 32] >> 4) << 2) | ((L[l + 64] >> 4) << 4) | ((L[l + 96] >> 4) << 6)
+            out[128 + 32 * half + l] = (
+                (L[l] >> 4) | ((L[l + 32] >> 4) << 2) | ((L[l + 64] >> 4) << 4) | ((L[l + 96] >> 4) << 6)
+            )
     out[192:208] = np.array(sc, np.int8).view(np.uint8)
     out[208:210] = np.array([d], np.float16).view(np.uint8)
     return out

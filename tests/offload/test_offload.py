@@ -41,7 +41,9 @@ def _file_extents(path: Path, layout: Layout, tokens: np.ndarray) -> np.ndarray:
     """Each token's units read back from the store file, concatenated in layer order."""
     data = np.fromfile(path, dtype=np.uint8)
     offsets, sizes = layout.extents(tokens)
-    return np.stack([np.concatenate([data[o : o + s] for o, s in zip(row_o, row_s)]) for row_o, row_s in zip(offsets, sizes)])
+    return np.stack(
+        [np.concatenate([data[o : o + s] for o, s in zip(row_o, row_s)]) for row_o, row_s in zip(offsets, sizes)]
+    )
 
 
 @pytest.mark.parametrize("kind, layers", [("single", 1), ("ple", 5), ("ple-layer", 5)])
@@ -150,7 +152,9 @@ def test_hot_set_serves_first_occurrences():
     rows = _rows()
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     tokens = np.array([4, 4, 9, 4, 9, 300])
-    config = OffloadConfig(("ufs-3.1",), cache_bytes=(0,), hot_bytes=2 * (rows.records.shape[1] + INDEX_BYTES_PER_ENTRY))
+    config = OffloadConfig(
+        ("ufs-3.1",), cache_bytes=(0,), hot_bytes=2 * (rows.records.shape[1] + INDEX_BYTES_PER_ENTRY)
+    )
     report = emulate_offload(rows, layout, tokens, config, calibration=np.array([9, 4, 4, 9, 4, 1]))
     assert report.hot_set.tokens == 2
     # only token 300, not in the hot set, is read
@@ -199,7 +203,10 @@ def test_bad_input_gets_a_clear_error(tmp_path):
 def test_cli_offload_tiny_model_json_and_errors(tiny_model, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("the water was long and the people made a way over the time " * 20)
-    result = CliRunner().invoke(main, ["offload", str(tiny_model), "--text", str(text), "-p", "all", "--json", "--plot", str(tmp_path / "o.png")])
+    result = CliRunner().invoke(
+        main,
+        ["offload", str(tiny_model), "--text", str(text), "-p", "all", "--json", "--plot", str(tmp_path / "o.png")],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)["offload"]
     assert report["record_bytes"] == 64 * 4  # the tiny model's fp32 rows
@@ -248,7 +255,9 @@ def test_gemma_table_streams_from_flash_with_a_cache_under_five_percent(tmp_path
     assert stored.describe == "Q8_0" and stored.records.shape == (262144, 680)  # the GGUF's own bytes
     budget = int(0.05 * stored.nbytes)
     for layout in ("single", "ple"):
-        result = offload("gemma3-270m", wiki, OffloadConfig(("ufs-3.1",), cache_bytes=(budget,)), layout=layout, head_type="Q4_0")
+        result = offload(
+            "gemma3-270m", wiki, OffloadConfig(("ufs-3.1",), cache_bytes=(budget,)), layout=layout, head_type="Q4_0"
+        )
         report = result.offload
         point = report.points[0]
         assert report.layout.layers == (18 if layout == "ple" else 1)
@@ -284,7 +293,9 @@ def test_o_direct_is_used_on_this_filesystem(tmp_path):
     rows = _rows()
     layout = Layout("single", 1000, rows.records.shape[1], PAGE)
     write_store(tmp_path / "t.store", rows, layout)
-    report = emulate_offload(rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store")
+    report = emulate_offload(
+        rows, layout, np.array([1, 2, 3]), OffloadConfig(cache_bytes=(0,), mode="real"), store=tmp_path / "t.store"
+    )
     assert report.real.o_direct is True and report.real.page_cache is False
 
 
@@ -308,7 +319,9 @@ def test_cli_offload_of_a_device_recipe_output_takes_its_plan_unless_told_otherw
     from edgeemb.pipeline import compress
     from edgeemb.recipe import parse_recipe
 
-    recipe = parse_recipe({"name": "tiny-device", "steps": ["quantize"], "offload": {"profiles": ["emmc-5.1"], "cache_mb": 0.002}})
+    recipe = parse_recipe(
+        {"name": "tiny-device", "steps": ["quantize"], "offload": {"profiles": ["emmc-5.1"], "cache_mb": 0.002}}
+    )
     compress(str(tiny_model), recipe, tmp_path / "out")
     text = tmp_path / "t.txt"
     text.write_text("the water was long and the people made a way " * 10)

@@ -42,7 +42,9 @@ def test_compare_lines_up_sizes_and_shared_quality(outputs):
     assert int4.sizes["table bytes"] < int8.sizes["table bytes"]
     assert comparison.best["table bytes"] == [1]  # int4 is smaller
     assert comparison.best["relative error"] == [0]  # int8 is closer
-    assert int8.sizes["model bytes"] - int4.sizes["model bytes"] == int8.sizes["table bytes"] - int4.sizes["table bytes"]
+    assert (
+        int8.sizes["model bytes"] - int4.sizes["model bytes"] == int8.sizes["table bytes"] - int4.sizes["table bytes"]
+    )
     assert sorted(pareto(comparison, "row cosine")) == [0, 1]  # neither beats the other on both
     original = json.loads((outputs / "int8" / "report.json").read_text())["quality"]["sts"]["original"]
     assert f"STS Spearman of the source model on the same data: {original:.4g}" in comparison.notes
@@ -52,9 +54,21 @@ def test_compare_lines_up_sizes_and_shared_quality(outputs):
 
 
 def _llama_run(decode_tokens_per_s: float, peak_rss_bytes: int) -> LlamaRun:
-    return LlamaRun(path="m.gguf", file_bytes=1000, load_seconds=0.1, greedy_ids=[1], greedy_text="a", greedy_pieces=["a"],
-                    decode_tokens_per_s=decode_tokens_per_s, prefill_tokens_per_s=None, peak_rss_bytes=peak_rss_bytes,
-                    perplexity=None, rss_file_bytes=0, rss_anon_bytes=0, options={})
+    return LlamaRun(
+        path="m.gguf",
+        file_bytes=1000,
+        load_seconds=0.1,
+        greedy_ids=[1],
+        greedy_text="a",
+        greedy_pieces=["a"],
+        decode_tokens_per_s=decode_tokens_per_s,
+        prefill_tokens_per_s=None,
+        peak_rss_bytes=peak_rss_bytes,
+        perplexity=None,
+        rss_file_bytes=0,
+        rss_anon_bytes=0,
+        options={},
+    )
 
 
 def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, tmp_path):
@@ -67,11 +81,30 @@ def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, 
         report = from_json(Report, (folder / "report.json").read_text())
         figures = RetrievalScores(ndcg_at_10=0.5, recall_at_10=0.6, queries=10)
         retrieval = RetrievalQuality(data="qrels/test.tsv", sha256="a" * 64, original=figures, compressed=figures)
-        written = GGUFFile(path="m.gguf", source="s.gguf", tensor_type="Q8_0", rebuilt=False, replaced=["token_embd.weight"],
-                           source_bytes=2000, file_bytes=1000, source_table_bytes=500, table_bytes=300, notes=[])
-        runs = GGUFCheck(runtime="llama.cpp", greedy_tokens_equal_to_source=1, source=_llama_run(30.0, 10), export=_llama_run(speed, 9))
-        report = report.model_copy(update={"quality": report.quality.model_copy(update={"retrieval": retrieval}),
-                                           "export": GGUFExported(export=written, verify=runs)})
+        written = GGUFFile(
+            path="m.gguf",
+            source="s.gguf",
+            tensor_type="Q8_0",
+            rebuilt=False,
+            replaced=["token_embd.weight"],
+            source_bytes=2000,
+            file_bytes=1000,
+            source_table_bytes=500,
+            table_bytes=300,
+            notes=[],
+        )
+        runs = GGUFCheck(
+            runtime="llama.cpp",
+            greedy_tokens_equal_to_source=1,
+            source=_llama_run(30.0, 10),
+            export=_llama_run(speed, 9),
+        )
+        report = report.model_copy(
+            update={
+                "quality": report.quality.model_copy(update={"retrieval": retrieval}),
+                "export": GGUFExported(export=written, verify=runs),
+            }
+        )
         (folder / "report.json").write_text(to_json(report))
         folders.append(folder)
     comparison = compare_outputs(folders)
@@ -110,15 +143,26 @@ def test_mixed_sources_are_refused_unless_allowed(outputs, tmp_path):
 
 
 def test_cli_compare_writes_markdown_html_and_pareto_plot(outputs, tmp_path):
-    args = ["compare", str(outputs / "int8"), str(outputs / "int4"), "--md", str(tmp_path / "c.md"),
-            "--html", str(tmp_path / "c.html"), "--plot", str(tmp_path / "p.png")]
+    args = [
+        "compare",
+        str(outputs / "int8"),
+        str(outputs / "int4"),
+        "--md",
+        str(tmp_path / "c.md"),
+        "--html",
+        str(tmp_path / "c.html"),
+        "--plot",
+        str(tmp_path / "p.png"),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "STS Spearman" in (tmp_path / "c.md").read_text()
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     again = CliRunner().invoke(main, args)
     assert again.exit_code != 0 and "already exists" in again.output
-    data = json.loads(CliRunner().invoke(main, ["compare", str(outputs / "int8"), str(outputs / "int4"), "--json"]).output)
+    data = json.loads(
+        CliRunner().invoke(main, ["compare", str(outputs / "int8"), str(outputs / "int4"), "--json"]).output
+    )
     assert data["best"]["table bytes"] == [1]
 
 
@@ -128,7 +172,18 @@ def test_cli_compare_bad_input(outputs, tmp_path):
     (tmp_path / "empty").mkdir()
     bad = CliRunner().invoke(main, ["compare", str(outputs / "int8"), str(tmp_path / "empty")])
     assert bad.exit_code != 0 and "not an edgeemb output folder" in bad.output
-    metric = CliRunner().invoke(main, ["compare", str(outputs / "int8"), str(outputs / "int4"), "--plot", str(tmp_path / "x.png"), "--metric", "perplexity"])
+    metric = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(outputs / "int8"),
+            str(outputs / "int4"),
+            "--plot",
+            str(tmp_path / "x.png"),
+            "--metric",
+            "perplexity",
+        ],
+    )
     assert metric.exit_code != 0 and "no quality column 'perplexity'" in metric.output
 
 

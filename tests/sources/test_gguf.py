@@ -15,7 +15,7 @@ from gguf.constants import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
 
 from edgeemb.errors import EdgeembError
-from edgeemb.sources.gguf import TOKEN_EMBD, read_gguf_header, load_gguf
+from edgeemb.sources.gguf import TOKEN_EMBD, load_gguf, read_gguf_header
 
 VOCAB, DIM = 96, 64
 TOKENS = [f"tok{i}" for i in range(VOCAB - 3)] + ["Ġhello", "日本語", "🙂"]

@@ -30,7 +30,14 @@ def test_missing_model_and_unknown_name():
 
 
 def test_missing_package_names_the_install_command():
-    entry = ModelEntry(name="x", description="", package="not-a-package", install="pip install not-a-package==1", module="not_a_package_xyz", call="f")
+    entry = ModelEntry(
+        name="x",
+        description="",
+        package="not-a-package",
+        install="pip install not-a-package==1",
+        module="not_a_package_xyz",
+        call="f",
+    )
     with pytest.raises(EdgeembError, match="needs the package not-a-package: pip install not-a-package==1"):
         locate(entry)
 

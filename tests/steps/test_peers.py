@@ -8,6 +8,7 @@ import pytest
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format
+from edgeemb.recipe import load_recipe
 from edgeemb.steps import StepContext
 from edgeemb.steps.peers import (
     LlamaQuantizeConfig,
@@ -19,7 +20,6 @@ from edgeemb.steps.peers import (
     onnxruntime_dynamic,
     onnxruntime_int4,
 )
-from edgeemb.recipe import load_recipe
 from edgeemb.table import DenseTable, QuantizedTable
 
 
@@ -39,15 +39,24 @@ def test_onnxruntime_dynamic_is_one_uint8_range_for_the_whole_table(table):
     assert np.abs(peer.to_dense() - weight).max() <= scale / 2 + 1e-7
 
 
-@pytest.mark.parametrize("config, bits", [
-    (OnnxruntimeInt4Config(), 4 + 32 / 128 + 4 / 128),  # its defaults: blocks of 128, fp32 scales, zero points
-    (OnnxruntimeInt4Config(block_size=32, symmetric=True), 4 + 32 / 32),
-])
+@pytest.mark.parametrize(
+    "config, bits",
+    [
+        (OnnxruntimeInt4Config(), 4 + 32 / 128 + 4 / 128),  # its defaults: blocks of 128, fp32 scales, zero points
+        (OnnxruntimeInt4Config(block_size=32, symmetric=True), 4 + 32 / 32),
+    ],
+)
 def test_onnxruntime_int4_keeps_its_blocks_scales_and_zero_points(table, config, bits):
     peer = onnxruntime_int4(table, config)
-    assert peer.format == get_format("int4", block_size=config.block_size, zero_point=not config.symmetric, scale_dtype="float32")
+    assert peer.format == get_format(
+        "int4", block_size=config.block_size, zero_point=not config.symmetric, scale_dtype="float32"
+    )
     assert peer.bits_per_param == pytest.approx(bits)
-    cosine = np.sum(peer.to_dense() * table.weight, 1) / np.linalg.norm(peer.to_dense(), axis=1) / np.linalg.norm(table.weight, axis=1)
+    cosine = (
+        np.sum(peer.to_dense() * table.weight, 1)
+        / np.linalg.norm(peer.to_dense(), axis=1)
+        / np.linalg.norm(table.weight, axis=1)
+    )
     assert cosine.min() > 0.98
 
 
@@ -79,8 +88,12 @@ def test_peers_take_only_the_models_own_table(table):
 
 
 def test_peer_recipes_are_one_peer_step_each():
-    for name, step in [("peer-onnxruntime-arm64", "onnxruntime_dynamic"), ("peer-onnxruntime-int4", "onnxruntime_int4"),
-                       ("peer-llama-q5_0", "llama_quantize"), ("peer-llama-q4_0", "llama_quantize")]:
+    for name, step in [
+        ("peer-onnxruntime-arm64", "onnxruntime_dynamic"),
+        ("peer-onnxruntime-int4", "onnxruntime_int4"),
+        ("peer-llama-q5_0", "llama_quantize"),
+        ("peer-llama-q4_0", "llama_quantize"),
+    ]:
         recipe = load_recipe(name)
         assert [s for s, _ in recipe.steps] == [step]
 

@@ -32,12 +32,15 @@ def test_svd_rank_by_energy_and_by_bytes(low_rank_weight):
     assert by_bytes.rank == 16 and by_bytes.nbytes <= 4 * (1000 * 16 + 16 * 64 + 64)
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"rank": 64}, "must be smaller than the table width 64"),
-    ({"rank": 500}, "must be smaller than the table width 64"),
-    ({"max_bytes": 100}, "too small"),
-    ({"energy": 1.0, "round_to": 64}, "would not compress"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"rank": 64}, "must be smaller than the table width 64"),
+        ({"rank": 500}, "must be smaller than the table width 64"),
+        ({"max_bytes": 100}, "too small"),
+        ({"energy": 1.0, "round_to": 64}, "would not compress"),
+    ],
+)
 def test_impossible_ranks_are_clear_errors(low_rank_weight, config, message):
     with pytest.raises(EdgeembError, match=message):
         svd(DenseTable(low_rank_weight), SVDConfig(**config))
@@ -60,13 +63,17 @@ def test_mixed_precision_keeps_frequent_rows_at_higher_precision(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("7 7 7 42\n42 99 7\n\n")  # token 7 three... four times, 42 twice, 99 once
     context = StepContext(tokenize=lambda text: [int(t) for t in text.split()])
-    config = MixedPrecisionConfig(frequent={"format": "int8"}, rare={"format": "int2", "block_size": 32}, frequent_fraction=0.03, corpus=corpus)
+    config = MixedPrecisionConfig(
+        frequent={"format": "int8"}, rare={"format": "int2", "block_size": 32}, frequent_fraction=0.03, corpus=corpus
+    )
     table = mixed_precision(DenseTable(weight), config, context)
     assert isinstance(table, MixedTable)
     assert sorted(np.flatnonzero(table.group == 0)) == [7, 42, 99]
     error = np.abs(table.to_dense() - weight).mean(axis=1)
     assert error[[7, 42, 99]].max() < 0.05 < error[np.flatnonzero(table.group == 1)].min()
-    assert table.nbytes == sum(part.nbytes for part in table.parts) + 100 * (1 + 2)  # routing arrays (uint8, uint16) counted
+    assert table.nbytes == sum(part.nbytes for part in table.parts) + 100 * (
+        1 + 2
+    )  # routing arrays (uint8, uint16) counted
     save_table(table, tmp_path / "t.safetensors")
     assert np.array_equal(load_table(tmp_path / "t.safetensors").to_dense(), table.to_dense())
 

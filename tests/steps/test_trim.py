@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from edgeemb.errors import EdgeembError
-from edgeemb.steps import StepContext
-from edgeemb.steps.trim import TrimConfig, trim_vocab
 from edgeemb.recipe import parse_recipe
 from edgeemb.sources import open_model
 from edgeemb.sources.hf import tokenizer_vocabulary
+from edgeemb.steps import StepContext
+from edgeemb.steps.trim import TrimConfig, trim_vocab
 from edgeemb.table import DenseTable, TrimmedTable, load_table, save_table
 from edgeemb.vocab import TokenType, Vocabulary, script_mask
 from tests.conftest import WORDS, data_file
@@ -40,7 +40,9 @@ def _bpe_tokenizer_json() -> dict:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     text = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(0, len(WORDS), 7)]
     tokenizer.train_from_iterator(text, trainer)
     return json.loads(tokenizer.to_str())
@@ -99,7 +101,9 @@ def test_spm_closure_replays_score_ordered_merges():
     tokens = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
     types = np.array([TokenType.UNKNOWN] + [TokenType.NORMAL] * 6, np.uint8)
     scores = np.array([0, 0, 0, 0, -1, -2, -3], np.float32)  # 'ab' merges before 'bc'
-    vocab = Vocabulary("spm", tokens, types, {"unk": 0}, tokenize=lambda t: [], retokenizer=lambda k: lambda t: [], scores=scores)
+    vocab = Vocabulary(
+        "spm", tokens, types, {"unk": 0}, tokenize=lambda t: [], retokenizer=lambda k: lambda t: [], scores=scores
+    )
     keep = np.zeros(7, bool)
     keep[[0, 6]] = True
     assert [tokens[i] for i in np.flatnonzero(vocab.closure(keep))] == ["<unk>", "ab", "abc"]
@@ -107,7 +111,9 @@ def test_spm_closure_replays_score_ordered_merges():
 
 def test_script_policy_reads_pieces_as_text():
     tokens = ["▁the", "▁Привет", "▁café", "—", "<unused7>", "日本"]
-    vocab = Vocabulary("spm", tokens, np.ones(6, np.uint8), {}, tokenize=lambda t: [], retokenizer=lambda k: lambda t: [])
+    vocab = Vocabulary(
+        "spm", tokens, np.ones(6, np.uint8), {}, tokenize=lambda t: [], retokenizer=lambda k: lambda t: []
+    )
     assert script_mask(vocab, ("ascii",)).tolist() == [True, False, False, False, False, False]
     assert script_mask(vocab, ("latin",)).tolist() == [True, False, True, True, False, False]
     assert script_mask(vocab, ("cyrillic",)).tolist() == [True, True, False, True, False, False]
@@ -193,13 +199,21 @@ def test_compress_trims_then_quantises_and_reports_it(tiny_model, tiny_sts, tmp_
     corpus = tmp_path / "corpus.txt"
     held = [" ".join(WORDS[0:4] + WORDS[64:68]), " ".join(WORDS[4:8] + WORDS[68:72])]  # half seen before, half not
     corpus.write_text("\n".join([" ".join(WORDS[i : i + 8]) for i in range(0, 64, 8)] + held))
-    recipe = parse_recipe({"name": "trim-int8", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0.2}}, {"quantize": {"format": "int8"}}]})
+    recipe = parse_recipe(
+        {
+            "name": "trim-int8",
+            "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0.2}}, {"quantize": {"format": "int8"}}],
+        }
+    )
     result = compress(tiny_model, recipe, tmp_path / "out", data=EvaluationData(sts=tiny_sts))
     vocabulary = result.report.table.vocabulary
     assert vocabulary.rows == result.manifest.table.shape[0] < vocabulary.source_rows
     assert vocabulary.holdout.lines == 2 and 0 < vocabulary.holdout.token_coverage < 1
     assert vocabulary.holdout.lines_changed == 1 and vocabulary.holdout.token_increase > 0
-    assert "vocabulary trimmed" in result.report.table.storage and "held-out corpus" in (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "vocabulary trimmed" in result.report.table.storage
+        and "held-out corpus" in (tmp_path / "out" / "report.md").read_text()
+    )
     again = evaluate_artifact(tmp_path / "out", EvaluationData(sts=tiny_sts))
     assert again.quality.sts.compressed == pytest.approx(result.report.quality.sts.compressed)
 
@@ -235,16 +249,23 @@ def test_smollm2_trimmed_gguf_runs_in_llama_cpp_and_scores_by_bits_per_byte(tmp_
     of the source; Russian text (dropped pieces) still tokenises and decodes back to itself."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    from edgeemb.pipeline import EvaluationData, compress
     from edgeemb.evaluate.llamacpp import llama_vocabulary
+    from edgeemb.pipeline import EvaluationData, compress
 
     text = data_file("wikitext2", "wikitext2_raw_test_joined.txt").read_text(encoding="utf-8")
     middle = text.index("\n", len(text) // 2)
     (tmp_path / "first.txt").write_text(text[:middle])
     (tmp_path / "second.txt").write_text(text[middle:])
     policy = {"scripts": ["ascii"], "corpus": [str(tmp_path / "second.txt")]}
-    recipe = parse_recipe({"name": "trim", "steps": [{"trim_vocab": policy}], "export": {"format": "gguf", "type": "Q8_0"}})
-    result = compress("smollm2-135m", recipe, tmp_path / "out", data=EvaluationData(perplexity=tmp_path / "first.txt", max_tokens=1024))
+    recipe = parse_recipe(
+        {"name": "trim", "steps": [{"trim_vocab": policy}], "export": {"format": "gguf", "type": "Q8_0"}}
+    )
+    result = compress(
+        "smollm2-135m",
+        recipe,
+        tmp_path / "out",
+        data=EvaluationData(perplexity=tmp_path / "first.txt", max_tokens=1024),
+    )
     ppl = result.report.quality.perplexity
     assert ppl.runtime == "llama.cpp" and ppl.bits_per_byte.compressed < 1.01 * ppl.bits_per_byte.original
     assert result.export.export.file_bytes < result.export.export.source_bytes
@@ -260,8 +281,16 @@ def test_trimmed_tables_export_to_onnx_and_sentence_transformers_with_their_toke
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(" ".join(WORDS[i : i + 8]) for i in range(0, 64, 8)))
-    recipe = parse_recipe({"name": "trim-svd-int4", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}, {"svd": {"rank": 32}},
-                                                              {"quantize": {"format": "int4", "block_size": 32}}]})
+    recipe = parse_recipe(
+        {
+            "name": "trim-svd-int4",
+            "steps": [
+                {"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}},
+                {"svd": {"rank": 32}},
+                {"quantize": {"format": "int4", "block_size": 32}},
+            ],
+        }
+    )
     compress(tiny_model, recipe, tmp_path / "out")
     st = export_artifact(tmp_path / "out", ExportConfig(format="st"), tmp_path / "st")
     assert st.verify.max_abs_diff < 1e-5  # the saved directory tokenises as the trimmed model does
@@ -296,7 +325,11 @@ def test_a_trimmed_table_offloads_as_a_smaller_store_streamed_in_its_own_ids(tin
     corpus, text = tmp_path / "corpus.txt", tmp_path / "text.txt"
     corpus.write_text(KEPT_TEXT)
     text.write_text(KEPT_TEXT + " people")  # 'people' was dropped: it streams as character pieces
-    compress(tiny_model, parse_recipe({"name": "trim", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}]}), tmp_path / "out")
+    compress(
+        tiny_model,
+        parse_recipe({"name": "trim", "steps": [{"trim_vocab": {"corpus": [str(corpus)], "holdout": 0}}]}),
+        tmp_path / "out",
+    )
     report = offload(tmp_path / "out", text, OffloadConfig(cache_bytes=(4096,))).offload
     table = load_table(tmp_path / "out" / "table.safetensors")
     assert report.rows == table.shape[0] < 192
