@@ -76,6 +76,7 @@ def one_line(exc: BaseException) -> tuple[str, int] | None:
         return None
     message = " ".join(str(exc).split())[:300]
     return (
-        f"edgeemb hit an unexpected error ({type(exc).__name__}: {message}); this is a bug: rerun with {DEBUG}=1 for the traceback and report it",
+        f"edgeemb hit an unexpected error ({type(exc).__name__}: {message}); "
+        f"this is a bug: rerun with {DEBUG}=1 for the traceback and report it",
         1,
     )

@@ -101,7 +101,8 @@ def check_target(path: Path, force: bool) -> None:
     if not owned(path):
         what = "folder" if path.is_dir() else "file"
         raise EdgeembError(
-            f"{path}: edgeemb did not write this {what}, so --force will not replace it; move it away or choose another output"
+            f"{path}: edgeemb did not write this {what}, so --force will not replace it; "
+            "move it away or choose another output"
         )
 
 

@@ -336,7 +336,8 @@ class MixedTable(EmbeddingTable, kind="mixed"):
 
     def row_records(self) -> tuple[np.ndarray, int]:
         raise EdgeembError(
-            "a mixed table has rows of several sizes; offload emulates fixed-size rows only (quantise it to one format first)"
+            "a mixed table has rows of several sizes; "
+            "offload emulates fixed-size rows only (quantise it to one format first)"
         )
 
     def describe(self) -> str:
@@ -424,7 +425,10 @@ def as_records(array: np.ndarray) -> np.ndarray:
 
 def _onnx_maps() -> str:
     formats = ", ".join(f"{name} ({how})" for name, how in onnx_formats().items())
-    return f"dense fp32/fp16, {formats}, and low-rank, mixed or trimmed tables of these (GGUF block types go to the GGUF export)"
+    return (
+        f"dense fp32/fp16, {formats}, "
+        "and low-rank, mixed or trimmed tables of these (GGUF block types go to the GGUF export)"
+    )
 
 
 def _prefixed(arrays: Arrays, prefix: str) -> Arrays:

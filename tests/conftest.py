@@ -12,7 +12,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WORDS = "the a of and to in is it that was for on are with as his they at be this from have or by one had not but what all were when we there can an your which their said if do will each about how up out them then she many some so these would other into has more her two like him see time could no make than first been its who now people my made over did down only way find use may water long little very after words called just where most know".split()
+WORDS = (
+    "the a of and to in is it that was for on are with as his they at be this from have or by one had not but what "
+    "all were when we there can an your which their said if do will each about how up out them then she many some "
+    "so these would other into has more her two like him see time could no make than first been its who now people "
+    "my made over did down only way find use may water long little very after words called just where most know"
+).split()
 
 
 def data_file(*parts: str) -> Path:

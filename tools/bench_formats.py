@@ -115,11 +115,13 @@ def main() -> None:
     dense_rate = lookup_rate(lambda ids: np.take(weight, ids, axis=0), rows)
     results = []
     print(
-        f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
+        f"{args.model}: {rows} x {dim} float32 ({megabytes:.0f} MB); "
+        f"fp32 np.take: {dense_rate / 1e6:.2f} M rows/s at the start; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start\n"
     )
     print(
-        f"| format | quantise s (best of {args.repeats}) | CPU s | MB/s | gguf quantise s | lookup M rows/s | vs fp32 gather |"
+        f"| format | quantise s (best of {args.repeats}) | CPU s | MB/s "
+        "| gguf quantise s | lookup M rows/s | vs fp32 gather |"
     )
     print("|---|---|---|---|---|---|---|")
     chosen = set(args.formats.split(",")) if args.formats else None
@@ -159,7 +161,8 @@ def main() -> None:
         results.append(row)
         gguf_cell = f"{reference:.2f}" if reference is not None else "–"
         print(
-            f"| {label} | {seconds:.2f} | {cpu_seconds:.2f} | {megabytes / seconds:.0f} | {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |",
+            f"| {label} | {seconds:.2f} | {cpu_seconds:.2f} | {megabytes / seconds:.0f} "
+            f"| {gguf_cell} | {rate / 1e6:.2f} | {rate / dense_rate:.0%} |",
             flush=True,
         )
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")

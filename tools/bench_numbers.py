@@ -97,8 +97,10 @@ def _cell(result: dict) -> str:
 
 def render(result: dict) -> str:
     lines = [
-        "`edgeemb bench` under device profiles on this host (`python tools/bench_numbers.py`). Latency is this x86 host's on the",
-        "profile's pinned cores (2 of the 4 the profiles ask for: the host has 2), not the device's; the ratios, measured side by side, carry over.",
+        "`edgeemb bench` under device profiles on this host (`python tools/bench_numbers.py`). "
+        "Latency is this x86 host's on the",
+        "profile's pinned cores (2 of the 4 the profiles ask for: the host has 2), not the device's; "
+        "the ratios, measured side by side, carry over.",
         "",
         "| scenario | original | compressed | file | latency p50 | peak RSS |",
         "|---|---|---|---|---|---|",
@@ -113,7 +115,8 @@ def render(result: dict) -> str:
         latency = f"{ratios['latency_p50']:.2f}x" if ratios else "–"
         memory = f"{ratios['peak_rss']:.2f}x" if ratios else "–"
         lines.append(
-            f"| {row['scenario']} | {names[0]}: {_cell(original)} | {names[1]}: {_cell(compressed)} | {file_ratio} | {latency} | {memory} |"
+            f"| {row['scenario']} | {names[0]}: {_cell(original)} | {names[1]}: {_cell(compressed)} "
+            f"| {file_ratio} | {latency} | {memory} |"
         )
     limits = result["rows"][0]["original"]["limits"]
     lines += [

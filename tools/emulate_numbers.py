@@ -82,8 +82,10 @@ def measure(work: Path, text: Path) -> dict:
 def render(result: dict) -> str:
     emulated = result["groups"][0]["results"][0]["emulated"]
     lines = [
-        f"`edgeemb bench --emulate` (`python tools/emulate_numbers.py`): qemu {emulated['qemu'].split()[0]} user mode as a {emulated['cpu']}",
-        f"({result['profile']} profile), one thread. Each file counted in two separate runs; both runs gave the counts shown, to the instruction.",
+        "`edgeemb bench --emulate` (`python tools/emulate_numbers.py`): "
+        f"qemu {emulated['qemu'].split()[0]} user mode as a {emulated['cpu']}",
+        f"({result['profile']} profile), one thread. Each file counted in two separate runs; "
+        "both runs gave the counts shown, to the instruction.",
         "Instructions are the guest's; peak RSS is the qemu process's (the guest's memory and the emulator's).",
         "",
         "| file | size | instructions per unit | vs original | start-up run | qemu peak RSS | vs original |",
@@ -94,9 +96,11 @@ def render(result: dict) -> str:
         for row in group["results"]:
             ratios = row["vs_original"]
             path = Path(row["artifact"])
+            label = path.parent.name if path.name == "model.gguf" else path.name
             lines.append(
-                f"| {path.parent.name if path.name == 'model.gguf' else path.name} | {row['file_bytes'] / 1e6:.1f} MB | {row['instructions_per_unit']:,.0f} "
-                f"(over {row['units']}) | {ratios['instructions']:.3f}x | {row['short_run_instructions']:,} | "
+                f"| {label} | {row['file_bytes'] / 1e6:.1f} MB | "
+                f"{row['instructions_per_unit']:,.0f} (over {row['units']}) | {ratios['instructions']:.3f}x | "
+                f"{row['short_run_instructions']:,} | "
                 f"{row['peak_rss_bytes'] / 2**20:.0f} MB | {ratios['peak_rss']:.2f}x |"
             )
     lines += ["", f"Run time {result['seconds'] / 60:.1f} min."]

@@ -345,8 +345,8 @@ def render(summary: dict) -> str:
         "",
         f"`{summary['command']}` (seeded: the same command gives the same cases).",
         "",
-        "Every case must be accepted or refused with one line; a traceback, a hang (over the per-case limit) or the 1 GiB "
-        "address-space cap is a failure.",
+        "Every case must be accepted or refused with one line; "
+        "a traceback, a hang (over the per-case limit) or the 1 GiB address-space cap is a failure.",
         "",
         "| input | cases | accepted | refused (one line) | tracebacks | hangs | memory cap | peak RSS | slowest case |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -354,8 +354,8 @@ def render(summary: dict) -> str:
     for kind, k in summary["kinds"].items():
         c = k["counts"]
         lines.append(
-            f"| {kind} | {k['cases']} | {c['accepted']} | {c['refused']} | {c['traceback'] + c['multi-line']} | {c['hang']} | {c['memory']} | "
-            f"{k['peak_rss_mb'] or 0:.0f} MB | {k['slowest_case_s']:.2f} s |"
+            f"| {kind} | {k['cases']} | {c['accepted']} | {c['refused']} | {c['traceback'] + c['multi-line']} "
+            f"| {c['hang']} | {c['memory']} | {k['peak_rss_mb'] or 0:.0f} MB | {k['slowest_case_s']:.2f} s |"
         )
     failures = [(kind, f) for kind, k in summary["kinds"].items() for f in k["failures"]]
     if failures:

@@ -1,6 +1,7 @@
 """edgeemb's GGUF exports against llama.cpp's own token-embedding choices, in one run.
 
-    python tools/gguf_numbers.py --model gemma3-270m --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt -o docs
+    python tools/gguf_numbers.py --model gemma3-270m \
+        --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt -o docs
     python tools/gguf_numbers.py --model smollm2-135m --text ... -o docs
     taskset -c 1 python tools/gguf_numbers.py --model gemma3-270m \
         --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt --max-tokens 4096 \
@@ -146,7 +147,8 @@ def main() -> None:
     source = rows[0]
     repeats = f", median of {args.decode_repeats} runs each" if args.decode_repeats > 1 else ""
     lines = [
-        f"{args.model}: {model.path.name}; perplexity of {source['tokens_scored']} tokens scored in the first {args.max_tokens} of {args.text.name} (windows of 1024)",
+        f"{args.model}: {model.path.name}; perplexity of {source['tokens_scored']} tokens scored "
+        f"in the first {args.max_tokens} of {args.text.name} (windows of 1024)",
         f"llama.cpp on {len(cpus)} thread(s); decode tokens/s of 32 greedy tokens{repeats}. Made by:",
         "",
         f"    {command}",
@@ -157,10 +159,12 @@ def main() -> None:
     ]
     for row in rows:
         lines.append(
-            f"| {row['file']} | {row['token_embd']} | {row['file_bytes'] / 1e6:.1f} | {row['file_bytes'] / source['file_bytes'] - 1:+.1%} "
+            f"| {row['file']} | {row['token_embd']} | {row['file_bytes'] / 1e6:.1f} "
+            f"| {row['file_bytes'] / source['file_bytes'] - 1:+.1%} "
             f"| {row['perplexity']:.3f} | {row['perplexity'] / source['perplexity'] - 1:+.2%} "
             f"| {row['decode_tokens_per_s']:.1f} | {row['decode_tokens_per_s'] / source['decode_tokens_per_s']:.2f}x "
-            f"| {row['peak_rss_bytes'] / 1e6:.0f} | {row['greedy_agrees_with_source']}/32 | {', '.join(row['beats']) or '–'} "
+            f"| {row['peak_rss_bytes'] / 1e6:.0f} | {row['greedy_agrees_with_source']}/32 "
+            f"| {', '.join(row['beats']) or '–'} "
             f"| {', '.join(row['same_token_embd_as']) or '–'} |"
         )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

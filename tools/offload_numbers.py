@@ -1,6 +1,7 @@
 """The offload emulator on a real model, in one run: the figures and the PNG the README quotes.
 
-    python tools/offload_numbers.py --model gemma3-270m --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt -o docs
+    python tools/offload_numbers.py --model gemma3-270m \
+        --text ../shared/data/wikitext2/wikitext2_raw_test_joined.txt -o docs
 
 The token stream is the first `--max-tokens` tokens of `--text`; the hot set counts token
 frequencies on its second half (by characters), which the stream never sees. For the model:
@@ -127,7 +128,8 @@ def render(data: dict, args, stem: str) -> str:
         f"# Embedding offload to flash: {model['name']}",
         "",
         (
-            f"Made by `python tools/offload_numbers.py --model {args.model} --text {args.text} --max-tokens {args.max_tokens}` "
+            "Made by `python tools/offload_numbers.py "
+            f"--model {args.model} --text {args.text} --max-tokens {args.max_tokens}` "
             f"(one run). Stream: the first {sweep['tokens']} tokens of the text ({sweep['distinct_tokens']} distinct); "
             "hot set counted on its second half. Latency is added per token by flash reads, from the profile's "
             "published figures (`edgeemb/offload/profiles/`), with no overlap with compute."
@@ -145,14 +147,16 @@ def render(data: dict, args, stem: str) -> str:
         "",
         f"![cache sweep]({stem}.png)",
         "",
-        "| cache budget (+ index) | share of table | resident in all | hit rate | flash reads / token | bytes / token | added mean / p99 | page cache: hit rate, added mean |",
+        "| cache budget (+ index) | share of table | resident in all | hit rate | flash reads / token "
+        "| bytes / token | added mean / p99 | page cache: hit rate, added mean |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for point, paged in zip(sweep["points"], data["page_cache_sweep"]["points"]):
         sim = point["results"][0]["sim"]
         lines.append(
-            f"| {_kb(point['cache_budget_bytes'])} | {point['cache_budget_bytes'] / sweep['table_bytes']:.3%} | {_mb(point['resident_bytes'])} "
-            f"| {point['hit_rate']:.1%} | {point['reads_per_token']:.2f} | {point['bytes_per_token']:,.0f} | {sim['mean_us']:.0f} / {sim['p99_us']:.0f} us "
+            f"| {_kb(point['cache_budget_bytes'])} | {point['cache_budget_bytes'] / sweep['table_bytes']:.3%} "
+            f"| {_mb(point['resident_bytes'])} | {point['hit_rate']:.1%} | {point['reads_per_token']:.2f} "
+            f"| {point['bytes_per_token']:,.0f} | {sim['mean_us']:.0f} / {sim['p99_us']:.0f} us "
             f"| {paged['hit_rate']:.1%}, {paged['results'][0]['sim']['mean_us']:.0f} us |"
         )
     lines += [
@@ -166,15 +170,17 @@ def render(data: dict, args, stem: str) -> str:
         point = report["points"][0]
         sim = point["results"][0]["sim"]
         lines.append(
-            f"| {name} | {report['lookups_per_token']} | {_kb(point['cache_peak_bytes'] + report['hot_set']['bytes'])} | {point['hit_rate']:.1%} "
-            f"| {point['reads_per_token']:.2f} | {point['bytes_per_token']:,.0f} | {sim['p50_us']:.0f} / {sim['p99_us']:.0f} / {sim['mean_us']:.0f} us |"
+            f"| {name} | {report['lookups_per_token']} | {_kb(point['cache_peak_bytes'] + report['hot_set']['bytes'])} "
+            f"| {point['hit_rate']:.1%} | {point['reads_per_token']:.2f} | {point['bytes_per_token']:,.0f} "
+            f"| {sim['p50_us']:.0f} / {sim['p99_us']:.0f} / {sim['mean_us']:.0f} us |"
         )
     modes = data["modes"]
     real = modes["real"]
     lines += [
         "",
         (
-            f"## Every profile, sim and real (5% cache, single layout; real: {'O_DIRECT' if real['o_direct'] else 'page cache in play'}, "
+            "## Every profile, sim and real (5% cache, single layout; "
+            f"real: {'O_DIRECT' if real['o_direct'] else 'page cache in play'}, "
             f"throttle {real['throttle']}; this host's own reads: {real['host_read_us']:.0f} us each)"
         ),
         "",
@@ -185,7 +191,8 @@ def render(data: dict, args, stem: str) -> str:
     for r in point["results"]:
         note = "host disk slower than the profile: real shows the host" if r["host_limited"] else ""
         lines.append(
-            f"| {r['profile']} | {point['bytes_per_token']:,.0f} | {r['real_bytes_per_token']:,.0f} | {r['sim']['mean_us']:.0f} / {r['sim']['p99_us']:.0f} us "
+            f"| {r['profile']} | {point['bytes_per_token']:,.0f} | {r['real_bytes_per_token']:,.0f} "
+            f"| {r['sim']['mean_us']:.0f} / {r['sim']['p99_us']:.0f} us "
             f"| {r['real']['mean_us']:.0f} / {r['real']['p99_us']:.0f} us | {note} |"
         )
     lines += [
@@ -198,7 +205,8 @@ def render(data: dict, args, stem: str) -> str:
     for name, entry in data["runtime"].items():
         for run in entry["runs"]:
             lines.append(
-                f"| {name} | {entry['table']}, {_mb(entry['table_bytes'])} | {run['use_mmap']} | {_mb(run['peak_rss_bytes'])} "
+                f"| {name} | {entry['table']}, {_mb(entry['table_bytes'])} | {run['use_mmap']} "
+                f"| {_mb(run['peak_rss_bytes'])} "
                 f"| {_mb(run['rss_file_bytes'])} | {_mb(run['rss_anon_bytes'])} | {run['decode_tokens_per_s']:.1f} |"
             )
     return "\n".join(lines) + "\n"

@@ -156,23 +156,31 @@ def render(result: dict) -> str:
         f"MiniLM (all-MiniLM-L6-v2) as one ONNX file, on STS-B dev ({result['sentences']} sentences).",
         f"Original model (PyTorch): STS-B dev Spearman {result['original_sts_spearman']:.2f}.",
         "",
-        "| export | embedding table | rest | file MB | cosine to original (mean / p1) | STS-B dev Spearman | p50 ms / sentence (vs peer) | session peak RSS MB | max abs diff vs PyTorch |",
+        "| export | embedding table | rest | file MB | cosine to original (mean / p1) | STS-B dev Spearman "
+        "| p50 ms / sentence (vs peer) | session peak RSS MB | max abs diff vs PyTorch |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['row']} | {row['storage']} | {row['rest']} | {row['file_mb']:.2f} | {row['mean_cosine']:.4f} / {row['p01_cosine']:.4f} "
-            f"| {row['sts_spearman']:.2f} | {row['p50_latency_ms']:.2f} ({row['latency_vs_peer']:.3f}x) | {row['session_rss_mb']:.0f} | {row['max_abs_diff_vs_pytorch']:.1e} |"
+            f"| {row['row']} | {row['storage']} | {row['rest']} | {row['file_mb']:.2f} "
+            f"| {row['mean_cosine']:.4f} / {row['p01_cosine']:.4f} | {row['sts_spearman']:.2f} "
+            f"| {row['p50_latency_ms']:.2f} ({row['latency_vs_peer']:.3f}x) | {row['session_rss_mb']:.0f} "
+            f"| {row['max_abs_diff_vs_pytorch']:.1e} |"
         )
     lines += [
         "",
-        f"Latency: {result['latency_sentences']} STS-B dev sentences, one at a time, one thread, each sentence on every file in turn in one process.",
-        f"The peer, timed twice in that run, differed from itself by {result['latency_noise']:.1%}: the noise floor of these ratios on this shared machine.",
-        "Quality: every sentence, onnxruntime against the original model in PyTorch. Session RSS: a fresh process's peak while it loads the",
-        "file and runs the sample sentences, minus its RSS before (Python, numpy, onnxruntime). The peer is the fp32 export quantised as",
+        f"Latency: {result['latency_sentences']} STS-B dev sentences, one at a time, one thread, "
+        "each sentence on every file in turn in one process.",
+        f"The peer, timed twice in that run, differed from itself by {result['latency_noise']:.1%}: "
+        "the noise floor of these ratios on this shared machine.",
+        "Quality: every sentence, onnxruntime against the original model in PyTorch. "
+        "Session RSS: a fresh process's peak while it loads the",
+        "file and runs the sample sentences, minus its RSS before (Python, numpy, onnxruntime). "
+        "The peer is the fp32 export quantised as",
         "sentence-transformers' arm64 export does it (`tools/onnx_numbers.py`, `peer_arm64`).",
         "",
-        "Against the issue's targets (whole file at most 15 MB, mean cosine at least 0.99, p50 latency no worse than the peer's):",
+        "Against the issue's targets "
+        "(whole file at most 15 MB, mean cosine at least 0.99, p50 latency no worse than the peer's):",
     ]
     for row in result["rows"][2:]:
         met = {

@@ -163,12 +163,12 @@ def markdown(rows: list[dict]) -> str:
                 lines.append(f"| {r['format']} | {r['bits_per_param']:.2f} | – | 0 | 1 | {score} |")
                 continue
             lines.append(
-                f"| {r['format']} | {r['bits_per_param']:.2f} | {r['ratio_vs_fp32']:.1f}x | {r['relative_error']:.4f} | {r['row_cosine_mean']:.4f} | {score} |"
+                f"| {r['format']} | {r['bits_per_param']:.2f} | {r['ratio_vs_fp32']:.1f}x "
+                f"| {r['relative_error']:.4f} | {r['row_cosine_mean']:.4f} | {score} |"
             )
         if any("sts_original" in r for r in mine):
-            lines.append(
-                f"\nOriginal model: STS-B dev Spearman {next(r['sts_original'] for r in mine if 'sts_original' in r):.2f}."
-            )
+            original = next(r["sts_original"] for r in mine if "sts_original" in r)
+            lines.append(f"\nOriginal model: STS-B dev Spearman {original:.2f}.")
         lines.append("")
     return "\n".join(lines)
 

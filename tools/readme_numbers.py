@@ -33,13 +33,12 @@ RECIPES = {
 
 
 def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
-    rows, lines = (
-        [],
-        [
-            "| model | table | stored as | table bytes | share of params | share of bytes | head | 90/95/99% energy rank | anisotropy | hubness skew | low-norm rows | inspect time |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ],
-    )
+    rows: list[dict] = []
+    lines = [
+        "| model | table | stored as | table bytes | share of params | share of bytes | head "
+        "| 90/95/99% energy rank | anisotropy | hubness skew | low-norm rows | inspect time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         start = time.perf_counter()
         model = open_model(name)
@@ -51,9 +50,11 @@ def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
         ranks = "/".join(str(r) for r in analysis.spectrum.energy_rank.values())
         head = {None: "none", True: "tied", False: "untied"}[facts["tied"]]
         lines.append(
-            f"| {name} | {facts['vocab']} x {facts['dim']} | {facts['stored_dtype']} | {human_bytes(facts['table_bytes'])} | "
+            f"| {name} | {facts['vocab']} x {facts['dim']} | {facts['stored_dtype']} | "
+            f"{human_bytes(facts['table_bytes'])} | "
             f"{facts['table_share_of_params']:.1%} | {facts['table_share_of_bytes']:.1%} | {head} | {ranks} | "
-            f"{analysis.anisotropy.mean_pair_cosine:.3f} | {analysis.hubness.skewness:.2f} | {analysis.norms.outlier_low_count} | {seconds:.1f} s |"
+            f"{analysis.anisotropy.mean_pair_cosine:.3f} | {analysis.hubness.skewness:.2f} | "
+            f"{analysis.norms.outlier_low_count} | {seconds:.1f} s |"
         )
         rows.append(
             {
@@ -73,13 +74,12 @@ def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
 def compress_rows(data: Path) -> tuple[list[dict], list[str]]:
     evaluation = EvaluationData(sts=data / "stsb" / "stsb_en_dev.tsv", beir=data / "cranfield_beir")
     source = open_model("minilm")
-    rows, lines = (
-        [],
-        [
-            "| recipe | storage | table bytes | smaller | bits/param | row cosine (mean / p1) | top-10 NN overlap | STS-B dev Spearman | Cranfield nDCG@10 | recall@10 | sentence cosine (mean / p1) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ],
-    )
+    rows: list[dict] = []
+    lines = [
+        "| recipe | storage | table bytes | smaller | bits/param | row cosine (mean / p1) | top-10 NN overlap "
+        "| STS-B dev Spearman | Cranfield nDCG@10 | recall@10 | sentence cosine (mean / p1) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         for name, recipe in RECIPES.items():
             result = compress(source, parse_recipe({"name": name, **recipe}), Path(scratch) / name, data=evaluation)
@@ -87,7 +87,8 @@ def compress_rows(data: Path) -> tuple[list[dict], list[str]]:
             table, quality = report["table"], report["quality"]
             tq, sts, ret, drift = quality["table"], quality["sts"], quality["retrieval"], quality["drift"]
             lines.append(
-                f"| {name} | {table['storage']} | {human_bytes(table['bytes'])} | {table['ratio_vs_source']:.2f}x | {table['bits_per_param']:.2f} | "
+                f"| {name} | {table['storage']} | {human_bytes(table['bytes'])} | {table['ratio_vs_source']:.2f}x | "
+                f"{table['bits_per_param']:.2f} | "
                 f"{tq['row_cosine_mean']:.4f} / {tq['row_cosine_p1']:.4f} | {tq['nn_overlap_mean']:.3f} | "
                 f"{sts['original']:.2f} → {sts['compressed']:.2f} ({sts['delta']:+.2f}) | "
                 f"{ret['original']['ndcg_at_10']:.4f} → {ret['compressed']['ndcg_at_10']:.4f} | "

@@ -100,18 +100,22 @@ def markdown(results: dict) -> str:
         first = gemma[0]
         bits = first["bits_per_byte"]["original"]
         lines += [
-            f"Gemma 3 270M, shipped GGUF {first['source_bytes'] / 1e6:.1f} MB: perplexity {first['source_perplexity']:.3f}, "
+            f"Gemma 3 270M, shipped GGUF {first['source_bytes'] / 1e6:.1f} MB: "
+            f"perplexity {first['source_perplexity']:.3f}, "
             f"{bits:.4f} bits per byte on the first {first['tokens_scored']} tokens of WikiText-2's first half.",
             "",
-            "| output | rows | GGUF | vs shipped | bits per byte | perplexity per source token | vs shipped | held-out lines tokenised differently |",
+            "| output | rows | GGUF | vs shipped | bits per byte | perplexity per source token | vs shipped "
+            "| held-out lines tokenised differently |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for row in gemma:
             vocab = row["vocabulary"] or {}
             held = vocab.get("holdout", {})
             lines.append(
-                f"| {row['output']} | {vocab.get('rows', 262144):,} | {row['file_bytes'] / 1e6:.1f} MB | {row['file_bytes'] / row['source_bytes'] - 1:+.1%} "
-                f"| {row['bits_per_byte']['compressed']:.4f} | {row['perplexity']:.3f} | {row['perplexity'] / row['source_perplexity'] - 1:+.2%} "
+                f"| {row['output']} | {vocab.get('rows', 262144):,} | {row['file_bytes'] / 1e6:.1f} MB "
+                f"| {row['file_bytes'] / row['source_bytes'] - 1:+.1%} "
+                f"| {row['bits_per_byte']['compressed']:.4f} | {row['perplexity']:.3f} "
+                f"| {row['perplexity'] / row['source_perplexity'] - 1:+.2%} "
                 f"| {held.get('lines_changed', 0):.1%} |"
             )
     others = results.get("gemma3-270m-other-scripts")
@@ -124,21 +128,25 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {'shipped' if i == 0 else Path(o['file']).parent.name} | {o['tokens_scored']} | {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |"
+            f"| {'shipped' if i == 0 else Path(o['file']).parent.name} | {o['tokens_scored']} "
+            f"| {o['bits_per_byte']:.4f} | {o['bits_per_byte'] / others[0]['bits_per_byte'] - 1:+.1%} |"
             for i, o in enumerate(others)
         ]
     minilm = results.get("minilm")
     if minilm:
         lines += [
             "",
-            "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) | held-out documents tokenised differently |",
+            "| output | rows | table | STS-B dev (original) | Cranfield nDCG@10 (original) "
+            "| held-out documents tokenised differently |",
             "|---|---|---|---|---|---|",
         ]
         for row in minilm:
             sts, ret, vocab = row["sts"], row["retrieval"], row["vocabulary"]
             lines.append(
-                f"| {row['output']} | {vocab['rows']:,} of {vocab['source_rows']:,} | {row['table_bytes'] / 1e6:.2f} MB | {sts['compressed']:.2f} ({sts['original']:.2f}) "
-                f"| {ret['compressed']['ndcg_at_10']:.4f} ({ret['original']['ndcg_at_10']:.4f}) | {vocab['holdout']['lines_changed']:.1%} |"
+                f"| {row['output']} | {vocab['rows']:,} of {vocab['source_rows']:,} "
+                f"| {row['table_bytes'] / 1e6:.2f} MB | {sts['compressed']:.2f} ({sts['original']:.2f}) "
+                f"| {ret['compressed']['ndcg_at_10']:.4f} ({ret['original']['ndcg_at_10']:.4f}) "
+                f"| {vocab['holdout']['lines_changed']:.1%} |"
             )
     return "\n".join(lines) + "\n"
 

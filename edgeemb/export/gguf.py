@@ -97,14 +97,16 @@ def export_gguf(
     source_rows = int(table.facts.get("source_rows", embd.shape[0])) if keep is not None else table.shape[0]
     if (source_rows, table.shape[1]) != embd.shape:
         raise EdgeembError(
-            f"the table is {source_rows} x {table.shape[1]} but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}"
+            f"the table is {source_rows} x {table.shape[1]} "
+            f"but {source}'s {TOKEN_EMBD} is {embd.shape[0]} x {embd.shape[1]}"
         )
     type_name, blocks, rebuilt = ggml_bytes(rows, tensor_type)
     replacements = {TOKEN_EMBD: (type_name, blocks)}
     notes = []
     if rebuilt:
         notes.append(
-            f"llama.cpp has no {rows.describe()} embedding: the table was rebuilt at full width and quantised to {type_name}"
+            f"llama.cpp has no {rows.describe()} embedding: "
+            f"the table was rebuilt at full width and quantised to {type_name}"
         )
     head = header.tensor(OUTPUT)
     if head is not None:
@@ -113,7 +115,8 @@ def export_gguf(
         notes.append(f"the untied {OUTPUT} was quantised from the source to {type_name} as well")
     if keep is not None:
         notes.append(
-            f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: the tokenizer in the metadata and the tied output head follow"
+            f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: "
+            "the tokenizer in the metadata and the tied output head follow"
         )
     rewrite_gguf(
         source,

@@ -84,7 +84,9 @@ class OnnxVerification:
     p01_cosine: float
     min_cosine: float
     p50_latency_ms: float  # one sentence per run, `threads` intra-op threads
-    session_rss_mb: float  # peak RSS of a fresh process loading the session and running the texts, minus its RSS before (Python, numpy, onnxruntime)
+    # peak RSS of a fresh process loading the session and running the texts,
+    # minus its RSS before (Python, numpy, onnxruntime)
+    session_rss_mb: float
     threads: int
 
 
@@ -167,7 +169,8 @@ def _torch_export(path: Path):
     if kinds[:2] != ["Transformer", "Pooling"] or st[1].pooling_mode != "mean" or set(kinds[2:]) - {"Normalize"}:
         modes = f" ({st[1].pooling_mode} pooling)" if kinds[1:2] == ["Pooling"] else ""
         raise EdgeembError(
-            f"{path}: the ONNX export covers Transformer + mean Pooling (+ Normalize) models; this one is {' + '.join(kinds)}{modes}"
+            f"{path}: the ONNX export covers Transformer + mean Pooling (+ Normalize) models; "
+            f"this one is {' + '.join(kinds)}{modes}"
         )
 
     class MeanPooled(torch.nn.Module):
@@ -282,11 +285,13 @@ def _rewrite(model, table: EmbeddingTable, origin: str) -> list[str]:
     users = [node.name or node.op_type for node in graph.node if node is not gather and weight.name in node.input]
     if users or weight.name in {output.name for output in graph.output}:
         raise EdgeembError(
-            f"{origin}: the word embedding {weight.name} is also read by {', '.join(users) or 'a graph output'} (a tied head?); only an input embedding can be replaced"
+            f"{origin}: the word embedding {weight.name} is also read by {', '.join(users) or 'a graph output'} "
+            "(a tied head?); only an input embedding can be replaced"
         )
     if weight.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
         raise EdgeembError(
-            f"{origin}: the word embedding {weight.name} is {TensorProto.DataType.Name(weight.data_type)}; a float32 or float16 table is replaced"
+            f"{origin}: the word embedding {weight.name} is {TensorProto.DataType.Name(weight.data_type)}; "
+            "a float32 or float16 table is replaced"
         )
 
     builder = OnnxGraph(gather.input[1])

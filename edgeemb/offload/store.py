@@ -100,7 +100,10 @@ class Layout:
                 [[0], np.cumsum([_packed_bytes(self.rows, int(s), self.page_size) for s in self.slice_bytes])[:-1]]
             )
             offsets = np.stack(
-                [bases[l] + _packed_offsets(tokens, int(s), self.page_size) for l, s in enumerate(self.slice_bytes)],
+                [
+                    bases[layer] + _packed_offsets(tokens, int(s), self.page_size)
+                    for layer, s in enumerate(self.slice_bytes)
+                ],
                 axis=1,
             )
         else:

@@ -54,7 +54,9 @@ class OnnxruntimeInt4Config(StepConfig):
 class LlamaQuantizeConfig(StepConfig):
     type: Literal["Q8_0", "Q5_0", "Q4_0", "Q4_1"] = Field(
         default="Q5_0",
-        description="token_embedding_type given to llama.cpp's quantiser (Q5_0: its fallback for widths K-quants cannot take)",
+        description=(
+            "token_embedding_type given to llama.cpp's quantiser (Q5_0: its fallback for widths K-quants cannot take)"
+        ),
     )
 
 
@@ -288,6 +290,7 @@ def _checked(table: QuantizedTable, session, tool: str) -> QuantizedTable:
         if not np.array_equal(table.lookup(ids), theirs):
             difference = float(np.abs(table.lookup(ids) - theirs).max())
             raise EdgeembError(
-                f"edgeemb decodes {tool}'s {table.describe()} table differently from {tool} (max difference {difference:.3g})"
+                f"edgeemb decodes {tool}'s {table.describe()} table differently from {tool} "
+                f"(max difference {difference:.3g})"
             )
     return table

@@ -56,7 +56,8 @@ def choose_rank(config: SVDConfig, singular_values: np.ndarray, rows: int) -> in
         rank = -(-needed // config.round_to) * config.round_to
         if rank >= dim:
             raise EdgeembError(
-                f"svd: energy {config.energy} needs rank {needed} (rounded to {rank}) of width {dim}: a factorisation would not compress"
+                f"svd: energy {config.energy} needs rank {needed} (rounded to {rank}) of width {dim}: "
+                "a factorisation would not compress"
             )
         return rank
     assert config.max_bytes is not None  # the config holds exactly one of rank, energy, max_bytes

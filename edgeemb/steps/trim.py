@@ -37,11 +37,17 @@ class TrimConfig(StepConfig):
     scripts: tuple[str | dict[str, int], ...] = Field(
         default=(),
         strict=False,
-        description="keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' (with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids (BPE and SentencePiece vocabularies number pieces in merge order, frequent first)",
+        description=(
+            "keep pieces written wholly in these scripts: 'ascii', or e.g. 'latin', 'cyrillic' "
+            "(with ASCII and common punctuation); {latin: 100000}: only among the first 100000 ids "
+            "(BPE and SentencePiece vocabularies number pieces in merge order, frequent first)"
+        ),
     )
     characters: bool = Field(
         default=False,
-        description="also keep every single-character piece, of any script: other text then falls back to characters, not bytes",
+        description=(
+            "also keep every single-character piece, of any script: other text then falls back to characters, not bytes"
+        ),
     )
     corpus: tuple[PathArgument, ...] = Field(
         default=(),
@@ -100,7 +106,8 @@ def known_scripts() -> frozenset[str]:
 def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: StepContext = StepContext()) -> TrimmedTable:
     if context.vocabulary is None:
         raise EdgeembError(
-            "trim_vocab: this model has no tokenizer edgeemb can rewrite (it reads tokenizer.json and GGUF vocabularies)"
+            "trim_vocab: this model has no tokenizer edgeemb can rewrite "
+            "(it reads tokenizer.json and GGUF vocabularies)"
         )
     if not isinstance(table, DenseTable):
         raise EdgeembError("trim_vocab: the vocabulary is trimmed first, before any other step")

@@ -25,7 +25,10 @@ def test_missing_tools_name_the_package_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(
         EdgeembError,
-        match=r"aarch64-linux-gnu-gcc not found: install the cross compiler \(Debian: apt-get install gcc-aarch64-linux-gnu",
+        match=(
+            r"aarch64-linux-gnu-gcc not found: install the cross compiler "
+            r"\(Debian: apt-get install gcc-aarch64-linux-gnu"
+        ),
     ):
         cross_build(load_device("rpi5"), tmp_path / "out")
     with pytest.raises(

@@ -342,11 +342,11 @@ def _ref_make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
     def attempt(iscale: np.float32) -> tuple[list[int], np.float32, np.float32]:
         levels, sumlx, suml2 = [], F32(0), F32(0)
         for v in x:
-            l = max(-nmax, min(nmax - 1, _nearest_int(iscale * v)))
-            levels.append(l + nmax)
+            level = max(-nmax, min(nmax - 1, _nearest_int(iscale * v)))
+            levels.append(level + nmax)
             w = v * v
-            sumlx += w * v * F32(l)
-            suml2 += w * F32(l) * F32(l)
+            sumlx += w * v * F32(level)
+            suml2 += w * F32(level) * F32(level)
         return levels, sumlx, suml2
 
     levels, sumlx, suml2 = attempt(F32(-nmax) / vmax)
@@ -364,7 +364,7 @@ def _ref_make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.float32, list[int]
 
 def _ref_q6_k(x: np.ndarray) -> np.ndarray:
     scales, levels = zip(*(_ref_make_qx_quants(x[16 * j : 16 * j + 16], 32) for j in range(16)))
-    levels = [l for group in levels for l in group]
+    levels = [level for group in levels for level in group]
     max_abs, max_scale = F32(0), F32(0)
     for s in scales:
         if abs(s) > max_abs:
@@ -382,11 +382,11 @@ def _ref_q6_k(x: np.ndarray) -> np.ndarray:
                 levels[16 * j + i] = max(-32, min(31, _nearest_int(x[16 * j + i] / step))) + 32
     for half in range(2):
         L = levels[128 * half : 128 * half + 128]
-        for l in range(32):
-            out[64 * half + l] = (L[l] & 0xF) | ((L[l + 64] & 0xF) << 4)
-            out[64 * half + l + 32] = (L[l + 32] & 0xF) | ((L[l + 96] & 0xF) << 4)
-            out[128 + 32 * half + l] = (
-                (L[l] >> 4) | ((L[l + 32] >> 4) << 2) | ((L[l + 64] >> 4) << 4) | ((L[l + 96] >> 4) << 6)
+        for i in range(32):
+            out[64 * half + i] = (L[i] & 0xF) | ((L[i + 64] & 0xF) << 4)
+            out[64 * half + i + 32] = (L[i + 32] & 0xF) | ((L[i + 96] & 0xF) << 4)
+            out[128 + 32 * half + i] = (
+                (L[i] >> 4) | ((L[i + 32] >> 4) << 2) | ((L[i + 64] >> 4) << 4) | ((L[i + 96] >> 4) << 6)
             )
     out[192:208] = np.array(sc, np.int8).view(np.uint8)
     out[208:210] = np.array([d], np.float16).view(np.uint8)
@@ -414,11 +414,11 @@ def _ref_make_qkx2_quants(x: np.ndarray, w: np.ndarray) -> tuple[np.float32, np.
         iscale = (rmin + rdelta * F32(step) + F32(nmax)) / (hi - lo)
         trial, sum_l, sum_l2, sum_xl = [], F32(0), F32(0), F32(0)
         for i in range(n):
-            l = max(0, min(nmax, _nearest_int(iscale * (x[i] - lo))))
-            trial.append(l)
-            sum_l += w[i] * F32(l)
-            sum_l2 += w[i] * F32(l) * F32(l)
-            sum_xl += w[i] * F32(l) * x[i]
+            level = max(0, min(nmax, _nearest_int(iscale * (x[i] - lo))))
+            trial.append(level)
+            sum_l += w[i] * F32(level)
+            sum_l2 += w[i] * F32(level) * F32(level)
+            sum_xl += w[i] * F32(level) * x[i]
         det = sum_w * sum_l2 - sum_l * sum_l
         if det > 0:
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det
@@ -442,10 +442,10 @@ def _ref_q4_k(x: np.ndarray) -> np.ndarray:
         for v in xs:
             sum_x2 += v * v
         av_x = np.sqrt(sum_x2 / F32(32))
-        s, m, l = _ref_make_qkx2_quants(xs, av_x + np.abs(xs))
+        s, m, group_levels = _ref_make_qkx2_quants(xs, av_x + np.abs(xs))
         scales.append(s)
         mins.append(m)
-        levels += l
+        levels += group_levels
     max_scale, max_min = max([F32(0), *scales]), max([F32(0), *mins])
     inv_scale = F32(63) / max_scale if max_scale > 0 else F32(0)
     inv_min = F32(63) / max_min if max_min > 0 else F32(0)
