@@ -72,7 +72,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_it(tiny_model, tmp_path
     def bug(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr("edgeemb.cli.run_compress", bug)
+    monkeypatch.setattr("edgeemb.cli.tables.run_compress", bug)
     assert_one_line_error(
         run("compress", tiny_model, "-o", tmp_path / "o"), "this is a bug: rerun with EDGEEMB_DEBUG=1"
     )

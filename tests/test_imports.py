@@ -175,7 +175,9 @@ def test_the_import_check_names_each_module_that_fails_alone(tmp_path):
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # A module that only imports after another one has would pass in a shared interpreter.
-    failures = _import_each(sorted(MODULES))
+    # A __main__ module runs its command when imported (`python -m edgeemb.cli`): it is in the
+    # cycle check, not imported here.
+    failures = _import_each(sorted(name for name in MODULES if not name.endswith(".__main__")))
     assert failures == "", failures
 
 

@@ -1,0 +1,315 @@
+"""Commands on a model's table and its outputs: inspect, trim, compress, evaluate, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from edgeemb.analysis import analyze_table
+from edgeemb.cli.base import (
+    _CALIBRATION_HELP,
+    _FILE,
+    _FOLDER,
+    _MODEL_HELP,
+    _NEW_FILE,
+    _data_options,
+    _model_argument,
+    main,
+)
+from edgeemb.errors import EdgeembError
+from edgeemb.outputs import check_target
+from edgeemb.pipeline import EvaluationData, evaluate_artifact, export_artifact, model_facts, trim_preview
+from edgeemb.pipeline import compress as run_compress
+from edgeemb.recipe import ExportConfig
+from edgeemb.report import console
+from edgeemb.sources import open_model
+from edgeemb.steps.trim import TrimConfig
+from edgeemb.table import require_finite
+
+_INSPECT_HELP = (
+    """Describe MODEL's embedding table: size and share of the model, dtype, tying, SVD
+spectrum, per-dimension variance, anisotropy, hubness and rows that look untrained.
+
+"""
+    + _MODEL_HELP
+)
+
+
+@main.command(help=_INSPECT_HELP)
+@_model_argument
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+@click.option("--plot", type=_NEW_FILE, help="Write a PNG: spectrum, per-dimension variance, row norms, hubness.")
+@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the row samples.")
+def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, seed: int) -> None:
+    if plot is not None:
+        check_target(plot, force)
+    with console.progress_bars():
+        source = open_model(model)
+        require_finite(source.table.weight, f"{source.name}'s embedding table")
+        analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
+    if plot is not None:
+        from edgeemb.report.plots import plot_analysis  # matplotlib: ~0.5 s to import, only for --plot
+
+        plot_analysis(analysis, plot, title=f"{source.name}: embedding table")
+    facts = model_facts(source)
+    if as_json:
+        console.print_json({"model": facts, "analysis": analysis})
+        return
+    console.print_inspection(facts, analysis)
+    if plot is not None:
+        console.out_console.print(f"plot written to {plot}")
+
+
+_TRIM_HELP = (
+    """Preview a vocabulary trim of MODEL (the `trim_vocab` recipe step): how many rows a
+policy keeps, the bytes the table and the model would take, and, with a corpus, how text held
+back from it tokenises. Writes nothing; put the same policy in a recipe to compress.
+
+\b
+edgeemb trim gemma3-270m --scripts ascii,latin:100000 --characters
+edgeemb trim minilm --corpus my-domain.txt --min-count 2
+edgeemb trim smollm2-135m --corpus news.txt --coverage 0.999 --scripts latin
+
+"""
+    + _MODEL_HELP
+)
+
+
+@main.command(help=_TRIM_HELP)
+@_model_argument
+@click.option(
+    "--scripts",
+    help=(
+        "Comma-separated scripts whose pieces are kept: ascii, or latin, cyrillic, greek, cjk, ... (these bring ASCII "
+        "and common punctuation along); latin:100000 keeps them only among the first 100000 ids."
+    ),
+)
+@click.option(
+    "--characters",
+    is_flag=True,
+    help="Also keep every single-character piece, so any other text falls back to characters, not bytes.",
+)
+@click.option(
+    "--corpus",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Text whose tokens are counted: a plain-text file (a line each) or a BEIR folder (repeat for more).",
+)
+@click.option(
+    "--min-count", type=click.IntRange(min=1), help="Keep pieces seen at least this often in the corpus (default 1)."
+)
+@click.option("--top-k", type=click.IntRange(min=1), help="Keep the corpus's k most frequent pieces.")
+@click.option(
+    "--coverage",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Keep the most frequent pieces covering this share of corpus tokens.",
+)
+@click.option(
+    "--holdout", default=0.1, show_default=True, help="Last share of the corpus lines held back to judge the trim."
+)
+@click.option("--drop", multiple=True, help="A piece to drop even if kept otherwise (repeat for more).")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+def trim(
+    model: str | None,
+    scripts: str | None,
+    characters: bool,
+    corpus: tuple[Path, ...],
+    min_count: int | None,
+    top_k: int | None,
+    coverage: float | None,
+    holdout: float,
+    drop: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    entries = tuple(_script_entry(s) for s in scripts.split(",")) if scripts else ()
+    try:
+        config = TrimConfig(
+            scripts=entries,
+            characters=characters,
+            corpus=corpus,
+            min_count=min_count,
+            top_k=top_k,
+            coverage=coverage,
+            holdout=holdout,
+            drop=drop,
+        )
+    except ValidationError as exc:
+        raise EdgeembError(f"trim: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    with console.progress_bars():
+        preview = trim_preview(model, config)
+    if as_json:
+        console.print_json(preview)
+        return
+    console.print_trim(preview)
+
+
+def _script_entry(text: str) -> str | dict[str, int]:
+    """'latin' or 'latin:100000' (only among the first 100000 ids)."""
+    name, _, first_ids = text.strip().partition(":")
+    if first_ids and not first_ids.isdigit():
+        raise EdgeembError(f"trim: --scripts {text!r}: expected NAME or NAME:FIRST_IDS")
+    return {name: int(first_ids)} if first_ids else name
+
+
+_COMPRESS_HELP = (
+    """Compress MODEL's embedding table with a recipe and write OUT/: the table
+(safetensors), manifest.json, report.json and report.md.
+
+Quality is always measured on the table itself; pass --sts/--beir/--texts (or name them in the
+recipe's `evaluate:`) to measure the whole sentence-embedding model too, or --perplexity for a
+causal LM. """
+    + _MODEL_HELP
+)
+
+
+@main.command(help=_COMPRESS_HELP)
+@_model_argument
+@click.option("-r", "--recipe", help="Recipe YAML file or built-in name (see `edgeemb recipes`). Default: int4.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@_data_options
+@click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
+@click.option(
+    "--calibration-tokens",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Tokens of --calibration text to run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def compress(
+    model: str | None,
+    recipe: str | None,
+    out: Path | None,
+    force: bool,
+    sts: Path | None,
+    beir: Path | None,
+    texts: Path | None,
+    perplexity_text: Path | None,
+    max_tokens: int,
+    calibration: Path | None,
+    calibration_tokens: int,
+    as_json: bool,
+) -> None:
+    data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
+    with console.progress_bars():
+        result = run_compress(
+            model, recipe, out, force=force, data=data, calibration=calibration, calibration_tokens=calibration_tokens
+        )
+    if as_json:
+        console.print_json(result.report)
+        return
+    console.print_report(result.report)
+    console.out_console.print(f"written to {result.out}/ (report.md, report.json, manifest.json, table.safetensors)")
+    if result.export:
+        console.print_export(result.out, result.export)
+
+
+@main.command()
+@click.argument("out", type=_FOLDER)
+@_data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(
+    out: Path,
+    sts: Path | None,
+    beir: Path | None,
+    texts: Path | None,
+    perplexity_text: Path | None,
+    max_tokens: int,
+    as_json: bool,
+) -> None:
+    """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
+    with console.progress_bars():
+        evaluation = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
+    if as_json:
+        console.print_json(evaluation)
+        return
+    console.print_report(evaluation)
+
+
+_EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there.
+A file that fails verification is removed and the command fails.
+
+\b
+gguf  (GGUF source models) the source GGUF with token_embd.weight replaced, every other
+      tensor and all metadata copied byte for byte, run in llama.cpp beside the source:
+      greedy output on a fixed prompt, decode tokens/s, peak RSS, and with --text the
+      perplexity of both on the same tokens. A table stored in a GGUF type is copied as is;
+      any other is rebuilt at full width and quantised to --type (llama.cpp has no
+      factorised or codebook embedding).
+onnx  (sentence-transformers models) the whole model, tokens in, normalised sentence
+      embedding out, with the compressed table inside the graph (GatherBlockQuantized for
+      int8/int4/int2), or with --from an ONNX file exported elsewhere whose embedding Gather
+      is rewritten. Verified in onnxruntime: max abs difference to the compressed model in
+      PyTorch, cosine to the original model on --text's lines, onnx.checker, p50 latency.
+st    (sentence-transformers models) a directory SentenceTransformer(path) loads offline,
+      the table decoded into it (as large as the original: the size win is in onnx/gguf).
+"""
+
+
+@main.command(help=_EXPORT_HELP)
+@click.argument("out", type=_FOLDER)
+@click.option(
+    "--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True, help="Target runtime format."
+)
+@click.option(
+    "-o",
+    "--output",
+    "file",
+    type=click.Path(path_type=Path),
+    help=("Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers."),
+)
+@click.option(
+    "--type",
+    "tensor_type",
+    help=(
+        "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32."
+    ),
+)
+@click.option(
+    "--quantize-rest",
+    is_flag=True,
+    help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).",
+)
+@click.option(
+    "--from",
+    "onnx_source",
+    type=_FILE,
+    help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.",
+)
+@click.option(
+    "--text", type=_FILE, help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks."
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=8192,
+    show_default=True,
+    help="gguf: tokens of --text to score (windows of 1024).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export and verification figures as JSON.")
+def export(
+    out: Path,
+    fmt: str,
+    file: Path | None,
+    tensor_type: str | None,
+    quantize_rest: bool,
+    onnx_source: Path | None,
+    text: Path | None,
+    max_tokens: int,
+    force: bool,
+    as_json: bool,
+) -> None:
+    config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
+    with console.progress_bars():
+        exported = export_artifact(
+            out, config, file, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source
+        )
+    if as_json:
+        console.print_json(exported)
+        return
+    console.print_export(out, exported)
