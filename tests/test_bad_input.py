@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgeemb.ggufio import TOKEN_EMBD, read_gguf_header
+from tests.export.test_onnx import onnx_with_data_outside
 from tests.sources.test_gguf import write_gguf
 from tests.test_cli import assert_one_line_error, run
 
@@ -464,38 +464,8 @@ def test_a_yaml_alias_bomb_is_refused_in_bounded_memory(tiny_model, tmp_path):
     )
 
 
-def test_force_never_replaces_a_folder_edgeemb_did_not_write(tiny_model, tmp_path):
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("my notes")
-    refused("compress", tiny_model, "-o", mine, "--force", fragment="edgeemb did not write this folder", watch=tmp_path)
-
-
-def test_the_working_folder_is_never_replaced(tiny_model, tiny_out, tmp_path, monkeypatch):
-    out = _copy(tiny_out, tmp_path / "out")
-    monkeypatch.chdir(out)
-    refused("compress", tiny_model, "-o", ".", "--force", fragment="is the working folder", watch=tmp_path)
-
-
 def test_onnx_external_data_outside_its_folder_is_refused(tiny_out, tmp_path):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["W", "ids"], ["out"], axis=0)],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
-        [weight],
-    )
-    (tmp_path / "m").mkdir()
-    source = tmp_path / "m" / "model.onnx"
-    onnx.save(helper.make_model(graph), source, save_as_external_data=True, location="w.bin", size_threshold=0)
-    shutil.move(tmp_path / "m" / "w.bin", tmp_path / "outside.bin")
-    model = onnx.load(source, load_external_data=False)
-    next(e for e in model.graph.initializer[0].external_data if e.key == "location").value = "../outside.bin"
-    onnx.save(model, source)
+    source = onnx_with_data_outside(tmp_path)
     out = _copy(tiny_out, tmp_path / "out")
     refused(
         "export", out, "--format", "onnx", "--from", source, fragment="points outside the directory", watch=tmp_path

@@ -243,8 +243,8 @@ def test_a_truncated_file_is_refused(fp32_onnx, tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.onnx"]
 
 
-def test_external_data_outside_the_models_folder_is_refused(tmp_path):
-    """onnx refuses to read it; that is one line, not a traceback, and nothing outside is read."""
+def onnx_with_data_outside(folder: Path) -> Path:
+    """folder/m/model.onnx, a Gather whose table's external data is ../outside.bin (outside m/)."""
     import shutil
 
     weight = numpy_helper.from_array(np.ones((10, 4), np.float32), "W")
@@ -255,13 +255,19 @@ def test_external_data_outside_the_models_folder_is_refused(tmp_path):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 4])],
         [weight],
     )
-    (tmp_path / "m").mkdir()
-    source = tmp_path / "m" / "model.onnx"
+    (folder / "m").mkdir()
+    source = folder / "m" / "model.onnx"
     onnx.save(helper.make_model(graph), source, save_as_external_data=True, location="w.bin", size_threshold=0)
-    shutil.move(tmp_path / "m" / "w.bin", tmp_path / "outside.bin")
+    shutil.move(folder / "m" / "w.bin", folder / "outside.bin")
     model = onnx.load(source, load_external_data=False)
     next(e for e in model.graph.initializer[0].external_data if e.key == "location").value = "../outside.bin"
     onnx.save(model, source)
+    return source
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    """onnx refuses to read it; that is one line, not a traceback, and nothing outside is read."""
+    source = onnx_with_data_outside(tmp_path)
     with pytest.raises(EdgeembError, match="not a readable ONNX file.*points outside the directory"):
         compress_onnx(source, DenseTable(np.zeros((10, 4), np.float32)), tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "outside.bin"]
