@@ -34,7 +34,7 @@ from edgeemb.bench.devices import DeviceProfile
 from edgeemb.errors import EdgeembError, require_program, run_program
 
 BINARIES = ("llama-bench", "llama-completion")
-TOOLCHAIN = Path(__file__).resolve().parents[1] / "tools" / "toolchains" / "aarch64-linux-gnu.cmake"
+TOOLCHAIN = Path(__file__).resolve().parents[2] / "tools" / "toolchains" / "aarch64-linux-gnu.cmake"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeemb" / "cross"
 
 
