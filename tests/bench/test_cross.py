@@ -16,6 +16,7 @@ from edgeemb.bench.cross import cross_build, smoke_test
 from edgeemb.bench.devices import load_device
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
+from edgeemb.results import to_json
 from tests.formats.test_ggml import _layer_weights, _write_llama
 
 TOOLS = all(shutil.which(tool) for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64", "cmake"))
@@ -125,7 +126,7 @@ def test_bundle_runs_end_to_end_under_qemu_and_compares_beside_a_host_run(tmp_pa
     assert device["throughput"]["value"] > 0 and device["prompt_ms_per_token"] > 0 and device["peak_rss_bytes"] > 0
     assert device["file_bytes"] == model.stat().st_size and device["threads"] == 1
     host = tmp_path / "host.json"
-    host.write_text(json.dumps(bench(model, runs=1, prompt_tokens=8, generate=4, texts=["w1 w2 w3"])))
+    host.write_text(to_json(bench(model, runs=1, prompt_tokens=8, generate=4, texts=["w1 w2 w3"])))
     shown = runner.invoke(main, ["compare", str(host), str(folder / "bench.json")])
     assert shown.exit_code == 0, shown.output
     assert "mean" in shown.output and "ratio" in shown.output and "llama-bench -t" in shown.output
