@@ -46,7 +46,7 @@ def inspect_rows(names: list[str], out: Path) -> tuple[list[dict], list[str]]:
         seconds = time.perf_counter() - start
         if name == "minilm":
             plot_analysis(analysis, out / "minilm-inspect.png", title="minilm: embedding table")
-        facts = model_facts(model)
+        facts = to_dict(model_facts(model))
         ranks = "/".join(str(r) for r in analysis.spectrum.energy_rank.values())
         head = {None: "none", True: "tied", False: "untied"}[facts["tied"]]
         lines.append(
