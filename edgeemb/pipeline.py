@@ -74,16 +74,24 @@ from edgeemb.table import EmbeddingTable, TrimmedTable, require_finite
 @dataclass(frozen=True)
 class EvaluationData:
     """The user's evaluation data, by path: STS TSV, BEIR folder, plain text (one text per line)
-    for sentence-embedding models; plain text for the perplexity of causal LMs."""
+    for sentence-embedding models; plain text for the perplexity of causal LMs; word-similarity
+    TSVs and context probes for the health check; and the similarities STS and retrieval are
+    scored with besides cosine (`edgeemb.evaluate.similarity`)."""
 
     sts: Path | None = None
     beir: Path | None = None
     texts: Path | None = None
     perplexity: Path | None = None
     max_tokens: int = 4096
+    words: tuple[Path, ...] = ()
+    probes: Path | None = None
+    builtin_probes: bool = False
+    similarities: tuple[str, ...] = ()
+    fit_text: Path | None = None
+    csls_k: int = 10
 
     def sentence_data(self) -> bool:
-        return any((self.sts, self.beir, self.texts))
+        return any((self.sts, self.beir, self.texts, self.probes, self.builtin_probes))
 
     def merged_over(self, recipe: Recipe) -> EvaluationData:
         """These paths, falling back to the ones the recipe names in its `evaluate:`."""
@@ -91,7 +99,7 @@ class EvaluationData:
             key: getattr(self, key) or (Path(recipe.evaluate[key]) if key in recipe.evaluate else None)
             for key in _DATA_KEYS
         }
-        return EvaluationData(**paths, max_tokens=self.max_tokens)
+        return replace(self, **paths)
 
 
 _DATA_KEYS = ("sts", "beir", "texts", "perplexity")

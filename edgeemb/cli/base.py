@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from click.core import ParameterSource
 
 from edgeemb import __version__
 from edgeemb.boundary import one_line, signals_unwind
+from edgeemb.evaluate.similarity import SIMILARITIES
+from edgeemb.pipeline import EvaluationData
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)  # a file to read
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)  # a folder to read
@@ -83,6 +86,40 @@ _DATA_OPTIONS = (
         show_default=True,
         help="Tokens of --perplexity text to score.",
     ),
+    click.option(
+        "--words",
+        type=_FILE,
+        multiple=True,
+        help=(
+            "word1/word2/score TSV (WordSim353, SimLex-999, ...): Spearman x100 of the static table and of the "
+            "contextual model, with coverage (repeat for more)."
+        ),
+    ),
+    click.option(
+        "--probes",
+        type=_FILE,
+        help="Context probes TSV (sentence_a, span_a, sentence_b, span_b, relation): polysemy and synonymy in context.",
+    ),
+    click.option("--builtin-probes", is_flag=True, help="Run edgeemb's built-in context probe set."),
+    click.option(
+        "--similarity",
+        "similarities",
+        type=click.Choice(SIMILARITIES),
+        multiple=True,
+        help="STS and retrieval also scored with this similarity, beside cosine (repeat for more).",
+    ),
+    click.option(
+        "--fit-text",
+        type=_FILE,
+        help="centered/whitened: fit the mean (and covariance) on these lines, not on the evaluated texts.",
+    ),
+    click.option(
+        "--csls-k",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="csls: neighbours in each side's hubness penalty.",
+    ),
 )
 _CALIBRATION_HELP = (
     "Plain text for steps that measure activations (quantize importance: head); " "keep it apart from evaluation text."
@@ -96,9 +133,32 @@ def _given(**options):
 
 
 def _data_options(function):
+    """The evaluation-data options, handed to the command as one `data: EvaluationData`."""
+
+    @functools.wraps(function)
+    def command(**options):
+        fields = {name: options.pop(name) for name in _DATA_FIELDS}
+        fields["perplexity"] = fields.pop("perplexity_text")
+        return function(data=EvaluationData(**fields), **options)
+
     for option in reversed(_DATA_OPTIONS):
-        function = option(function)
-    return function
+        command = option(command)
+    return command
+
+
+_DATA_FIELDS = (
+    "sts",
+    "beir",
+    "texts",
+    "perplexity_text",
+    "max_tokens",
+    "words",
+    "probes",
+    "builtin_probes",
+    "similarities",
+    "fit_text",
+    "csls_k",
+)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})

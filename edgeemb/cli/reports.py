@@ -133,11 +133,7 @@ def sweep(
     grid: tuple[str, ...],
     out_dir: Path,
     jobs: int,
-    sts: Path | None,
-    beir: Path | None,
-    texts: Path | None,
-    perplexity_text: Path | None,
-    max_tokens: int,
+    data: EvaluationData,
     calibration: Path | None,
     force: bool,
     as_json: bool,
@@ -154,7 +150,6 @@ def sweep(
 
     for report in ("compare.md", "pareto.png"):
         check_target(out_dir / report, force)
-    data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
     with console.progress_bars():
         result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
     comparison = result.comparison

@@ -185,16 +185,11 @@ def compress(
     recipe: str | None,
     out: Path | None,
     force: bool,
-    sts: Path | None,
-    beir: Path | None,
-    texts: Path | None,
-    perplexity_text: Path | None,
-    max_tokens: int,
+    data: EvaluationData,
     calibration: Path | None,
     calibration_tokens: int,
     as_json: bool,
 ) -> None:
-    data = EvaluationData(sts, beir, texts, perplexity_text, max_tokens)
     with console.progress_bars():
         result = run_compress(
             model, recipe, out, force=force, data=data, calibration=calibration, calibration_tokens=calibration_tokens
@@ -214,16 +209,12 @@ def compress(
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def evaluate(
     out: Path,
-    sts: Path | None,
-    beir: Path | None,
-    texts: Path | None,
-    perplexity_text: Path | None,
-    max_tokens: int,
+    data: EvaluationData,
     as_json: bool,
 ) -> None:
     """Measure the quality of a compressed OUT/ folder against its (unchanged) source model."""
     with console.progress_bars():
-        evaluation = evaluate_artifact(out, EvaluationData(sts, beir, texts, perplexity_text, max_tokens))
+        evaluation = evaluate_artifact(out, data)
     if as_json:
         console.print_json(evaluation)
         return
