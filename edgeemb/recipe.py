@@ -233,15 +233,32 @@ def builtin_recipes() -> dict[str, Path]:
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
+def is_recipe_path(spec: str | Path) -> bool:
+    """Whether `spec` names a file rather than a built-in recipe: a Path, or a string with a path
+    separator or a .yaml/.yml suffix. A bare word is always a built-in's name, so a folder or file
+    called `int8` in the working directory does not hide the built-in `int8`."""
+    if isinstance(spec, Path):
+        return True
+    separators = {os.sep, "/", *([os.altsep] if os.altsep else [])}
+    return any(sep in spec for sep in separators) or spec.lower().endswith((".yaml", ".yml"))
+
+
 def load_recipe(spec: str | Path | None = None) -> Recipe:
-    """A recipe from a YAML path, or by the name of one shipped in recipes/ (default: int4)."""
+    """A recipe by the name of one shipped in recipes/ (default: int4), or from a YAML file given
+    as a path (see `is_recipe_path`: `./int8` or `int8.yaml` for a file named like a built-in)."""
     spec = DEFAULT_RECIPE if spec is None else spec
-    path = Path(spec)
-    if not path.exists():
+    if is_recipe_path(spec):
+        path = Path(spec)
+        if not path.exists():
+            raise EdgeembError(f"recipe {path}: no such file")
+    else:
         known = builtin_recipes()
-        if str(spec) not in known:
-            raise EdgeembError(f"no recipe '{spec}': not a file, nor a built-in recipe ({', '.join(sorted(known))})")
-        path = known[str(spec)]
+        if spec not in known:
+            raise EdgeembError(
+                f"no recipe '{spec}': not a built-in recipe ({', '.join(sorted(known))}); "
+                f"a recipe file is given as a path (./{spec}.yaml)"
+            )
+        path = known[spec]
     try:
         data = yaml.load(_read_bounded(path), Loader=_RecipeLoader)  # a SafeLoader, bounded
     except _Refused as exc:

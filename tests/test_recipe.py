@@ -110,6 +110,30 @@ def test_recipe_files_unreadable_or_unknown(tmp_path):
         load_recipe("nosuch")
 
 
+def test_a_folder_or_file_named_like_a_recipe_does_not_hide_the_builtin(tiny_model, tmp_path, monkeypatch):
+    # #19 problem 3: `compress -r int8 -o int8` made a folder `int8`, and the next `-r int8` read it as the recipe.
+    monkeypatch.chdir(tmp_path)
+    assert run("compress", tiny_model, "-r", "int8", "-o", "int8").exit_code == 0
+    result = run("compress", tiny_model, "-r", "int8", "-o", "other", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["recipe"]["name"] == "int8"
+    (tmp_path / "int4").write_text("steps: [svd]\n")  # a bare word is a name, even when such a file exists
+    assert load_recipe("int4") == load_recipe(builtin_recipes()["int4"])
+
+
+def test_a_recipe_path_is_a_separator_or_a_yaml_suffix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "int8").write_text("name: mine\nsteps: [{quantize: {format: int4}}]\n")
+    (tmp_path / "mine.yml").write_text("steps: [{quantize: {format: int2}}]\n")
+    assert load_recipe("./int8").name == "mine"
+    assert load_recipe("mine.yml").name == "mine"
+    assert load_recipe("int8").name == "int8"
+    with pytest.raises(EdgeembError, match="recipe int4.yaml: no such file"):
+        load_recipe("int4.yaml")
+    with pytest.raises(EdgeembError, match=r"no recipe 'mine': not a built-in .*as a path \(\./mine\.yaml\)"):
+        load_recipe("mine")
+
+
 # --- the Recipe type: built in Python, checked as a file is ------------------------------------
 
 

@@ -167,7 +167,12 @@ causal LM. """
 
 @main.command(help=_COMPRESS_HELP)
 @_model_argument
-@click.option("-r", "--recipe", help="Recipe YAML file or built-in name (see `edgeemb recipes`). Default: int4.")
+@click.option(
+    "-r",
+    "--recipe",
+    help="Built-in recipe name (see `edgeemb recipes`), or a YAML file as a path (with a / or a .yaml suffix). "
+    "Default: int4.",
+)
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @_data_options
