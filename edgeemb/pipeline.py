@@ -27,11 +27,34 @@ from edgeemb.artifact import (
     write_report_files,
 )
 from edgeemb.errors import EdgeembError
-from edgeemb.evaluate.data import read_beir, read_sts, read_text, read_texts
-from edgeemb.evaluate.encoder import memoize, sentence_encoder, static_encoder, unk_id
+from edgeemb.evaluate.data import (
+    RELATIONS,
+    BeirData,
+    Probes,
+    StsData,
+    WordPairs,
+    read_beir,
+    read_probes,
+    read_sts,
+    read_text,
+    read_texts,
+    read_word_pairs,
+)
+from edgeemb.evaluate.encoder import Encode, SpanEncode, memoize, sentence_encoder, static_encoder, unk_id
 from edgeemb.evaluate.perplexity import CausalLM, Perplexity
-from edgeemb.evaluate.sentence import embedding_drift, retrieval, sts_spearman
+from edgeemb.evaluate.probes import SPAN_VECTOR, builtin_probes, probe_cosines, separations
+from edgeemb.evaluate.sentence import embedding_drift, retrieval_by_similarity, sts_by_similarity, sts_texts
+from edgeemb.evaluate.similarity import Cosine, Similarity, similarity
 from edgeemb.evaluate.table import table_quality
+from edgeemb.evaluate.words import (
+    CONTEXTUAL_VECTOR,
+    STATIC_VECTOR,
+    contextual_vectors,
+    coverage,
+    static_vectors,
+    word_pieces,
+    word_spearman,
+)
 from edgeemb.export.exporters import EXPORTERS, export_table
 from edgeemb.export.request import ExportRequest, tokenizer_json
 from edgeemb.outputs import check_target, staged
@@ -49,19 +72,26 @@ from edgeemb.results import (
     Manifest,
     ModelFacts,
     PerplexityQuality,
+    ProbeQuality,
+    ProbeSeparation,
     Quality,
     RecipeRef,
+    RelationCosine,
     Report,
     RetrievalQuality,
     RetrievalScores,
+    RetrievalSimilarity,
+    SimilarityFit,
     SourceRecord,
     SourceTableRecord,
     StsQuality,
+    StsSimilarity,
     TableFacts,
     TableQuality,
     TableRecord,
     TrimPreview,
     VocabularyFacts,
+    WordQuality,
     relocated,
 )
 from edgeemb.sources import SourceModel, open_model
@@ -170,15 +200,21 @@ def evaluate_quality(
 
     A static model's table (`replaces_model`) lives in another space than the input table, so it
     has no table-level figures and no drift; it is scored as the static model it is."""
+    similarities, fit = _similarities(data)
     original = model.table.weight[table.keep] if isinstance(table, TrimmedTable) else model.table.weight
     table_figures = None if replaces_model else TableQuality(**asdict(table_quality(original, table)))
     perplexity = _perplexity(model, table, data.perplexity, data.max_tokens) if data.perplexity is not None else None
-    if not data.sentence_data():
-        return Quality(table=table_figures, perplexity=perplexity)
-    if model.format != "sentence-transformers":
+    sentence_model = model.format == "sentence-transformers"
+    if data.sentence_data() and not sentence_model:
         raise EdgeembError(
-            f"{model.name} is a {model.format} model: STS, retrieval and text drift need a sentence-embedding model"
+            f"{model.name} is a {model.format} model: STS, retrieval, text drift and context probes need a "
+            "sentence-embedding model"
         )
+    word_files = [read_word_pairs(path) for path in data.words]
+    probe_set = read_probes(data.probes or builtin_probes()) if data.probes or data.builtin_probes else None
+    if not sentence_model or not (data.sentence_data() or word_files):
+        words = [_word_quality(model, table, path, pairs) for path, pairs in zip(data.words, word_files)]
+        return Quality(table=table_figures, perplexity=perplexity, words=words or None)
     sts = read_sts(data.sts) if data.sts else None
     beir = read_beir(data.beir) if data.beir else None
     texts = read_texts(data.texts) if data.texts else None
@@ -188,28 +224,205 @@ def evaluate_quality(
         compressed = memoize(static_encoder(table, model.tokenize, unk_id(model.tokens)))
     else:
         compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)", tokenizer_json(model, table)))
+    _check_fits(similarities, fit, sts, beir, (original_encoder, compressed))
+    words = [
+        _word_quality(model, table, path, pairs, (original_encoder, compressed))
+        for path, pairs in zip(data.words, word_files)
+    ]
+    probes = None
+    if probe_set is not None:
+        if replaces_model:
+            raise EdgeembError("a static model has no contextual token states: context probes need a transformer")
+        dense = table.to_dense()
+        compressed_spans = encoder.span_encoder(dense, "encode spans (compressed)", tokenizer_json(model, table))
+        probes = _probe_quality(data.probes or builtin_probes(), probe_set, encoder.original_spans, compressed_spans)
     sts_quality = retrieval_quality = drift = None
+    kinds = [Cosine(), *similarities]  # cosine, the headline compare and sweep read, and the others beside it
     if sts is not None:
-        before, after = sts_spearman(original_encoder, sts), sts_spearman(compressed, sts)
+        before, after = (sts_by_similarity(encode, sts, kinds, fit) for encode in (original_encoder, compressed))
+        fitted = _fit_record(data, fit, len(sts_texts(sts)), "the STS file's sentences")
         sts_quality = StsQuality(
-            **_data(data.sts), pairs=len(sts.scores), original=before, compressed=after, delta=after - before
+            **_data(data.sts),
+            pairs=len(sts.scores),
+            original=before["cosine"],
+            compressed=after["cosine"],
+            delta=after["cosine"] - before["cosine"],
+            similarities={
+                kind.name: StsSimilarity(
+                    **_setup(kind, fitted),
+                    original=before[kind.name],
+                    compressed=after[kind.name],
+                    delta=after[kind.name] - before[kind.name],
+                )
+                for kind in similarities
+            }
+            or None,
         )
     if beir is not None:
-        scores = [RetrievalScores(**asdict(retrieval(encode, beir))) for encode in (original_encoder, compressed)]
+        before, after = (
+            {
+                name: RetrievalScores(**asdict(scores))
+                for name, scores in retrieval_by_similarity(encode, beir, kinds, fit).items()
+            }
+            for encode in (original_encoder, compressed)
+        )
+        fitted = _fit_record(data, fit, len(set(beir.corpus_texts)), "the corpus documents")
         qrels = data.beir / "qrels" / "test.tsv"
-        retrieval_quality = RetrievalQuality(**_data(qrels), original=scores[0], compressed=scores[1])
+        retrieval_quality = RetrievalQuality(
+            **_data(qrels),
+            original=before["cosine"],
+            compressed=after["cosine"],
+            similarities={
+                kind.name: RetrievalSimilarity(
+                    **_setup(kind, fitted), original=before[kind.name], compressed=after[kind.name]
+                )
+                for kind in similarities
+            }
+            or None,
+        )
     if not replaces_model:
-        if texts is None:
-            texts = sorted(set(sts.sentences1) | set(sts.sentences2)) if sts is not None else list(beir.query_texts)
-        drift = Drift(**asdict(embedding_drift(original_encoder, compressed, texts)))
+        if texts is None and sts is not None:
+            texts = sorted(set(sts.sentences1) | set(sts.sentences2))
+        elif texts is None and beir is not None:
+            texts = list(beir.query_texts)
+        elif texts is None and probe_set is not None:
+            texts = sorted(set(probe_set.sentences_a) | set(probe_set.sentences_b))
+        if texts is not None:
+            drift = Drift(**asdict(embedding_drift(original_encoder, compressed, texts)))
     return Quality(
-        table=table_figures, perplexity=perplexity, sts=sts_quality, retrieval=retrieval_quality, drift=drift
+        table=table_figures,
+        perplexity=perplexity,
+        sts=sts_quality,
+        retrieval=retrieval_quality,
+        drift=drift,
+        words=words or None,
+        probes=probes,
+    )
+
+
+def _word_quality(
+    model: SourceModel,
+    table: EmbeddingTable,
+    path: Path,
+    pairs: WordPairs,
+    encoders: tuple[Encode, Encode] | None = None,
+) -> WordQuality:
+    """Word-similarity Spearman of the static table and, given the (original, compressed) sentence
+    encoders, of the contextual model; pairs are those both words of which the source covers."""
+    if model.tokenize is None:
+        raise EdgeembError(f"{model.name}: word similarity needs the model's tokenizer, which edgeemb cannot load")
+    unknown = unk_id(model.tokens)
+    pieces = word_pieces(pairs.words1 + pairs.words2, model.tokenize, unknown)
+    covered, scored = coverage(pairs, pieces)
+    if isinstance(table, TrimmedTable):  # the trimmed vocabulary tokenises the same words with its own ids
+        if model.vocabulary is None:
+            raise EdgeembError(f"{model.name}: word similarity of a trimmed table needs the model's vocabulary")
+        retokenize = model.vocabulary().retokenizer(table.keep)
+        compressed_pieces = word_pieces(list(pieces), retokenize, unk_id([model.tokens[i] for i in table.keep]))
+    else:
+        compressed_pieces = pieces
+    contextual = {}
+    if encoders is not None:
+        before, after = (contextual_vectors(encode, list(pieces)) for encode in encoders)
+        contextual = dict(
+            contextual_vector=CONTEXTUAL_VECTOR,
+            contextual_original=word_spearman(pairs, before, scored),
+            contextual_compressed=word_spearman(pairs, after, scored),
+        )
+    return WordQuality(
+        **_data(path),
+        pairs=len(pairs.scores),
+        **asdict(covered),
+        static_vector=STATIC_VECTOR,
+        static_original=word_spearman(pairs, static_vectors(model.table, pieces), scored),
+        static_compressed=word_spearman(pairs, static_vectors(table, compressed_pieces), scored),
+        **contextual,
+    )
+
+
+def _probe_quality(path: Path, probes: Probes, original: SpanEncode, compressed: SpanEncode) -> ProbeQuality:
+    """Mean cosine per relation and the separations between relations, original vs compressed."""
+    before, after = probe_cosines(original, probes), probe_cosines(compressed, probes)
+    relations = np.asarray(probes.relations)
+    languages = np.asarray(probes.languages)
+
+    def compared(mask: np.ndarray) -> list[ProbeSeparation]:
+        labels = list(relations[mask])
+        pairs = zip(separations(before[mask], labels), separations(after[mask], labels))
+        return [
+            ProbeSeparation(name=a.name, closer=a.closer, farther=a.farther, original=a.auc, compressed=b.auc)
+            for a, b in pairs
+        ]
+
+    everything = np.ones(len(relations), bool)
+    return ProbeQuality(
+        **_data(path),
+        probes=len(relations),
+        span_vector=SPAN_VECTOR,
+        relations=[
+            RelationCosine(
+                relation=relation,
+                probes=int((relations == relation).sum()),
+                original=float(before[relations == relation].mean()),
+                compressed=float(after[relations == relation].mean()),
+            )
+            for relation in RELATIONS
+            if (relations == relation).any()
+        ],
+        separations=compared(everything),
+        languages={language: compared(languages == language) for language in sorted(set(probes.languages)) if language},
     )
 
 
 def _data(path: Path) -> dict:
     """The `data` and `sha256` fields of a figure measured on `path`."""
     return dict(DataFile.of(path))
+
+
+def _similarities(data: EvaluationData) -> tuple[list[Similarity], list[str] | None]:
+    """The similarities STS and retrieval are scored with beside cosine, and the --fit-text's
+    distinct lines (None: each fits on the texts it scores), refused when they cannot apply."""
+    kinds = [similarity(name, data.csls_k) for name in dict.fromkeys(data.similarities) if name != "cosine"]
+    if kinds and data.sts is None and data.beir is None:
+        raise EdgeembError("--similarity scores STS and retrieval: give --sts or --beir with it")
+    if data.fit_text is None:
+        return kinds, None
+    if not any(kind.uses_fit for kind in kinds):
+        raise EdgeembError("--fit-text is what centered and whitened similarities fit on: add --similarity for one")
+    return kinds, list(dict.fromkeys(read_texts(data.fit_text)))
+
+
+def _check_fits(
+    kinds: list[Similarity],
+    fit: list[str] | None,
+    sts: StsData | None,
+    beir: BeirData | None,
+    encoders: tuple[Encode, Encode],
+) -> None:
+    """Refuse a fit set too small for its similarity (whitening) before the evaluated texts are
+    encoded; each model's embedding size is read from one text (memoized, so not encoded twice)."""
+    if not any(kind.uses_fit for kind in kinds):
+        return
+    fit_sets = [fit] if fit is not None else [sts_texts(sts)] if sts is not None else []
+    if fit is None and beir is not None:
+        fit_sets.append(list(dict.fromkeys(beir.corpus_texts)))
+    for texts in fit_sets:
+        for dim in {encode(texts[:1]).shape[1] for encode in encoders}:
+            for kind in kinds:
+                kind.check_fit(len(texts), dim)
+
+
+def _fit_record(data: EvaluationData, fit: list[str] | None, evaluated: int, what: str) -> SimilarityFit:
+    """What centered and whitened fitted on: the --fit-text file, or the `evaluated` texts."""
+    if fit is None or data.fit_text is None:
+        return SimilarityFit(texts=evaluated, source=what)
+    file = DataFile.of(data.fit_text)
+    return SimilarityFit(texts=len(fit), source=file.data, sha256=file.sha256)
+
+
+def _setup(kind: Similarity, fitted: SimilarityFit) -> dict:
+    """The report's record of how `kind` was set up: its fit set, or its neighbours."""
+    return dict(fit=fitted if kind.uses_fit else None, k=kind.k if kind.uses_neighbours else None)
 
 
 def _perplexity(model: SourceModel, table: EmbeddingTable, text: Path, max_tokens: int) -> PerplexityQuality:

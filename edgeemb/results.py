@@ -202,13 +202,36 @@ class TableQuality(Result):
     nn_overlap_min: float
 
 
+class SimilarityFit(Result):
+    """The texts centered and whitened similarities took their mean (and covariance) from."""
+
+    texts: int  # distinct texts
+    source: str  # the evaluated texts (STS: the file's sentences; retrieval: the corpus) or the --fit-text file
+    sha256: str | None = None  # the --fit-text file's
+
+
+class SimilarityScored(Result):
+    """How a similarity other than cosine was set up (`edgeemb.evaluate.similarity`)."""
+
+    fit: SimilarityFit | None = None  # centered, whitened
+    k: int | None = None  # csls: the neighbours in each side's hubness penalty
+
+
+class StsSimilarity(SimilarityScored):
+    original: float
+    compressed: float
+    delta: float
+
+
 class StsQuality(DataFile):
-    """Spearman x100 of the whole sentence-embedding model on an STS set."""
+    """Spearman x100 of the whole sentence-embedding model on an STS set: cosine, and by similarity
+    the others asked for (`--similarity`)."""
 
     pairs: int
     original: float
     compressed: float
     delta: float
+    similarities: dict[str, StsSimilarity] | None = None
 
 
 class RetrievalScores(Result):
@@ -217,9 +240,17 @@ class RetrievalScores(Result):
     queries: int
 
 
-class RetrievalQuality(DataFile):
+class RetrievalSimilarity(SimilarityScored):
     original: RetrievalScores
     compressed: RetrievalScores
+
+
+class RetrievalQuality(DataFile):
+    """Cosine retrieval, and by similarity the others asked for (`--similarity`)."""
+
+    original: RetrievalScores
+    compressed: RetrievalScores
+    similarities: dict[str, RetrievalSimilarity] | None = None
 
 
 class Drift(Result):
@@ -229,6 +260,55 @@ class Drift(Result):
     p01_cosine: float
     min_cosine: float
     n: int
+
+
+class WordQuality(DataFile):
+    """Word-similarity Spearman x100 (WordSim353, SimLex-999, ...) of the static table and, for a
+    sentence-embedding model, of the contextual model, on the pairs both words of which the
+    source's tokenizer covers."""
+
+    pairs: int
+    pairs_scored: int
+    words: int
+    single_piece: int
+    split: int
+    uncovered: int
+    pieces_per_word: float
+    static_vector: str
+    static_original: float
+    static_compressed: float
+    contextual_vector: str | None = None
+    contextual_original: float | None = None
+    contextual_compressed: float | None = None
+
+
+class RelationCosine(Result):
+    """The mean cosine of one relation's probes (same-sense, different-sense, synonym)."""
+
+    relation: str
+    probes: int
+    original: float
+    compressed: float
+
+
+class ProbeSeparation(Result):
+    """AUC of the `closer` relation's cosines above the `farther` one's (0.5: not told apart)."""
+
+    name: str
+    closer: str
+    farther: str
+    original: float | None  # None: the probes lack one of the two relations
+    compressed: float | None
+
+
+class ProbeQuality(DataFile):
+    """Context probes: spans' contextual vectors in pairs of sentences, by relation."""
+
+    probes: int
+    span_vector: str
+    relations: list[RelationCosine]
+    separations: list[ProbeSeparation]
+    languages: dict[str, list[ProbeSeparation]]  # by the probe file's language column, where it has one
 
 
 class BitsPerByte(Result):
@@ -258,6 +338,8 @@ class Quality(Result):
     sts: StsQuality | None = None
     retrieval: RetrievalQuality | None = None
     drift: Drift | None = None
+    words: list[WordQuality] | None = None
+    probes: ProbeQuality | None = None
 
     @field_validator("table", mode="before")
     @classmethod

@@ -58,16 +58,7 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 def read_sts(path: str | Path) -> StsData:
     """Read an STS TSV whose header names `sentence1`, `sentence2` and `score` columns."""
     path = regular_file(path, "STS file")
-    rows = _tsv_rows(path)
-    header = next(rows, None)
-    if header is None:
-        raise EdgeembError(f"STS file {path} is empty")
-    names = [name.strip() for name in header[1]]
-    missing = [column for column in STS_COLUMNS if column not in names]
-    if missing:
-        raise EdgeembError(
-            f"STS file {path} lacks column(s) {', '.join(missing)} in its header (found: {', '.join(names)})"
-        )
+    rows, names = _header(path, "STS file", STS_COLUMNS)
     i1, i2, iscore = (names.index(column) for column in STS_COLUMNS)
     width = max(i1, i2, iscore) + 1
     sentences1: list[str] = []
@@ -76,18 +67,23 @@ def read_sts(path: str | Path) -> StsData:
     for line, fields in rows:
         if len(fields) < width:
             raise EdgeembError(f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}")
-        try:
-            score = float(fields[iscore])
-        except ValueError:
-            score = math.nan
-        if not math.isfinite(score):
-            raise EdgeembError(f"{path} line {line}: score {fields[iscore]!r} is not a number")
+        score = _score(path, line, fields[iscore])
         sentences1.append(fields[i1])
         sentences2.append(fields[i2])
         scores.append(score)
     if not scores:
         raise EdgeembError(f"STS file {path} has a header but no sentence pairs")
     return StsData(sentences1, sentences2, np.asarray(scores, dtype=np.float64))
+
+
+def _score(path: Path, line: int, text: str) -> float:
+    try:
+        score = float(text)
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        raise EdgeembError(f"{path} line {line}: score {text!r} is not a number")
+    return score
 
 
 def _jsonl(path: Path, keys: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -196,3 +192,103 @@ def read_texts(path: str | Path) -> list[str]:
     """Read a plain-text file as one text per non-empty line (surrounding whitespace dropped)."""
     # split("\n"), not splitlines(): the latter also breaks at form feeds and Unicode separators.
     return [line.strip() for line in read_text(path).split("\n") if line.strip()]
+
+
+WORD_COLUMNS = ("word1", "word2", "score")
+PROBE_COLUMNS = ("sentence_a", "span_a", "sentence_b", "span_b", "relation")
+RELATIONS = ("same-sense", "different-sense", "synonym")
+
+
+@dataclass(frozen=True)
+class WordPairs:
+    """Word pairs with gold similarity scores (WordSim353, SimLex-999: only ranks matter)."""
+
+    words1: list[str]
+    words2: list[str]
+    scores: np.ndarray  # float64, one per pair
+
+
+@dataclass(frozen=True)
+class Probes:
+    """Pairs of spans in context, each labelled with how their meanings relate (`RELATIONS`).
+
+    A span is a character range of its sentence: the first occurrence of the span's text."""
+
+    sentences_a: list[str]
+    spans_a: list[tuple[int, int]]
+    sentences_b: list[str]
+    spans_b: list[tuple[int, int]]
+    relations: list[str]
+    languages: list[str]  # "" where the file has no language column
+
+
+def _header(path: Path, what: str, columns: tuple[str, ...]) -> tuple[Iterator[tuple[int, list[str]]], list[str]]:
+    """The remaining rows of a TSV and its header's column names, which include `columns`."""
+    rows = _tsv_rows(path)
+    header = next(rows, None)
+    if header is None:
+        raise EdgeembError(f"{what} {path} is empty")
+    names = [name.strip() for name in header[1]]
+    missing = [column for column in columns if column not in names]
+    if missing:
+        raise EdgeembError(
+            f"{what} {path} lacks column(s) {', '.join(missing)} in its header (found: {', '.join(names)})"
+        )
+    return rows, names
+
+
+def read_word_pairs(path: str | Path) -> WordPairs:
+    """Read a word-similarity TSV whose header names `word1`, `word2` and `score` columns."""
+    path = regular_file(path, "word-similarity file")
+    rows, names = _header(path, "word-similarity file", WORD_COLUMNS)
+    i1, i2, iscore = (names.index(column) for column in WORD_COLUMNS)
+    width = max(i1, i2, iscore) + 1
+    words1: list[str] = []
+    words2: list[str] = []
+    scores: list[float] = []
+    for line, fields in rows:
+        if len(fields) < width:
+            raise EdgeembError(f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}")
+        score = _score(path, line, fields[iscore])
+        if not fields[i1].strip() or not fields[i2].strip():
+            raise EdgeembError(f"{path} line {line}: a word is empty")
+        words1.append(fields[i1].strip())
+        words2.append(fields[i2].strip())
+        scores.append(score)
+    if not scores:
+        raise EdgeembError(f"word-similarity file {path} has a header but no word pairs")
+    return WordPairs(words1, words2, np.asarray(scores, dtype=np.float64))
+
+
+def read_probes(path: str | Path) -> Probes:
+    """Read a context-probe TSV: sentence_a, span_a, sentence_b, span_b, relation and, optionally,
+    language; every span must occur in its sentence."""
+    path = regular_file(path, "probe file")
+    rows, names = _header(path, "probe file", PROBE_COLUMNS)
+    indices = [names.index(column) for column in PROBE_COLUMNS]
+    ilanguage = names.index("language") if "language" in names else None
+    width = max(indices) + 1
+    probes = Probes([], [], [], [], [], [])
+    for line, fields in rows:
+        if len(fields) < width:
+            raise EdgeembError(f"{path} line {line}: expected at least {width} tab-separated fields, got {len(fields)}")
+        sentence_a, span_a, sentence_b, span_b, relation = (fields[i] for i in indices)
+        if relation not in RELATIONS:
+            raise EdgeembError(f"{path} line {line}: relation {relation!r} is not one of {', '.join(RELATIONS)}")
+        probes.sentences_a.append(sentence_a)
+        probes.spans_a.append(_span(path, line, sentence_a, span_a))
+        probes.sentences_b.append(sentence_b)
+        probes.spans_b.append(_span(path, line, sentence_b, span_b))
+        probes.relations.append(relation)
+        language = fields[ilanguage].strip() if ilanguage is not None and ilanguage < len(fields) else ""
+        probes.languages.append(language)
+    if not probes.relations:
+        raise EdgeembError(f"probe file {path} has a header but no probes")
+    return probes
+
+
+def _span(path: Path, line: int, sentence: str, span: str) -> tuple[int, int]:
+    start = sentence.find(span) if span.strip() else -1
+    if start < 0:
+        raise EdgeembError(f"{path} line {line}: span {span!r} is not in its sentence {sentence!r}")
+    return start, start + len(span)

@@ -16,6 +16,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.progress import track
 
 Encode = Callable[[list[str]], np.ndarray]
+SpanEncode = Callable[[list[str], list[tuple[int, int]]], np.ndarray]  # texts, character spans -> span vectors
 _BATCH = 64
 
 
@@ -41,6 +42,7 @@ class SentenceEncoder:
         self._tokenizer = self._model[0].tokenizer
         self._original_backend = self._tokenizer._tokenizer
         self.original = memoize(self.encoder(None, "encode (original)"))
+        self.original_spans = self.span_encoder(None, "encode spans (original)")
 
     def encoder(
         self,
@@ -50,18 +52,10 @@ class SentenceEncoder:
     ) -> Encode:
         """An encode function using `weight` as the input table (None: the original table) and,
         for a trimmed vocabulary, the tokenizer.json rewritten for it."""
-        import torch  # heavy: loaded by __init__ already; only bound here
-
-        table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-        backend = self._original_backend if tokenizer_json is None else Tokenizer.from_str(tokenizer_json)
-        rows = self._original.shape[0] if tokenizer_json is None else backend.get_vocab_size(with_added_tokens=True)
-        if table.shape != (rows, self._original.shape[1]):
-            expected = (rows, self._original.shape[1])
-            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {expected}")
+        use = self._user(weight, tokenizer_json)
 
         def encode(texts: list[str]) -> np.ndarray:
-            self._embedding.weight.data = table
-            self._tokenizer._tokenizer = backend  # transformers' tokenizer reads its ids from this backend
+            use()
             starts = range(0, len(texts), _BATCH)
             batches = [
                 self._model.encode(
@@ -75,6 +69,67 @@ class SentenceEncoder:
             return np.concatenate(batches).astype(np.float32, copy=False)
 
         return encode
+
+    def span_encoder(
+        self,
+        weight: np.ndarray | None = None,
+        label: str = "encode spans",
+        tokenizer_json: str | None = None,
+    ) -> SpanEncode:
+        """Like `encoder`, for spans in context: each (text, character span) gives the mean of the
+        transformer's last hidden states over the tokens overlapping the span."""
+        import torch  # heavy: loaded by __init__ already; only bound here
+
+        use = self._user(weight, tokenizer_json)
+        transformer = self._model[0]
+
+        def encode(texts: list[str], spans: list[tuple[int, int]]) -> np.ndarray:
+            use()
+            out = np.zeros((len(texts), self._original.shape[1]), np.float32)
+            starts = range(0, len(texts), _BATCH)
+            for s in track(starts, label, len(starts)):
+                features = self._tokenizer(
+                    texts[s : s + _BATCH],
+                    padding=True,
+                    truncation=True,
+                    max_length=transformer.max_seq_length,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = features.pop("offset_mapping").numpy()
+                with torch.inference_mode():
+                    states = transformer.auto_model(**features).last_hidden_state.float().numpy()
+                bounds = np.asarray(spans[s : s + _BATCH])[:, None, :]
+                # special and padding tokens have empty offsets, so they never overlap a span
+                overlap = (offsets[..., 1] > bounds[..., 0]) & (offsets[..., 0] < bounds[..., 1])
+                overlap &= offsets[..., 1] > offsets[..., 0]
+                for row in np.flatnonzero(~overlap.any(axis=1)):
+                    start, end = spans[s + row]
+                    raise EdgeembError(
+                        f"span {texts[s + row][start:end]!r} of {texts[s + row]!r} has no token within the "
+                        f"model's {transformer.max_seq_length}-token context"
+                    )
+                out[s : s + len(offsets)] = (states * overlap[..., None]).sum(axis=1) / overlap.sum(axis=1)[:, None]
+            return out
+
+        return encode
+
+    def _user(self, weight: np.ndarray | None, tokenizer_json: str | None) -> Callable[[], None]:
+        """A function that puts `weight` and the tokenizer for it into the model before it runs."""
+        import torch  # heavy: loaded by __init__ already; only bound here
+
+        table = self._original if weight is None else torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+        backend = self._original_backend if tokenizer_json is None else Tokenizer.from_str(tokenizer_json)
+        rows = self._original.shape[0] if tokenizer_json is None else backend.get_vocab_size(with_added_tokens=True)
+        if table.shape != (rows, self._original.shape[1]):
+            expected = (rows, self._original.shape[1])
+            raise EdgeembError(f"table shape {tuple(table.shape)} does not match the model's {expected}")
+
+        def use() -> None:
+            self._embedding.weight.data = table
+            self._tokenizer._tokenizer = backend  # transformers' tokenizer reads its ids from this backend
+
+        return use
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ from edgeemb.bench.cross import CrossBuild
 from edgeemb.offload.run import OffloadResult
 from edgeemb.progress import reporting
 from edgeemb.report.compare import Comparison, cell, columns
-from edgeemb.report.markdown import comparison_rows, format_number, human_bytes, vocabulary_rows
+from edgeemb.report.markdown import comparison_rows, format_number, health_rows, human_bytes, vocabulary_rows
 from edgeemb.results import (
     BenchResult,
     Evaluation,
@@ -177,7 +177,7 @@ def print_report(report: Report | Evaluation) -> None:
         *((key.replace("_", " "), format_number(value)) for key, value in (quality.table or ())),
         *(
             (label, f"{before} -> {after}  ({change}; {data})")
-            for label, data, before, after, change in comparison_rows(quality)
+            for label, data, before, after, change in comparison_rows(quality) + health_rows(quality)
         ),
     ]
     if quality.drift is not None:

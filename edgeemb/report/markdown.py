@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from edgeemb.results import Quality, Report, TrimFacts
+from pathlib import Path
+
+from edgeemb.results import Quality, Report, SimilarityScored, TrimFacts
 
 
 def human_bytes(n: float) -> str:
@@ -26,11 +28,18 @@ def comparison_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
         sts = quality.sts
         data = f"{sts.data} ({sts.pairs} pairs)"
         rows.append(("STS Spearman x100", data, f"{sts.original:.2f}", f"{sts.compressed:.2f}", f"{sts.delta:+.2f}"))
+        for name, by in (sts.similarities or {}).items():
+            figures = (f"{by.original:.2f}", f"{by.compressed:.2f}", f"{by.delta:+.2f}")
+            rows.append((f"STS Spearman x100, {name}", f"{sts.data} ({_set_up(by)})", *figures))
     if quality.retrieval is not None:
         ret = quality.retrieval
         for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
             before, after = getattr(ret.original, key), getattr(ret.compressed, key)
             rows.append((label, ret.data, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+            for name, scored in (ret.similarities or {}).items():
+                before, after = getattr(scored.original, key), getattr(scored.compressed, key)
+                figures = (f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
+                rows.append((f"{label}, {name}", f"{ret.data} ({_set_up(scored)})", *figures))
     if quality.perplexity is not None:
         ppl = quality.perplexity
         change = f"{ppl.compressed / ppl.original - 1:+.2%}"
@@ -43,6 +52,35 @@ def comparison_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
                 ("bits per byte", ppl.data, f"{bits.original:.4f}", f"{bits.compressed:.4f}", f"{bits.delta:+.4f}")
             )
     return rows
+
+
+def health_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
+    """(metric, data, original, compressed, change) for the word-similarity and context probes."""
+    rows = []
+    for words in quality.words or ():
+        data = f"{Path(words.data).name} ({words.pairs_scored} of {words.pairs} pairs)"
+        kinds = [("static", words.static_original, words.static_compressed)]
+        if words.contextual_original is not None and words.contextual_compressed is not None:
+            kinds.append(("contextual", words.contextual_original, words.contextual_compressed))
+        rows += [
+            (f"word Spearman x100, {kind}", data, f"{before:.2f}", f"{after:.2f}", f"{after - before:+.2f}")
+            for kind, before, after in kinds
+        ]
+    if quality.probes is not None:
+        probes = quality.probes
+        data = f"{Path(probes.data).name} ({probes.probes} probes)"
+        for separation in probes.separations:
+            if separation.original is not None and separation.compressed is not None:
+                before, after = separation.original, separation.compressed
+                rows.append((f"{separation.name} AUC", data, f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}"))
+    return rows
+
+
+def _set_up(scored: SimilarityScored) -> str:
+    """What a similarity other than cosine fitted on, or its neighbours."""
+    if scored.fit is not None:
+        return f"fit on {scored.fit.source}, {scored.fit.texts} texts"
+    return f"k = {scored.k}"
 
 
 def vocabulary_rows(vocab: TrimFacts | None) -> list[tuple[str, str]]:
@@ -97,7 +135,7 @@ def render_report(report: Report) -> str:
     else:
         lines += ["Table level (no data):", "", "| metric | value |", "|---|---|"]
         lines += [f"| {key.replace('_', ' ')} | {format_number(value)} |" for key, value in quality.table]
-    comparisons = comparison_rows(quality)
+    comparisons = comparison_rows(quality) + health_rows(quality)
     if comparisons:
         lines += [
             "",
