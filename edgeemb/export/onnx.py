@@ -70,7 +70,7 @@ class OnnxExport:
     table: str  # storage of the embedding in the graph ("original" when left as exported)
     table_bytes: int  # bytes of that storage's arrays, as counted by the table
     quantized_rest: bool  # the other MatMul weights are int8 (onnxruntime dynamic quantisation)
-    tokenizer: Path | None = None  # a trimmed vocabulary's tokenizer.json, written beside the file
+    tokenizer: Path | None = None  # the tokenizer.json the exporter writes beside the file (`tokenizer_beside`)
 
 
 @dataclass(frozen=True)
@@ -354,8 +354,8 @@ def _word_embedding(graph, origin: str):
 
 
 def tokenizer_beside(onnx_file: Path) -> Path:
-    """Where a trimmed vocabulary's tokenizer.json goes beside its ONNX export (model.onnx ->
-    model.tokenizer.json): the graph's ids are the trimmed vocabulary's."""
+    """Where the tokenizer.json goes beside an ONNX export (model.onnx -> model.tokenizer.json):
+    the graph takes token ids, and a trimmed vocabulary's are not the source model's."""
     return Path(onnx_file).with_suffix(".tokenizer.json")
 
 
@@ -370,7 +370,9 @@ def verify_onnx(
 ) -> OnnxVerification:
     """Check an exported model: onnx.checker; its outputs against the compressed model in PyTorch
     (`table` swapped into `model`; None: the original) and against the original model; the file
-    size; and, in a fresh process, the session's peak RSS and the p50 latency of one sentence."""
+    size; and, in a fresh process, the session's peak RSS and the p50 latency of one sentence.
+    The file is fed by the tokenizer.json beside it (`tokenizer_beside`) when there is one, as a
+    user would run it; else by the tokenizer the table implies (the model's, or its trimmed one)."""
     import onnx  # onnx: only where a file is checked
 
     path, texts = Path(path), list(texts)
@@ -383,12 +385,14 @@ def verify_onnx(
         checker = " ".join(str(exc).split())
     source = sentence_model(model)
     tokenizer_json = trimmed_tokenizer_json(source.path, table.keep) if isinstance(table, TrimmedTable) else None
+    beside = tokenizer_beside(path)
+    shipped = beside.read_text(encoding="utf-8") if beside.is_file() else tokenizer_json
     reference = sentence_encoder(source.path, source.sha256)
-    ours = memoize(onnx_encoder(path, source, threads=threads, tokenizer_json=tokenizer_json))
+    ours = memoize(onnx_encoder(path, source, threads=threads, tokenizer_json=shipped))
     compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)", tokenizer_json)
     drift = embedding_drift(reference.original, ours, texts)
     max_abs_diff = float(np.abs(ours(texts) - unit_rows(compressed(texts))).max())
-    probe = probe_in_child([path], sentence_tokenizer(source.path, tokenizer_json)(texts), threads, rounds)
+    probe = probe_in_child([path], sentence_tokenizer(source.path, shipped)(texts), threads, rounds)
     return OnnxVerification(
         path=path,
         file_bytes=path.stat().st_size,

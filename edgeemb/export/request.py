@@ -8,10 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
+from edgeemb.evaluate.onnxruntime import sentence_transformer
 from edgeemb.recipe import ExportConfig
 from edgeemb.results import DataFile, Exported
 from edgeemb.sources import SourceModel
-from edgeemb.sources.hf import trimmed_tokenizer_json
+from edgeemb.sources.hf import tokenizer_json_file, trimmed_tokenizer_json
 from edgeemb.table import EmbeddingTable, TrimmedTable
 
 
@@ -33,6 +36,22 @@ class ExportRequest:
 def tokenizer_json(source: SourceModel, table: EmbeddingTable) -> str | None:
     """The tokenizer.json of a trimmed table's vocabulary (None for an untrimmed table)."""
     return trimmed_tokenizer_json(source.path, table.keep) if isinstance(table, TrimmedTable) else None
+
+
+def shipped_tokenizer_json(source: SourceModel, table: EmbeddingTable) -> str:
+    """The tokenizer.json that goes beside an exported graph, whose ids it feeds: a trimmed table's
+    rewritten one, else the model's own file, else (a model with only a vocabulary file) the fast
+    tokenizer transformers builds from it, without the truncation and padding a call leaves set."""
+    trimmed = tokenizer_json(source, table)
+    if trimmed is not None:
+        return trimmed
+    own = tokenizer_json_file(source.path)
+    if own is not None:
+        return own.read_text(encoding="utf-8")
+    backend = Tokenizer.from_str(sentence_transformer(source.path)[0].tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend.to_str()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import read_texts
 from edgeemb.export import onnx as onnx_export
-from edgeemb.export.request import Exporter, ExportRequest, tokenizer_json
+from edgeemb.export.request import Exporter, ExportRequest, shipped_tokenizer_json
 from edgeemb.outputs import staged
 from edgeemb.results import OnnxCheck, OnnxExported, OnnxFile, relocated
 
@@ -28,15 +28,14 @@ def write_and_verify(request: ExportRequest) -> OnnxExported:
             )
         else:
             exported = onnx_export.export_onnx(source, table, staging, quantize_rest=config.quantize_rest)
+        # The graph takes ids, so its tokenizer ships beside it (a companion: it moves with the file),
+        # and verification tokenises with that file, so a wrong one shows in its figures.
+        onnx_export.tokenizer_beside(staging).write_text(shipped_tokenizer_json(source, table), encoding="utf-8")
         texts = read_texts(request.text) if request.text else onnx_export.SAMPLE_TEXTS
         verified = onnx_export.verify_onnx(staging, source, table, texts)
         if verified.checker != "ok":
             raise EdgeembError(f"{request.file}: onnx.checker rejects the export: {verified.checker}")
-        trimmed_tokenizer = tokenizer_json(source, table)
-        if trimmed_tokenizer is not None:  # the graph's ids are the trimmed vocabulary's
-            onnx_export.tokenizer_beside(staging).write_text(trimmed_tokenizer)
-            # where the tokenizer is once in place
-            exported = replace(exported, tokenizer=onnx_export.tokenizer_beside(request.file))
+    exported = replace(exported, tokenizer=onnx_export.tokenizer_beside(request.file))  # where it is once in place
     paths = {"path": str(exported.path), "tokenizer": exported.tokenizer and str(exported.tokenizer)}
     result = OnnxExported(
         export=OnnxFile(**{**asdict(exported), **paths}, from_=request.onnx_source and str(request.onnx_source)),

@@ -274,9 +274,14 @@ def tokenizer_vocabulary(data: dict, size: int | None = None) -> Vocabulary:
     )
 
 
+def tokenizer_json_file(path: Path) -> Path | None:
+    """The model's own tokenizer.json (in its transformer folder or at its root), if it has one."""
+    return _tokenizer_file(transformer_dir(Path(path)), Path(path))
+
+
 def trimmed_tokenizer_json(path: Path, keep: np.ndarray) -> str:
     """The model's tokenizer.json rewritten for the kept ids, as text."""
-    file = _tokenizer_file(transformer_dir(Path(path)), Path(path))
+    file = tokenizer_json_file(path)
     if file is None:
         raise EdgeembError(f"{path}: no tokenizer.json to rewrite for a trimmed vocabulary")
     return json.dumps(trim_tokenizer_json(_read_json(file), keep), ensure_ascii=False)

@@ -3,6 +3,7 @@ compressed model in PyTorch; rewriting someone else's export; bad inputs; the re
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -174,6 +175,63 @@ def test_verify_reports_the_checks(tiny, fp32_onnx, tmp_path):
     assert 0.9 < check.mean_cosine <= 1.0 + 1e-6
     assert check.file_bytes == (tmp_path / "int4.onnx").stat().st_size
     assert check.p50_latency_ms > 0 and check.session_rss_mb > 0
+
+
+def test_an_untrimmed_export_ships_the_tokenizer_beside_the_model(tiny_model, tmp_path):
+    # #19 problem 2: `compress -r minilm-pq && export --format onnx` left only model.onnx (a trimmed table had one).
+    from click.testing import CliRunner
+    from tokenizers import Tokenizer
+
+    from edgeemb.cli import main
+
+    out = tmp_path / "o"
+    assert CliRunner().invoke(main, ["compress", str(tiny_model), "-r", "int8", "-o", str(out)]).exit_code == 0
+    result = CliRunner().invoke(main, ["export", str(out), "--format", "onnx", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    assert {"model.onnx", "model.tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert not [p.name for p in out.iterdir() if "edgeemb-tmp" in p.name]
+    assert json.loads(result.stdout)["export"]["tokenizer"] == str(out / "model.tokenizer.json")
+    shipped = Tokenizer.from_file(str(out / "model.tokenizer.json"))
+    own = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
+    assert [shipped.encode(text).ids for text in TEXTS] == [own.encode(text).ids for text in TEXTS]
+
+
+def test_a_model_with_only_a_vocabulary_file_ships_the_tokenizer_transformers_builds(tiny, tmp_path):
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    from edgeemb.export.request import shipped_tokenizer_json
+
+    folder = tmp_path / "vocab-only"
+    shutil.copytree(tiny.path, folder)
+    own = json.loads((folder / "tokenizer.json").read_text())
+    by_id = {index: piece for piece, index in own["model"]["vocab"].items()}
+    lines = [by_id.get(index, f"[gap{index}]") for index in range(max(by_id) + 1)]  # the tiny vocab repeats "a"
+    (folder / "vocab.txt").write_text("\n".join(lines) + "\n")
+    (folder / "tokenizer.json").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "BertTokenizer"}))
+    shipped = Tokenizer.from_str(shipped_tokenizer_json(open_model(folder), tiny.table))
+    assert shipped.truncation is None and shipped.padding is None
+    original = Tokenizer.from_str(json.dumps(own))
+    assert [shipped.encode(text).ids for text in TEXTS] == [original.encode(text).ids for text in TEXTS]
+
+
+def test_verify_tokenises_with_the_file_beside_the_model(tiny, fp32_onnx, tmp_path):
+    """The shipped tokenizer is what verification runs: a wrong one beside the file shows in the figures."""
+    from edgeemb.export.onnx import tokenizer_beside
+    from edgeemb.sources.hf import trim_tokenizer_json
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(fp32_onnx.read_bytes())
+    assert verify_onnx(model, tiny, None, rounds=1).max_abs_diff < TOLERANCE
+    own = json.loads((Path(tiny.path) / "tokenizer.json").read_text())
+    own["added_tokens"] = [token for token in own["added_tokens"] if token["id"] > 0]
+    own["padding"] = None
+    shifted = trim_tokenizer_json(own, np.arange(1, 192))  # every id one lower than the row it reads
+    tokenizer_beside(model).write_text(json.dumps(shifted))
+    assert verify_onnx(model, tiny, None, rounds=1).max_abs_diff > 0.05
 
 
 # --- someone else's export -----------------------------------------------------------------------
