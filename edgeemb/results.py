@@ -420,7 +420,7 @@ class OnnxFile(Result):
     table: str
     table_bytes: int
     quantized_rest: bool
-    tokenizer: str | None  # A trimmed vocabulary's tokenizer.json, written beside the file
+    tokenizer: str | None  # the tokenizer.json beside the file that feeds it (the source's, or a trimmed one)
     from_: str | None = Field(None, alias="from")  # the ONNX file whose embedding was rewritten (`export --from`)
 
 
