@@ -1,8 +1,9 @@
 """Side-by-side comparison of output folders: size, bits per parameter and every quality figure
 they share, with the best value of each column marked, as data, Markdown or HTML.
 
-A quality figure is compared only where every output measured it on the same data (the data
-file's sha256 matches); otherwise the column is left out and the comparison says why.
+A quality figure is compared only where every output measured it, on the same data (the data
+file's sha256 matches); otherwise the column is left out and the comparison's notes say why,
+naming the outputs that did not measure it.
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
     metrics = []
     for metric in METRICS:
         blocks = [metric.block(a.report) for a in artifacts]
-        if any(block is None for block in blocks):
+        missing = [a.path.name for a, block in zip(artifacts, blocks) if block is None]
+        if missing:
+            if len(missing) < len(blocks):  # a figure nobody measured is not a dropped column
+                did = "did" if len(missing) == 1 else "do"
+                notes.append(f"{metric.label} left out: {_listed(missing)} {did} not measure it")
             continue
         if metric.original is not None:
             measured = {tuple(getattr(block, key, None) for key in _SAME_DATA) for block in blocks}
@@ -134,6 +139,13 @@ def compare_outputs(outs: list[Path], allow_mixed: bool = False) -> Comparison:
         target = max(values) if higher else min(values)
         best[label] = [i for i, v in enumerate(values) if v == target]
     return Comparison(rows, [m.label for m in metrics], best, notes)
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    """`a, b and c`, or `a, b, c and 4 more`."""
+    if len(names) > shown:
+        return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _row(artifact: Artifact, metrics: list[Metric]) -> Row:

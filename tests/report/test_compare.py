@@ -115,9 +115,13 @@ def test_retrieval_and_ratios_from_the_export_are_read_from_the_report(outputs, 
     assert "1.50x" in to_markdown(comparison)
 
 
-def test_figures_measured_by_only_some_outputs_are_left_out(outputs):
-    comparison = compare_outputs([outputs / "int8", outputs / "int8-nodata"])
+def test_figures_measured_by_only_some_outputs_are_left_out_with_a_note(outputs):
+    # #19 problem 6: the column was dropped with no note, although the README promises one.
+    comparison = compare_outputs([outputs / "int8", outputs / "int4", outputs / "int8-nodata"])
     assert "STS Spearman" not in comparison.metrics and "row cosine" in comparison.metrics
+    assert "STS Spearman left out: int8-nodata did not measure it" in comparison.notes
+    assert not any("perplexity" in note for note in comparison.notes)  # measured by none: nothing was dropped
+    assert "STS Spearman left out: int8-nodata did not measure it." in to_markdown(comparison)
 
 
 def test_figures_on_different_data_are_left_out_with_a_note(outputs, tmp_path):
