@@ -87,13 +87,24 @@ def vocabulary_rows(vocab: TrimFacts | None) -> list[tuple[str, str]]:
     """What a vocabulary trim kept and how held-out text fares, as (label, value) rows."""
     if vocab is None:
         return []
-    frequent_rows = vocab.corpus.frequent_rows if vocab.corpus is not None else 0
+    rules = [
+        (vocab.floor_rows, "always kept (special, byte, fallback)"),
+        (vocab.script_rows, "by script"),
+        (vocab.character_rows, "single characters"),
+        (vocab.corpus.frequent_rows if vocab.corpus is not None else None, "by corpus"),
+    ]
+    kept = [(rows, what) for rows, what in rules if rows is not None]  # the rules the trim used
+    terms = " + ".join(f"{rows:,} {what}" for rows, what in kept)
+    # Each rule's count is its own, and the rules overlap (an ASCII letter is a script piece and a
+    # single character) while `drop` removes pieces: the difference is shown, so the sum is the rows kept.
+    shared = sum(rows for rows, _ in kept) - (vocab.rows - vocab.closure_rows_added)
+    if shared:
+        terms += f" - {shared:,} counted by more than one rule or dropped"
     rows = [
         (
             "vocabulary",
-            f"{vocab.rows:,} of {vocab.source_rows:,} rows ({vocab.rows / vocab.source_rows:.1%}): "
-            f"{vocab.floor_rows:,} always kept (special, byte, fallback), {vocab.script_rows or 0:,} by script, "
-            f"{frequent_rows:,} by corpus, {vocab.closure_rows_added:,} merge intermediates added",
+            f"{vocab.rows:,} of {vocab.source_rows:,} rows ({vocab.rows / vocab.source_rows:.1%}) = {terms} "
+            f"+ {vocab.closure_rows_added:,} merge intermediates added",
         )
     ]
     if vocab.holdout is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,28 @@ def test_cli_previews_a_trim_and_refuses_bad_policies(tiny_model, tmp_path):
     assert preview["rows"] < preview["source_rows"] == 192 and preview["holdout"]["lines_changed"] == 0
     result = CliRunner().invoke(main, ["trim", str(tiny_model), "--scripts", "latn"])
     assert result.exit_code == 1 and "unknown script 'latn'" in result.output
+
+
+def test_the_trim_summary_names_every_rule_and_adds_up_to_the_rows_kept(tiny_model, tmp_path):
+    # #19 problem 6: the text left out the character rows the JSON reports, so its parts did not add up.
+    from click.testing import CliRunner
+
+    from edgeemb.cli import main
+    from edgeemb.report.markdown import vocabulary_rows
+    from edgeemb.results import TrimPreview, from_json
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(KEPT_TEXT)
+    args = ["trim", str(tiny_model), "--scripts", "ascii", "--characters", "--corpus", str(corpus), "--holdout", "0"]
+    preview = from_json(TrimPreview, CliRunner().invoke(main, [*args, "--json"]).output)
+    assert preview.character_rows and preview.script_rows and preview.corpus is not None
+    ((label, text),) = vocabulary_rows(preview)
+    terms = re.findall(r"(?:^|([+-]) )([\d,]+) (\w+)", text.split(" = ", 1)[1])
+    assert [what for _, _, what in terms] == ["always", "by", "single", "by", "counted", "merge"]
+    assert sum(int(n.replace(",", "")) * (-1 if sign == "-" else 1) for sign, n, _ in terms) == preview.rows
+    assert f"{preview.character_rows:,} single characters" in text
+    printed = CliRunner().invoke(main, args, env={"COLUMNS": "300"}).output
+    assert f"{preview.character_rows:,} single characters" in printed
 
 
 def test_a_trimmed_table_offloads_as_a_smaller_store_streamed_in_its_own_ids(tiny_model, tmp_path):
