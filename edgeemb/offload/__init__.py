@@ -109,6 +109,8 @@ class CachePoint(Result):
     reads_per_token: float
     bytes_per_token: float  # read from flash, whole pages
     results: list[ProfileResult]
+    # Why a budget the user gave holds less than itself (whole units, or all the stream reads fits)
+    note: str | None = None
 
 
 class StoreLayout(Result):
@@ -254,6 +256,7 @@ def emulate_offload(
                 reads_per_token=float(replay.reads.mean()),
                 bytes_per_token=float(replay.bytes_read.mean()),
                 results=results,
+                note=_cache_note(int(budget), replay, layout, config.cache_unit) if config.cache_bytes else None,
             )
         )
     return OffloadReport(
@@ -272,6 +275,27 @@ def emulate_offload(
         points=points,
         real=_real_facts(host_reads, config.throttle) if host_reads else None,
     )
+
+
+def _cache_note(budget: int, replay: Plan, layout: Layout, unit: CacheUnit) -> str | None:
+    """Why a cache of `budget` bytes held less than that at its fullest (None when it filled it,
+    or was asked to hold nothing): units are cached whole, and a stream reads only so much."""
+    peak = replay.peak_cache_bytes
+    if budget == 0 or peak == budget:
+        return None
+    costs = sorted(
+        {int(size) + INDEX_BYTES_PER_ENTRY for size in ([layout.page_size] if unit == "page" else layout.slice_bytes)}
+    )
+    what = "page" if unit == "page" else "row" if layout.layers == 1 else "row slice"
+    cost = f"{costs[0]:,}" if len(costs) == 1 else f"{costs[0]:,} to {costs[-1]:,}"
+    sized = f"{cost} bytes (index entry included)"
+    if budget < costs[0]:
+        return f"a budget of {budget:,} bytes holds nothing: less than one {what} of {sized}"
+    if replay.evictions == 0:
+        return (
+            f"a budget of {budget:,} bytes holds at most {peak:,}: all the stream reads; a longer text fills more of it"
+        )
+    return f"a budget of {budget:,} bytes holds at most {peak:,}: whole {what}s of {sized}"
 
 
 def _real(

@@ -33,6 +33,7 @@ class RowCache:
         self.unit_bytes = unit_bytes  # bytes of unit u are unit_bytes[u % len(unit_bytes)]
         self.entries: OrderedDict[int, int] = OrderedDict()
         self.used = 0
+        self.evictions = 0  # none: the budget held everything the stream read
 
     def _cost(self, unit: int) -> int:
         return int(self.unit_bytes[unit % len(self.unit_bytes)]) + INDEX_BYTES_PER_ENTRY
@@ -51,6 +52,7 @@ class RowCache:
         while self.used + cost > self.budget:
             _, evicted = self.entries.popitem(last=False)
             self.used -= evicted
+            self.evictions += 1
         self.entries[unit] = cost
         self.used += cost
 
@@ -63,6 +65,7 @@ class Plan:
     hits: np.ndarray  # (tokens,)
     runs: list[np.ndarray]  # per token: (k, 2) int64 [byte offset, byte length], page-aligned
     peak_cache_bytes: int  # LRU units and their index entries at their fullest
+    evictions: int  # units the LRU evicted: none means it never filled
 
     @property
     def reads(self) -> np.ndarray:
@@ -115,7 +118,7 @@ def plan(
                     cache.insert(key)
         peak = max(peak, cache.used)
         runs.append(_page_runs(offsets[step, missed], sizes[step, missed], page))
-    return Plan(lookups, hits, runs, peak)
+    return Plan(lookups, hits, runs, peak, cache.evictions)
 
 
 def _page_runs(offsets: np.ndarray, sizes: np.ndarray, page: int) -> np.ndarray:

@@ -336,6 +336,9 @@ def print_offload(result: OffloadResult) -> None:
             *cells,
         )
     out_console.print(table)
+    for point in report.points:
+        if point.note is not None:
+            err_console.print(f"note: {point.note}")
     for run in result.runtime or ():
         out_console.print(
             f"llama.cpp use_mmap={run.use_mmap}: peak RSS {human_bytes(run.peak_rss_bytes)} "

@@ -230,6 +230,35 @@ def test_cli_offload_tiny_model_json_and_errors(tiny_model, tmp_path):
         assert "Traceback" not in result.output
 
 
+def test_a_cache_that_holds_less_than_its_budget_says_why(tiny_model, tmp_path):
+    # #19 problem 6: `--cache-mb 0.1` silently became a 14 KiB cache (the cache column shows what it holds).
+    text = tmp_path / "text.txt"
+    text.write_text("the water was long and the people made a way over the time " * 20)
+    result = CliRunner().invoke(
+        main,
+        ["offload", str(tiny_model), "--text", str(text), "--json"]
+        + [option for mb in ("0.01", "0.002", "0.0001", "0") for option in ("--cache-mb", mb)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["offload"]
+    row = report["record_bytes"] + INDEX_BYTES_PER_ENTRY  # 256 + 16: a row and its index entry
+    notes = {point["cache_budget_bytes"]: (point["cache_peak_bytes"], point.get("note")) for point in report["points"]}
+    peak, note = notes[10_000]  # more than the stream reads: capped by what it reads
+    assert peak == report["distinct_tokens"] * row < 10_000
+    assert (
+        note == f"a budget of 10,000 bytes holds at most {peak:,}: all the stream reads; a longer text fills more of it"
+    )
+    rounded = f"a budget of 2,000 bytes holds at most {7 * row:,}: whole rows of {row} bytes (index entry included)"
+    assert notes[2000] == (7 * row, rounded)
+    small = f"a budget of 100 bytes holds nothing: less than one row of {row} bytes (index entry included)"
+    assert notes[100] == (0, small)
+    assert notes[0] == (0, None)
+    printed = CliRunner().invoke(
+        main, ["offload", str(tiny_model), "--text", str(text), "--cache-mb", "0.002"], env={"COLUMNS": "300"}
+    )
+    assert f"note: {rounded}" in printed.stderr
+
+
 def test_cli_model_without_a_tokenizer(tiny_model, tmp_path):
     import shutil
 
