@@ -27,7 +27,7 @@ from edgeemb.errors import EdgeembError, regular_file
 from edgeemb.progress import track
 from edgeemb.steps.base import PathArgument, StepConfig, StepContext, register
 from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
-from edgeemb.vocab import Vocabulary, require_kept, script_mask, single_characters
+from edgeemb.vocab import Tokenize, Vocabulary, require_kept, script_mask, single_characters
 
 
 class TrimConfig(StepConfig):
@@ -130,8 +130,10 @@ def trim_vocab(table: EmbeddingTable, config: TrimConfig, context: StepContext =
         facts["character_rows"] = int(characters.sum())
     held: list[str] = []
     if config.corpus:
-        counted, held = _corpus_lines(config)
-        counts = np.bincount(np.fromiter(_ids(vocab, counted, "count corpus tokens"), np.int64), minlength=len(vocab))
+        lines = corpus_lines(config.corpus, "trim_vocab")
+        split = max(1, round(len(lines) * (1 - config.holdout)))
+        counted, held = lines[:split], lines[split:]
+        counts = token_counts(vocab.tokenize, counted, len(vocab))
         frequent = _frequent(counts, config)
         keep |= frequent
         facts["corpus"] = {
@@ -180,28 +182,31 @@ def holdout_report(vocab: Vocabulary, kept: np.ndarray, lines: list[str]) -> dic
     }
 
 
-def _corpus_lines(config: TrimConfig) -> tuple[list[str], list[str]]:
+def corpus_lines(paths: tuple[Path, ...], what: str) -> list[str]:
+    """The non-blank lines of plain-text files and the documents of BEIR folders, in order;
+    `what` names the caller in errors (e.g. 'trim_vocab')."""
     from edgeemb.evaluate.data import read_beir
 
     lines: list[str] = []
-    for path in config.corpus:
+    for path in paths:
         if Path(path).is_dir():
             lines += [text for text in read_beir(path).corpus_texts if text.strip()]
             continue
         try:
-            text = regular_file(path, "trim_vocab corpus").read_text(encoding="utf-8")
+            text = regular_file(path, f"{what} corpus").read_text(encoding="utf-8")
             lines += [line for line in text.splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise EdgeembError(f"trim_vocab: cannot read corpus {path} ({exc})") from None
+            raise EdgeembError(f"{what}: cannot read corpus {path} ({exc})") from None
     if not lines:
-        raise EdgeembError(f"trim_vocab: the corpus ({', '.join(map(str, config.corpus))}) has no text")
-    split = max(1, round(len(lines) * (1 - config.holdout)))
-    return lines[:split], lines[split:]
+        raise EdgeembError(f"{what}: the corpus ({', '.join(map(str, paths))}) has no text")
+    return lines
 
 
-def _ids(vocab: Vocabulary, lines: list[str], label: str):
-    for line in track(lines, label, len(lines)):
-        yield from vocab.tokenize(line)
+def token_counts(tokenize: Tokenize, lines: list[str], rows: int) -> np.ndarray:
+    """How often each id occurs in the lines' tokens (int64, at least `rows` long: a tokenizer
+    may give ids past the table's rows)."""
+    ids = (i for line in track(lines, "count corpus tokens", len(lines)) for i in tokenize(line))
+    return np.bincount(np.fromiter(ids, np.int64), minlength=rows)
 
 
 def _frequent(counts: np.ndarray, config: TrimConfig) -> np.ndarray:
