@@ -8,6 +8,7 @@ import click
 from pydantic import ValidationError
 
 from edgeemb.analysis import analyze_table
+from edgeemb.audit import audit_corpus
 from edgeemb.cli.base import (
     _CALIBRATION_HELP,
     _FILE,
@@ -32,6 +33,16 @@ _INSPECT_HELP = (
     """Describe MODEL's embedding table: size and share of the model, dtype, tying, SVD
 spectrum, per-dimension variance, anisotropy, hubness and rows that look untrained.
 
+With --corpus, audit the rows your text uses: its tokens split into frequency bands (frequent:
+the rows covering 50% of its tokens; mid: to 90%; rare: the rest; unused), each band's row norms
+and nearest-neighbour cosines, and the rows it uses that look undertrained (low norm, few
+neighbours). With --compressed OUT/ (an `edgeemb compress` output of MODEL), the compressed
+table's error in each band: whether your domain's words pay for the compression. With --plot,
+the audit is a second figure beside the first: spectrum.png and spectrum-audit.png.
+
+\b
+edgeemb inspect minilm --corpus cranfield_beir/ --compressed out/minilm-int4 --compressed out/minilm-pq
+
 """
     + _MODEL_HELP
 )
@@ -39,28 +50,62 @@ spectrum, per-dimension variance, anisotropy, hubness and rows that look untrain
 
 @main.command(help=_INSPECT_HELP)
 @_model_argument
+@click.option(
+    "--corpus",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Audit the rows this text uses: a plain-text file (a line each) or a BEIR folder (repeat for more).",
+)
+@click.option(
+    "--compressed",
+    multiple=True,
+    type=_FOLDER,
+    help="With --corpus: an `edgeemb compress` output of MODEL whose error is shown by frequency band (repeat).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
-@click.option("--plot", type=_NEW_FILE, help="Write a PNG: spectrum, per-dimension variance, row norms, hubness.")
-@click.option("--force", is_flag=True, help="Replace an existing --plot file.")
+@click.option(
+    "--plot",
+    type=_NEW_FILE,
+    help="Write a PNG: spectrum, per-dimension variance, row norms, hubness; with --corpus also NAME-audit.png.",
+)
+@click.option("--force", is_flag=True, help="Replace existing --plot files.")
 @click.option("--seed", default=0, show_default=True, help="Seed for the row samples.")
-def inspect(model: str | None, as_json: bool, plot: Path | None, force: bool, seed: int) -> None:
-    if plot is not None:
-        check_target(plot, force)
+def inspect(
+    model: str | None,
+    corpus: tuple[Path, ...],
+    compressed: tuple[Path, ...],
+    as_json: bool,
+    plot: Path | None,
+    force: bool,
+    seed: int,
+) -> None:
+    if compressed and not corpus:
+        raise EdgeembError("inspect: --compressed needs --corpus (the error is shown by the corpus's frequency bands)")
+    audit_plot = plot.with_name(f"{plot.stem}-audit{plot.suffix}") if plot is not None and corpus else None
+    for target in (plot, audit_plot):
+        if target is not None:
+            check_target(target, force)
     with console.progress_bars():
         source = open_model(model)
         require_finite(source.table.weight, f"{source.name}'s embedding table")
+        audit = audit_corpus(source, corpus, compressed, seed=seed) if corpus else None
         analysis = analyze_table(source.table.weight, source.tokens, seed=seed)
     if plot is not None:
-        from edgeemb.report.plots import plot_analysis  # matplotlib: ~0.5 s to import, only for --plot
+        from edgeemb.report.plots import plot_analysis, plot_audit  # matplotlib: ~0.5 s to import, only for --plot
 
         plot_analysis(analysis, plot, title=f"{source.name}: embedding table")
+        if audit is not None and audit_plot is not None:
+            plot_audit(audit, audit_plot, title=f"{source.name}: rare-token audit")
     facts = model_facts(source)
     if as_json:
-        console.print_json({"model": facts, "analysis": analysis})
+        console.print_json({"model": facts, "analysis": analysis, **({"audit": audit} if audit else {})})
         return
     console.print_inspection(facts, analysis)
-    if plot is not None:
-        console.out_console.print(f"plot written to {plot}")
+    if audit is not None:
+        console.print_audit(audit)
+    for written in (plot, audit_plot):
+        if written is not None:
+            console.out_console.print(f"plot written to {written}")
 
 
 _TRIM_HELP = (

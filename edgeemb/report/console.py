@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeemb.analysis import TableAnalysis
+from edgeemb.audit import CorpusAudit
 from edgeemb.bench.cross import CrossBuild
 from edgeemb.offload.run import OffloadResult
 from edgeemb.progress import reporting
@@ -145,6 +146,80 @@ def _analysis_rows(analysis: TableAnalysis) -> list[tuple[str, str]]:
             f"{_examples(duplicates.examples)}",
         ),
     ]
+
+
+def print_audit(audit: CorpusAudit, listed: int = 12) -> None:
+    """The rare-token audit: bands, each compressed output's error by band, undertrained rows;
+    tables that fit 80 columns."""
+    corpus = ", ".join(Path(path).name for path in audit.corpus)
+    unknown = f", {audit.unknown_tokens:,} unknown" if audit.unknown_tokens else ""
+    bands = Table(
+        title=Text(
+            f"{corpus}: {audit.tokens:,} tokens{unknown} on {audit.distinct_rows:,} of {audit.rows:,} rows "
+            f"(frequent: {audit.band_edges[0]:.0%} of tokens, mid: to {audit.band_edges[1]:.0%})"
+        )
+    )
+    for head in ("band", "rows", "tokens", "count", "median norm", f"{audit.k}-NN cosine"):
+        bands.add_column(head, justify="left" if head == "band" else "right")
+    for band in audit.bands:
+        sampled = f" ({band.neighbour_rows:,} rows)" if band.neighbour_rows < band.rows else ""
+        bands.add_row(
+            band.name,
+            f"{band.rows:,}",
+            f"{band.token_share:.1%}" if band.tokens else "-",
+            f"{band.count_min:,}-{band.count_max:,}" if band.tokens else "0",
+            _dash(band.median_norm, ".3g"),
+            _dash(band.neighbour_cosine, ".3f") + sampled,
+        )
+    out_console.print(bands)
+    if any(band.neighbour_rows < band.rows for band in audit.bands):
+        out_console.print(f"(n rows): the band's {audit.k}-NN cosine is over a sample of n rows, seed {audit.seed}.")
+    for output in audit.compressed:
+        errors = Table(title=Text(f"{Path(output.path).name} ({output.recipe}): {output.storage}"))
+        trimmed = any(part.dropped_rows is not None for part in output.bands)
+        dropped_heads = ("dropped rows", "of its tokens") if trimmed else ()
+        heads = ("band", "rows", "relative error", "row cosine", *dropped_heads)
+        for head in heads:
+            errors.add_column(head, justify="left" if head == "band" else "right")
+        for part in output.bands:
+            dropped = (_dash(part.dropped_rows, ","), _dash(part.dropped_token_share, ".1%")) if trimmed else ()
+            errors.add_row(
+                part.band,
+                f"{part.rows:,}",
+                _dash(part.relative_error, ".4f"),
+                _dash(part.row_cosine_mean, ".4f"),
+                *dropped,
+            )
+        out_console.print(errors)
+        out_console.print(f"relative error weighted by corpus counts: {output.corpus_relative_error:.4f}")
+    out_console.print(
+        f"{audit.undertrained_count} of the corpus's rows look undertrained (robust z of log norm < "
+        f"-{audit.outlier_z:g}, or mean {audit.k}-NN cosine < {audit.neighbour_cosine_low:.3f})"
+        + (":" if audit.undertrained_count else ".")
+    )
+    if not audit.undertrained:
+        return
+    rows = Table()
+    for head in ("id", "token", "count", "norm", "norm z", f"{audit.k}-NN cos", "looks"):
+        rows.add_column(head, justify="left" if head in ("token", "looks") else "right")
+    for row in audit.undertrained[:listed]:
+        looks = {"low norm": row.low_norm, "few neighbours": row.few_neighbours}
+        rows.add_row(
+            str(row.id),
+            Text(repr(row.token) if row.token is not None else "-"),
+            f"{row.count:,}",
+            f"{row.norm:.3g}",
+            f"{row.norm_z:.1f}",
+            _dash(row.neighbour_cosine, ".3f"),
+            ", ".join(why for why, flag in looks.items() if flag),
+        )
+    out_console.print(rows)
+    if audit.undertrained_count > listed:
+        out_console.print(f"... and {audit.undertrained_count - listed} more (--json lists {len(audit.undertrained)})")
+
+
+def _dash(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def print_trim(preview: TrimPreview) -> None:

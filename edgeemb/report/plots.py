@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from edgeemb.analysis import TableAnalysis
+from edgeemb.audit import CorpusAudit
 from edgeemb.offload import OffloadReport
 from edgeemb.outputs import png_metadata, staged
 from edgeemb.report.compare import Comparison, pareto
@@ -99,6 +100,70 @@ def _hubness(ax, analysis: TableAnalysis) -> None:
         f"Hubness ({hub.sample:,}-row sample)\nskew {hub.skewness:.2f}, max N_{hub.k} {hub.max_k_occurrence}, "
         f"anti-hubs (N_{hub.k} = 0) {hub.antihub_fraction:.1%}"
     )
+
+
+def plot_audit(audit: CorpusAudit, path: Path, title: str) -> None:
+    """The rare-token audit by frequency band: the corpus's tokens and rows, the rows' norms and
+    neighbour cosines, and, with compressed outputs, each one's relative error."""
+    panels = 3 if audit.compressed else 2
+    figure = Figure(figsize=(5.2 * panels, 4.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(f"{title}: {', '.join(Path(c).name for c in audit.corpus)}, {audit.tokens:,} tokens", fontsize=12)
+    usage_ax, rows_ax, *error_ax = figure.subplots(1, panels)
+    names = [band.name for band in audit.bands]
+    positions = np.arange(len(names))
+    usage_ax.bar(positions, [100 * band.token_share for band in audit.bands], color="tab:blue")
+    for x, band in zip(positions, audit.bands):
+        usage_ax.annotate(f"{band.rows:,} rows", (x, 100 * band.token_share), ha="center", va="bottom", fontsize=8)
+    usage_ax.set_ylabel("share of corpus tokens (%)")
+    edges = ", ".join(f"{edge:.0%}" for edge in audit.band_edges)
+    usage_ax.set_title(f"Frequency bands (edges at {edges} of tokens)")
+
+    norm = [np.nan if band.median_norm is None else band.median_norm for band in audit.bands]
+    cosine = [np.nan if band.neighbour_cosine is None else band.neighbour_cosine for band in audit.bands]
+    rows_ax.plot(positions, norm, marker="o", color="tab:purple")
+    rows_ax.set_ylabel("median row norm", color="tab:purple")
+    twin = rows_ax.twinx()
+    twin.plot(positions, cosine, marker="s", linestyle="--", color="tab:olive")
+    twin.set_ylabel(f"mean cosine to {audit.k} nearest rows", color="tab:olive")
+    rows_ax.set_ylim(0, 1.15 * np.nanmax(norm))  # from zero: a band's difference is seen at its true size
+    twin.set_ylim(0, 1)
+    rows_ax.set_title(f"Rows by band: {audit.undertrained_count} used rows look undertrained")
+
+    if audit.compressed:
+        ax = error_ax[0]
+        width = 0.8 / len(audit.compressed)
+        for index, output in enumerate(audit.compressed):
+            bars = positions - 0.4 + width * (index + 0.5)
+            errors = [np.nan if part.relative_error is None else part.relative_error for part in output.bands]
+            name = Path(output.path).name
+            ax.bar(
+                bars,
+                errors,
+                width,
+                color=f"C{index}",
+                label=name if name == output.recipe else f"{name} ({output.recipe})",
+            )
+            for bar, error, part in zip(bars, errors, output.bands):
+                if part.dropped_rows:  # a trimmed vocabulary: the error is of the kept rows only
+                    ax.annotate(
+                        f"-{part.dropped_rows:,}",
+                        (bar, 0 if np.isnan(error) else error),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        rotation=90,
+                    )
+        ax.set_ylabel("relative error ||W - W'|| / ||W|| of the band's rows")
+        highest = max(part.relative_error or 0.0 for c in audit.compressed for part in c.bands)
+        ax.set_ylim(0, 1.3 * highest or 1.0)  # headroom for the legend
+        trimmed = any(part.dropped_rows for c in audit.compressed for part in c.bands)
+        ax.set_title("Compression error by band" + (" (-N: rows dropped)" if trimmed else ""))
+        ax.legend(fontsize=8, loc="upper center", ncols=min(2, len(audit.compressed)))
+    for ax in (usage_ax, rows_ax, *error_ax):
+        ax.set_xticks(positions, names)
+        ax.set_xlabel("frequency band in the corpus")
+    _save_atomic(figure, Path(path))
 
 
 def plot_offload(report: OffloadReport, path: Path, title: str) -> None:
