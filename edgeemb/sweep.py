@@ -9,6 +9,11 @@ are read as YAML, so `64` is a number and `int4` a string); without axes each re
 is. Variants run through an
 `Executor`: a local process pool by default; anything with the same `map` can stand in (a
 cluster engine), since each job is a plain picklable function call.
+
+A variant that fails (its error is one line) does not stop the others: the sweep compares what
+finished and lists what failed. With `resume`, an existing output folder whose manifest records the
+same recipe (digest), model (sha256) and calibration is reused as it is, so a rerun runs only what
+is missing.
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import itertools
 import multiprocessing
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import yaml
 
+from edgeemb.artifact import load_artifact
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import check_target
 from edgeemb.pipeline import EvaluationData, compress
 from edgeemb.progress import track
 from edgeemb.recipe import Recipe, load_recipe, parse_recipe
 from edgeemb.report.compare import Comparison, compare_outputs
+from edgeemb.results import DataFile
+from edgeemb.sources import open_model
 
 
 @dataclass(frozen=True)
@@ -97,15 +105,21 @@ def _drain(pool: ProcessPoolExecutor, futures: list) -> Iterable:
 
 def _compress_variant(
     model: str | None, recipe: dict, out: Path, data: EvaluationData, force: bool, calibration: Path | None
-) -> str:
-    compress(model, parse_recipe(recipe), out, force=force, data=data, calibration=calibration)
-    return str(out)
+) -> str | None:
+    """None once OUT/ is written; a failing variant's one-line error, so that the sweep goes on."""
+    try:
+        compress(model, parse_recipe(recipe), out, force=force, data=data, calibration=calibration)
+    except EdgeembError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    outs: list[Path]
-    comparison: Comparison
+    outs: list[Path]  # the variants' output folders, written or reused, in the sweep's order
+    comparison: Comparison | None  # None when fewer than two variants finished
+    failed: dict[str, str]  # variant name -> its error
+    reused: list[Path]  # outputs of an earlier run taken as they were (`resume`)
 
 
 def sweep(
@@ -119,9 +133,12 @@ def sweep(
     jobs: int = 1,
     executor: Executor | None = None,
     force: bool = False,
+    resume: bool = False,
 ) -> SweepResult:
-    """Compress `model` with every variant of each recipe into `out_dir/NAME/`, then compare them.
-    `calibration` goes to every variant (steps that measure activations need it)."""
+    """Compress `model` with every variant of each recipe into `out_dir/NAME/`, then compare the
+    ones that finished; a failing variant is recorded and the others go on. `calibration` goes to
+    every variant (steps that measure activations need it). With `resume`, outputs already made
+    with the same recipe, model and calibration are reused; another existing output needs `force`."""
     out_dir = Path(out_dir)
     axes = parse_grid(grid)
     bases = [r if isinstance(r, Recipe) else load_recipe(r) for r in recipes]
@@ -135,10 +152,41 @@ def sweep(
     if repeated:
         raise EdgeembError(f"two variants would share the output folder {repeated[0]!r}: give each recipe its own name")
     outs = [out_dir / name for name in names]
+    reused = _finished(model, runs, outs, calibration) if resume else []
     for out in outs:
+        if out in reused:
+            continue
+        if resume and out.exists() and not force:
+            raise EdgeembError(f"{out} was made with another recipe, model or calibration; pass --force to replace it")
         check_target(out, force)
     executor = executor or LocalPool(jobs)
-    work = [(model, r.to_dict(), out, data, force, calibration) for r, out in zip(runs, outs)]
-    for _ in track(executor.map(_compress_variant, work), "sweep variants", len(work)):
-        pass
-    return SweepResult(outs, compare_outputs(outs))
+    todo = [(run, out) for run, out in zip(runs, outs) if out not in reused]
+    work = [(model, run.to_dict(), out, data, force, calibration) for run, out in todo]
+    errors = track(executor.map(_compress_variant, work), "sweep variants", len(work))
+    failed = {run.name: error for (run, _), error in zip(todo, errors) if error is not None}
+    done = [out for out in outs if out.name not in failed]
+    comparison = compare_outputs(done) if len(done) > 1 else None
+    if comparison is not None:  # the comparison (and compare.md) says what is missing from it
+        notes = [*comparison.notes, *(f"{name} failed: {error}" for name, error in failed.items())]
+        comparison = replace(comparison, notes=notes)
+    return SweepResult(done, comparison, failed, reused)
+
+
+def _finished(model: str | None, runs: list[Recipe], outs: list[Path], calibration: Path | None) -> list[Path]:
+    """The outputs that already hold their variant: the manifest's recipe digest, source sha256 and
+    calibration are this sweep's (an unreadable manifest is no match)."""
+    existing = [(run, out) for run, out in zip(runs, outs) if out.is_dir()]
+    if not existing:
+        return []
+    source = open_model(model).sha256
+    wanted = DataFile.of(calibration).sha256 if calibration is not None else None
+    reused = []
+    for run, out in existing:
+        try:
+            manifest = load_artifact(out).manifest
+        except EdgeembError:
+            continue
+        recorded = manifest.calibration.sha256 if manifest.calibration is not None else None
+        if manifest.recipe.get("digest") == run.digest and manifest.source.sha256 == source and recorded == wanted:
+            reused.append(out)
+    return reused

@@ -120,3 +120,54 @@ def test_sweep_of_several_recipes_without_a_grid_runs_each_as_it_is(tiny_model, 
 def test_sweeps_that_cannot_run_say_why(tiny_model, tmp_path, recipes, grid, message):
     with pytest.raises(EdgeembError, match=message):
         sweep(str(tiny_model), recipes, grid, tmp_path / "sweep", executor=_Recorder())
+
+
+# --- #19 problem 6: a failing variant does not stop the sweep; --resume reuses what finished -----
+
+R16, R32, R64 = (f"svd-int4-rank{rank}-block_size16" for rank in (16, 32, 64))
+
+
+def _grid_sweep(tiny_model, out, ranks: str, *options: str):
+    grid = ["--grid", f"svd.rank={ranks}", "--grid", "quantize.block_size=16"]  # blocks that divide every rank
+    args = ["sweep", "svd-int4", "-m", str(tiny_model), *grid, "-o", str(out), *options]
+    return CliRunner().invoke(main, args)
+
+
+def test_a_failing_variant_is_reported_and_the_rest_are_compared(tiny_model, tmp_path):
+    out = tmp_path / "sweep"
+    result = _grid_sweep(tiny_model, out, "64,16,32")  # rank 64 is not below the tiny table's width
+    assert result.exit_code == 1, result.output
+    failed = f"{R64} failed: svd: rank 64 must be smaller than the table width 64 to compress it"
+    assert failed in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"Error: 1 of 3 variants failed ({R64}); 2 compared"
+    assert sorted(p.name for p in out.iterdir()) == ["compare.md", "pareto.png", R16, R32]
+    compared = (out / "compare.md").read_text()
+    assert f"| {R16} |" in compared and f"| {R32} |" in compared and failed in compared
+
+
+def test_resume_reuses_finished_outputs_and_runs_the_rest(tiny_model, tmp_path):
+    out = tmp_path / "sweep"
+    assert _grid_sweep(tiny_model, out, "64,16").exit_code == 1  # one finished: nothing to compare
+    assert sorted(p.name for p in out.iterdir()) == [R16]
+    finished = (out / R16 / "manifest.json").stat().st_mtime_ns
+    refused = _grid_sweep(tiny_model, out, "16,32")
+    assert refused.exit_code != 0 and f"{R16} already exists; pass --force" in refused.output
+    result = _grid_sweep(tiny_model, out, "16,32", "--resume", "--json")
+    assert result.exit_code == 0, result.output
+    assert [row["label"] for row in json.loads(result.stdout)["rows"]] == [R16, R32]
+    assert f"reused {R16} (same recipe, model and calibration)" in result.stderr
+    assert (out / R16 / "manifest.json").stat().st_mtime_ns == finished  # not written again
+    again = _grid_sweep(tiny_model, out, "16,32", "--resume")  # everything reused; the reports are rewritten
+    assert again.exit_code == 0, again.output
+    assert f"reused {R32}" in again.stderr
+
+
+def test_resume_refuses_an_output_of_another_recipe_unless_forced(tiny_model, tmp_path):
+    out = tmp_path / "sweep"
+    assert CliRunner().invoke(main, ["compress", str(tiny_model), "-r", "int8", "-o", str(out / "int4")]).exit_code == 0
+    args = ["sweep", "int4", "int8", "-m", str(tiny_model), "-o", str(out), "--resume"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0
+    assert f"{out / 'int4'} was made with another recipe, model or calibration; pass --force" in refused.output
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert json.loads((out / "int4" / "manifest.json").read_text())["recipe"]["name"] == "int4"

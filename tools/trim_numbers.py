@@ -27,8 +27,8 @@ from pathlib import Path
 from edgeemb.evaluate.llamacpp import measure_ggufs
 from edgeemb.pipeline import EvaluationData
 from edgeemb.recipe import load_recipe, parse_recipe
-from edgeemb.report.compare import to_markdown
-from edgeemb.sweep import sweep
+from edgeemb.report.compare import Comparison, to_markdown
+from edgeemb.sweep import SweepResult, sweep
 from edgeemb.vocab import char_script
 
 
@@ -72,6 +72,13 @@ def other_script_lines(text: str) -> str:
         )
         + "\n"
     )
+
+
+def compared(result: SweepResult) -> Comparison:
+    """The sweep's comparison: these tables need every variant, so one that failed stops the tool."""
+    if result.failed or result.comparison is None:
+        raise SystemExit(f"variants failed: {result.failed}")
+    return result.comparison
 
 
 def row(out: Path) -> dict:
@@ -178,7 +185,7 @@ def main() -> None:
         if "gemma" not in args.skip:
             data = EvaluationData(perplexity=first, max_tokens=args.max_tokens)
             result = sweep("gemma3-270m", gemma_recipes(second), [], args.work / "gemma3-270m", data=data, force=True)
-            (args.out / "compare-gemma3-270m.md").write_text(to_markdown(result.comparison))
+            (args.out / "compare-gemma3-270m.md").write_text(to_markdown(compared(result)))
             results["gemma3-270m"] = [row(out) for out in result.outs]
             others = Path(folder) / "other-scripts.txt"
             others.write_text(other_script_lines(text[:middle]), encoding="utf-8")
@@ -214,7 +221,7 @@ def main() -> None:
             result = sweep(
                 "minilm", recipes, [], args.work / "minilm", data=EvaluationData(sts=sts, beir=beir), force=True
             )
-            (args.out / "compare-minilm.md").write_text(to_markdown(result.comparison))
+            (args.out / "compare-minilm.md").write_text(to_markdown(compared(result)))
             results["minilm"] = [row(out) for out in result.outs]
     (args.out / "trim.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "trim.md").write_text(markdown(results))

@@ -126,6 +126,14 @@ def compare(
 @_data_options
 @click.option("--calibration", type=_FILE, help=_CALIBRATION_HELP)
 @click.option("--force", is_flag=True, help="Replace existing variant folders and reports.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help=(
+        "Reuse variant folders an earlier run finished with the same recipe, model and calibration "
+        "(their figures as they were measured); run the rest and rewrite the reports."
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def sweep(
     recipes: tuple[str, ...],
@@ -136,11 +144,13 @@ def sweep(
     data: EvaluationData,
     calibration: Path | None,
     force: bool,
+    resume: bool,
     as_json: bool,
 ) -> None:
     """Compress MODEL with several recipes, or with every variant of a recipe on a grid, then
     compare the outputs (writes OUT/compare.md and OUT/pareto.png, size against the first shared
     quality figure). Peers run as recipes too (peer-onnxruntime-arm64, peer-llama-q4_0, ...).
+    A variant that fails is reported and the others go on; the command then exits non-zero.
 
     \b
     edgeemb sweep svd-int4 --grid svd.rank=64,128,256 --grid quantize.format=int4,int8 -o out/sweep --sts stsb_en_dev.tsv -j 2
@@ -148,20 +158,31 @@ def sweep(
     """  # noqa: E501  (help examples: one command a line)
     from edgeemb.report.plots import plot_pareto  # matplotlib: ~0.5 s to import, only for the sweep's plot
 
+    replace_reports = force or resume  # a resumed sweep's reports cover the outputs it now has
     for report in ("compare.md", "pareto.png"):
-        check_target(out_dir / report, force)
+        check_target(out_dir / report, replace_reports)
     with console.progress_bars():
-        result = run_sweep(model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force)
+        result = run_sweep(
+            model, recipes, grid, out_dir, data=data, calibration=calibration, jobs=jobs, force=force, resume=resume
+        )
+    console.print_sweep(result)
     comparison = result.comparison
-    write_text(out_dir / "compare.md", to_markdown(comparison), force)
-    metric = default_metric(comparison)
-    plot_pareto(comparison, metric, out_dir / "pareto.png")
-    if as_json:
-        console.print_json(comparison)
-        return
-    console.print_comparison(comparison)
-    written = f"{out_dir / 'compare.md'} and {out_dir / 'pareto.png'}"
-    console.out_console.print(f"wrote {written} ({metric} against table size)")
+    if comparison is not None:
+        write_text(out_dir / "compare.md", to_markdown(comparison), replace_reports)
+        metric = default_metric(comparison)
+        plot_pareto(comparison, metric, out_dir / "pareto.png")
+        if as_json:
+            console.print_json(comparison)
+        else:
+            console.print_comparison(comparison)
+            written = f"{out_dir / 'compare.md'} and {out_dir / 'pareto.png'}"
+            console.out_console.print(f"wrote {written} ({metric} against table size)")
+    if result.failed:
+        compared = f"{len(result.outs)} compared" if comparison is not None else "too few finished to compare"
+        raise EdgeembError(
+            f"{len(result.failed)} of {len(result.failed) + len(result.outs)} variants failed "
+            f"({', '.join(result.failed)}); {compared}"
+        )
 
 
 @main.command()

@@ -35,6 +35,7 @@ from edgeemb.results import (
     TrimPreview,
     to_json,
 )
+from edgeemb.sweep import SweepResult
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -413,7 +414,7 @@ def print_offload(result: OffloadResult) -> None:
     out_console.print(table)
     for point in report.points:
         if point.note is not None:
-            err_console.print(f"note: {point.note}")
+            err_console.print(f"note: {point.note}", soft_wrap=True)
     for run in result.runtime or ():
         out_console.print(
             f"llama.cpp use_mmap={run.use_mmap}: peak RSS {human_bytes(run.peak_rss_bytes)} "
@@ -435,6 +436,14 @@ def print_comparison(comparison: Comparison) -> None:
     out_console.print(table)
     for note in comparison.notes:
         err_console.print(f"note: {note}")
+
+
+def print_sweep(result: SweepResult) -> None:
+    """What a sweep reused and what failed, as notes (the comparison is printed apart)."""
+    for out in result.reused:
+        err_console.print(f"reused {out.name} (same recipe, model and calibration)", soft_wrap=True)
+    for name, error in result.failed.items():
+        err_console.print(Text(f"{name} failed: {error}"), soft_wrap=True)
 
 
 def print_models(models: list[dict]) -> None:
