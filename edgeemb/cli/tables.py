@@ -41,7 +41,8 @@ table's error in each band: whether your domain's words pay for the compression.
 the audit is a second figure beside the first: spectrum.png and spectrum-audit.png.
 
 \b
-edgeemb inspect minilm --corpus cranfield_beir/ --compressed out/minilm-int4 --compressed out/minilm-pq
+edgeemb compress minilm -r int4 -o out/minilm-int4
+edgeemb inspect minilm --corpus cranfield_beir/ --compressed out/minilm-int4
 
 """
     + _MODEL_HELP
