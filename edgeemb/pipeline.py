@@ -44,7 +44,7 @@ from edgeemb.evaluate.encoder import Encode, SpanEncode, memoize, sentence_encod
 from edgeemb.evaluate.perplexity import CausalLM, Perplexity
 from edgeemb.evaluate.probes import SPAN_VECTOR, builtin_probes, probe_cosines, separations
 from edgeemb.evaluate.sentence import embedding_drift, retrieval_by_similarity, sts_by_similarity, sts_texts
-from edgeemb.evaluate.similarity import Cosine, Similarity, similarity
+from edgeemb.evaluate.similarity import SIMILARITIES, Cosine, Similarity, similarity
 from edgeemb.evaluate.table import table_quality
 from edgeemb.evaluate.words import (
     CONTEXTUAL_VECTOR,
@@ -382,7 +382,7 @@ def _data(path: Path) -> dict:
 def _similarities(data: EvaluationData) -> tuple[list[Similarity], list[str] | None]:
     """The similarities STS and retrieval are scored with beside cosine, and the --fit-text's
     distinct lines (None: each fits on the texts it scores), refused when they cannot apply."""
-    kinds = [similarity(name, data.csls_k) for name in dict.fromkeys(data.similarities) if name != "cosine"]
+    kinds = [similarity(name, data.csls_k) for name in SIMILARITIES if name in data.similarities and name != "cosine"]
     if kinds and data.sts is None and data.beir is None:
         raise EdgeembError("--similarity scores STS and retrieval: give --sts or --beir with it")
     if data.fit_text is None:

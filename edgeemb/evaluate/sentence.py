@@ -6,13 +6,14 @@ model or its table, so the same code scores a source model and any compressed va
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import BeirData, StsData
+from edgeemb.evaluate.similarity import Cosine, Similarity
 from edgeemb.progress import track
 from edgeemb.rows import unit_rows
 
@@ -53,28 +54,74 @@ def _embed(encode: Encode, texts: list[str], description: str) -> np.ndarray:
     return unit_rows(vectors)
 
 
+def sts_texts(data: StsData) -> list[str]:
+    """The STS file's distinct sentences, in order: what is encoded, and the default fit set."""
+    return list(dict.fromkeys(data.sentences1 + data.sentences2))
+
+
 def sts_spearman(encode: Encode, data: StsData) -> float:
     """Spearman correlation ×100 between the pairs' cosine similarities and the gold scores."""
+    return sts_by_similarity(encode, data, (Cosine(),))["cosine"]
+
+
+def sts_by_similarity(
+    encode: Encode, data: StsData, similarities: Sequence[Similarity], fit: list[str] | None = None
+) -> dict[str, float]:
+    """Spearman ×100 between the pairs' similarities and the gold scores, for each similarity.
+
+    Each sentence is encoded once for all of them. The first sentences are the queries, the
+    second ones the documents (csls: a sentence's neighbours are on the other side); centered
+    and whitened fit on `fit`'s texts, by default the file's own sentences."""
     from scipy.stats import spearmanr  # scipy.stats takes ~0.7 s to import: loaded only when STS is scored
 
-    unique = list(dict.fromkeys(data.sentences1 + data.sentences2))
+    unique = sts_texts(data)
     index = {sentence: i for i, sentence in enumerate(unique)}
     vectors = _embed(encode, unique, "Encoding STS sentences")
-    left = vectors[[index[s] for s in data.sentences1]]
-    right = vectors[[index[s] for s in data.sentences2]]
-    cosines = np.einsum("ij,ij->i", left, right)
-    if np.ptp(cosines) == 0 or np.ptp(data.scores) == 0:
-        raise EdgeembError("STS: every pair has the same similarity or the same gold score; Spearman is undefined")
-    return float(spearmanr(cosines, data.scores).statistic * 100)
+    fit_vectors = _fit_vectors(encode, similarities, fit, vectors)
+    firsts, seconds = list(dict.fromkeys(data.sentences1)), list(dict.fromkeys(data.sentences2))
+    first_row = {sentence: i for i, sentence in enumerate(firsts)}
+    second_row = {sentence: i for i, sentence in enumerate(seconds)}
+    pairs = np.asarray([first_row[s] for s in data.sentences1]), np.asarray([second_row[s] for s in data.sentences2])
+    left, right = vectors[[index[s] for s in firsts]], vectors[[index[s] for s in seconds]]
+    block = max(1, _SCORE_BUDGET // len(seconds))
+    spearman = {}
+    for similarity in similarities:
+        scores = similarity.scorer(left, right, fit_vectors, block).pairs(*pairs)
+        if np.ptp(scores) == 0 or np.ptp(data.scores) == 0:
+            raise EdgeembError(
+                f"STS: every pair has the same {similarity.name} similarity or the same gold score; "
+                "Spearman is undefined"
+            )
+        spearman[similarity.name] = float(spearmanr(scores, data.scores).statistic * 100)
+    return spearman
+
+
+def _fit_vectors(
+    encode: Encode, similarities: Sequence[Similarity], fit: list[str] | None, evaluated: np.ndarray
+) -> np.ndarray:
+    """The fit set's rows: `fit`'s distinct texts encoded when a similarity fits on them and they
+    are given, else the `evaluated` texts' rows."""
+    if fit is None or not any(similarity.uses_fit for similarity in similarities):
+        return evaluated
+    return _embed(encode, list(dict.fromkeys(fit)), "Encoding fit texts")
 
 
 def retrieval(encode: Encode, data: BeirData) -> RetrievalScores:
-    """Exact cosine retrieval over the whole corpus, scored by nDCG@10 and recall@10.
+    """Exact cosine retrieval over the whole corpus, scored by nDCG@10 and recall@10."""
+    return retrieval_by_similarity(encode, data, (Cosine(),))["cosine"]
+
+
+def retrieval_by_similarity(
+    encode: Encode, data: BeirData, similarities: Sequence[Similarity], fit: list[str] | None = None
+) -> dict[str, RetrievalScores]:
+    """Exact retrieval over the whole corpus with each similarity, scored by nDCG@10 and recall@10.
 
     nDCG follows pytrec_eval's `ndcg_cut_10` (as BEIR reports it): gain = graded relevance,
     discount log2(rank + 1), ideal DCG from the query's own judged relevances. Recall@10 is the
     fraction of the query's relevant (rel > 0) documents in the top 10. Queries with no relevant
-    document are skipped; both numbers are means over the rest.
+    document are skipped; both numbers are means over the rest. The corpus and the queries are
+    encoded once for every similarity; centered and whitened fit on `fit`'s texts, by default the
+    corpus's distinct documents; csls's neighbours are the scored queries and the corpus.
     """
     doc_index = {doc_id: i for i, doc_id in enumerate(data.corpus_ids)}
     scored = [i for i, query_id in enumerate(data.query_ids) if max(data.qrels[query_id].values()) > 0]
@@ -91,28 +138,36 @@ def retrieval(encode: Encode, data: BeirData) -> RetrievalScores:
 
     docs = _embed(encode, data.corpus_texts, "Encoding corpus")
     queries = _embed(encode, [data.query_texts[i] for i in scored], "Encoding queries")
+    distinct_docs = np.sort(np.unique(data.corpus_texts, return_index=True)[1])
+    fit_vectors = _fit_vectors(encode, similarities, fit, docs[distinct_docs])
     n_docs = len(docs)
     k = min(CUTOFF, n_docs)
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     block = max(1, _SCORE_BUDGET // n_docs)
-    ndcg = np.empty(len(scored))
-    recall = np.empty(len(scored))
     starts = range(0, len(scored), block)
-    for start in track(starts, "Scoring retrieval", len(starts)):
-        stop = min(start + block, len(scored))
-        scores = queries[start:stop] @ docs.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)  # ranks 1..k, best first
-        # Dense gains for this block of queries: the same size as `scores`, and exact.
-        relevance = np.zeros((stop - start, n_docs))
-        in_block = (rows_a >= start) & (rows_a < stop)
-        relevance[rows_a[in_block] - start, cols_a[in_block]] = gains_a[in_block]
-        retrieved = np.take_along_axis(relevance, top, axis=1)
-        ideal = -np.sort(-np.partition(relevance, n_docs - k, axis=1)[:, n_docs - k :], axis=1)
-        ndcg[start:stop] = (retrieved @ discount) / (ideal @ discount)
-        recall[start:stop] = (retrieved > 0).sum(axis=1) / (relevance > 0).sum(axis=1)
-    return RetrievalScores(ndcg_at_10=float(ndcg.mean()), recall_at_10=float(recall.mean()), queries=len(scored))
+    results = {}
+    for similarity in similarities:
+        scorer = similarity.scorer(queries, docs, fit_vectors, block)
+        ndcg = np.empty(len(scored))
+        recall = np.empty(len(scored))
+        for start in track(starts, f"Scoring retrieval ({similarity.name})", len(starts)):
+            stop = min(start + block, len(scored))
+            scores = scorer.block(start, stop)
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)  # ranks 1..k, best first
+            # Dense gains for this block of queries: the same size as `scores`, and exact.
+            relevance = np.zeros((stop - start, n_docs))
+            in_block = (rows_a >= start) & (rows_a < stop)
+            relevance[rows_a[in_block] - start, cols_a[in_block]] = gains_a[in_block]
+            retrieved = np.take_along_axis(relevance, top, axis=1)
+            ideal = -np.sort(-np.partition(relevance, n_docs - k, axis=1)[:, n_docs - k :], axis=1)
+            ndcg[start:stop] = (retrieved @ discount) / (ideal @ discount)
+            recall[start:stop] = (retrieved > 0).sum(axis=1) / (relevance > 0).sum(axis=1)
+        results[similarity.name] = RetrievalScores(
+            ndcg_at_10=float(ndcg.mean()), recall_at_10=float(recall.mean()), queries=len(scored)
+        )
+    return results
 
 
 def embedding_drift(encode_a: Encode, encode_b: Encode, texts: list[str]) -> Drift:
