@@ -164,6 +164,10 @@ class Recipe(BaseModel):
             **({"offload": self.offload.model_dump(mode="json")} if self.offload else {}),
         }
 
+    def steps_as_written(self) -> list[dict]:
+        """The steps with only the arguments given (a file's as written; defaults left out)."""
+        return [{name: config.model_dump(mode="json", exclude_unset=True)} for name, config in self.steps]
+
     @property
     def digest(self) -> str:
         content = {k: v for k, v in self.to_dict().items() if k != "evaluate"}
@@ -243,22 +247,27 @@ def is_recipe_path(spec: str | Path) -> bool:
     return any(sep in spec for sep in separators) or spec.lower().endswith((".yaml", ".yml"))
 
 
-def load_recipe(spec: str | Path | None = None) -> Recipe:
-    """A recipe by the name of one shipped in recipes/ (default: int4), or from a YAML file given
-    as a path (see `is_recipe_path`: `./int8` or `int8.yaml` for a file named like a built-in)."""
-    spec = DEFAULT_RECIPE if spec is None else spec
+def recipe_file(spec: str | Path) -> Path:
+    """The YAML file a recipe argument names: a built-in's by its name, or the path given (see
+    `is_recipe_path`: `./int8` or `int8.yaml` for a file named like a built-in)."""
     if is_recipe_path(spec):
         path = Path(spec)
         if not path.exists():
             raise EdgeembError(f"recipe {path}: no such file")
-    else:
-        known = builtin_recipes()
-        if spec not in known:
-            raise EdgeembError(
-                f"no recipe '{spec}': not a built-in recipe ({', '.join(sorted(known))}); "
-                f"a recipe file is given as a path (./{spec}.yaml)"
-            )
-        path = known[spec]
+        return path
+    known = builtin_recipes()
+    if spec not in known:
+        raise EdgeembError(
+            f"no recipe '{spec}': not a built-in recipe ({', '.join(sorted(known))}); "
+            f"a recipe file is given as a path (./{spec}.yaml)"
+        )
+    return known[str(spec)]
+
+
+def load_recipe(spec: str | Path | None = None) -> Recipe:
+    """A recipe by the name of one shipped in recipes/ (default: int4), or from a YAML file given
+    as a path (see `recipe_file`)."""
+    path = recipe_file(DEFAULT_RECIPE if spec is None else spec)
     try:
         data = yaml.load(_read_bounded(path), Loader=_RecipeLoader)  # a SafeLoader, bounded
     except _Refused as exc:

