@@ -49,7 +49,7 @@ def test_force_replaces_what_edgeemb_wrote(tiny_model, tmp_path):
     assert run("compress", tiny_model, "-r", "int8", "-o", out, "--force").exit_code == 0
     assert run("export", out, "--format", "onnx", "-o", tmp_path / "m.onnx", "--force").exit_code == 0
     assert run("inspect", tiny_model, "--plot", tmp_path / "m.png", "--force").exit_code == 0
-    assert _names(tmp_path) == ["m.onnx", "m.png", "out"]
+    assert _names(tmp_path) == ["m.onnx", "m.png", "m.tokenizer.json", "out"]  # the ONNX's tokenizer beside it
 
 
 def test_a_failing_compress_with_force_keeps_the_previous_output(tiny_model, tmp_path):

@@ -10,7 +10,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import read_texts
 from edgeemb.export import onnx as onnx_export
 from edgeemb.export.request import Exporter, ExportRequest, shipped_tokenizer_json
-from edgeemb.outputs import staged
+from edgeemb.outputs import check_target, owned, staged
 from edgeemb.results import OnnxCheck, OnnxExported, OnnxFile, relocated
 
 
@@ -21,6 +21,9 @@ def write_and_verify(request: ExportRequest) -> OnnxExported:
             f"{source.name} is a {source.format} model: the ONNX export is for sentence-embedding "
             "models (GGUF models export to GGUF)"
         )
+    beside = onnx_export.tokenizer_beside(request.file)
+    if beside.exists() and not (request.force and owned(request.file)):  # an earlier export's goes with it
+        check_target(beside, request.force)  # a tokenizer file of the user's is not replaced
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
         if request.onnx_source is not None:
             exported = onnx_export.compress_onnx(

@@ -196,6 +196,20 @@ def test_an_untrimmed_export_ships_the_tokenizer_beside_the_model(tiny_model, tm
     assert [shipped.encode(text).ids for text in TEXTS] == [own.encode(text).ids for text in TEXTS]
 
 
+def test_a_tokenizer_file_of_the_users_beside_the_target_is_not_replaced(tiny_model, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeemb.cli import main
+
+    out, model = tmp_path / "o", tmp_path / "m.onnx"
+    assert CliRunner().invoke(main, ["compress", str(tiny_model), "-r", "int8", "-o", str(out)]).exit_code == 0
+    (tmp_path / "m.tokenizer.json").write_text("the user's own")
+    for force in ([], ["--force"]):
+        result = CliRunner().invoke(main, ["export", str(out), "--format", "onnx", "-o", str(model), *force])
+        assert result.exit_code == 1 and "m.tokenizer.json" in result.stderr, result.output
+    assert (tmp_path / "m.tokenizer.json").read_text() == "the user's own" and not model.exists()
+
+
 def test_a_model_with_only_a_vocabulary_file_ships_the_tokenizer_transformers_builds(tiny, tmp_path):
     import shutil
 
