@@ -391,6 +391,7 @@ def _onnx_rows(exported: OnnxExported) -> tuple[str, list[tuple[str, str]]]:
     written, check = exported.export, exported.verify
     return "ONNX export, verified in onnxruntime", [
         ("written", f"{written.path} ({human_bytes(written.file_bytes)})"),
+        *([("tokenizer", f"{written.tokenizer} (feeds the graph its token ids)")] if written.tokenizer else []),
         (
             "embedding",
             f"{written.table}, {human_bytes(written.table_bytes)}; "

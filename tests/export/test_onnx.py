@@ -191,6 +191,8 @@ def test_an_untrimmed_export_ships_the_tokenizer_beside_the_model(tiny_model, tm
     assert {"model.onnx", "model.tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert not [p.name for p in out.iterdir() if "edgeemb-tmp" in p.name]
     assert json.loads(result.stdout)["export"]["tokenizer"] == str(out / "model.tokenizer.json")
+    shown = CliRunner(env={"COLUMNS": "300"}).invoke(main, ["export", str(out), "--format", "onnx", "--force"])
+    assert f"│ tokenizer      │ {out / 'model.tokenizer.json'} (feeds the graph its token ids)" in shown.stdout
     shipped = Tokenizer.from_file(str(out / "model.tokenizer.json"))
     own = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
     assert [shipped.encode(text).ids for text in TEXTS] == [own.encode(text).ids for text in TEXTS]
