@@ -105,6 +105,10 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
 
     headers = {file: _tensor_headers(file) for file in _weight_files(model_dir)}
     shapes = {key: (file, shape, dtype) for file, tensors in headers.items() for key, (shape, dtype) in tensors.items()}
+    # every tensor the model runs, its other modules' included (kept per file: two Dense modules
+    # both name theirs linear.weight)
+    modules = [_tensor_headers(file) for file in _module_weight_files(path, model_dir)]
+    every = [tensor for tensors in [*headers.values(), *modules] for tensor in tensors.values()]
     candidates = [
         key
         for suffix in _EMBEDDING_SUFFIXES
@@ -122,8 +126,13 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
         weight = handle.get_tensor(key).float().numpy()
 
     architectures = config.get("architectures")
-    has_head = isinstance(architectures, list) and any(
-        isinstance(arch, str) and arch.endswith(_HEAD_ARCHITECTURES) for arch in architectures
+    sentence_model = (path / "modules.json").exists()
+    # a sentence-transformers Transformer module loads the base model (AutoModel): whatever
+    # architectures names (all-mpnet-base-v2: MPNetForMaskedLM), no output head runs
+    has_head = (
+        not sentence_model
+        and isinstance(architectures, list)
+        and any(isinstance(arch, str) and arch.endswith(_HEAD_ARCHITECTURES) for arch in architectures)
     )
     tied = None
     if has_head:
@@ -131,14 +140,14 @@ def load_hf(path: Path, name: str | None = None) -> SourceModel:
     return SourceModel(
         name=name or str(path),
         path=path,
-        format="sentence-transformers" if (path / "modules.json").exists() else "transformers",
+        format="sentence-transformers" if sentence_model else "transformers",
         architecture=architecture,
         table=DenseTable(np.ascontiguousarray(weight)),
         tensor_name=key,
         stored_dtype=dtype,
         stored_nbytes=int(np.prod(shapes[key][1])) * _DTYPE_BYTES.get(dtype, 4),
-        total_params=sum(int(np.prod(shape)) for _, shape, _ in shapes.values()),
-        total_nbytes=sum(int(np.prod(shape)) * _DTYPE_BYTES.get(dt, 4) for _, shape, dt in shapes.values()),
+        total_params=sum(int(np.prod(shape)) for shape, _ in every),
+        total_nbytes=sum(int(np.prod(shape)) * _DTYPE_BYTES.get(dt, 4) for shape, dt in every),
         tied=tied,
         layers=config.get("num_hidden_layers") or config.get("n_layer"),
         weights_file=weights_file,
@@ -178,6 +187,19 @@ def _weight_files(model_dir: Path) -> list[Path]:
     if not files:
         raise EdgeembError(f"{model_dir}: no .safetensors weights")
     return files
+
+
+def _module_weight_files(path: Path, model_dir: Path) -> list[Path]:
+    """The safetensors files of a sentence-transformers model's modules besides its Transformer
+    (Dense projections, ...); a module without weights (Pooling, Normalize) has none."""
+    folders = dict.fromkeys((path / module.get("path", "")).resolve() for module in _modules(path))
+    folders.pop(model_dir.resolve(), None)
+    return [
+        file
+        for folder in folders
+        if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists()
+        for file in _weight_files(folder)
+    ]
 
 
 def _tensor_headers(file: Path) -> dict[str, tuple[list[int], str]]:

@@ -24,6 +24,39 @@ def test_tiny_sentence_transformers_dir(tiny_model):
     assert model.total_params == sum(a.size for a in weights.values())
 
 
+def test_every_module_with_weights_counts_in_the_model(copied):
+    """Dense projections (EmbeddingGemma-300m has two: 768 -> 3072 -> 768) are part of the model a
+    sentence-transformers folder runs, so they count in its parameters and bytes."""
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    modules = json.loads((copied / "modules.json").read_text())
+    for index, (width_in, width_out) in enumerate([(64, 96), (96, 64)], start=len(modules)):
+        folder = f"{index}_Dense"
+        (copied / folder).mkdir()
+        Dense(width_in, width_out).save(str(copied / folder))
+        modules.append({"idx": index, "name": str(index), "path": folder, "type": "sentence_transformers.models.Dense"})
+    (copied / "modules.json").write_text(json.dumps(modules))
+
+    model = open_model(copied)
+    files = [
+        copied / "model.safetensors",
+        copied / "2_Dense" / "model.safetensors",
+        copied / "3_Dense" / "model.safetensors",
+    ]
+    tensors = [array for file in files for array in load_file(str(file)).values()]
+    dense_params = 64 * 96 + 96 + 96 * 64 + 64
+    assert model.total_params == sum(a.size for a in tensors) > sum(a.size for a in load_file(str(files[0])).values())
+    assert sum(a.size for a in tensors[-4:]) == dense_params  # both Dense modules, each named linear.weight/bias
+    assert model.total_nbytes == sum(a.nbytes for a in tensors)
+
+
+def test_a_sentence_model_has_no_head_whatever_its_config_names(copied):
+    # all-mpnet-base-v2's config names MPNetForMaskedLM, but sentence-transformers runs the base model
+    config = json.loads((copied / "config.json").read_text())
+    (copied / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    assert open_model(copied).tied is None
+
+
 def test_missing_model_and_unknown_name():
     with pytest.raises(EdgeembError, match="no model 'nosuch-model': not a known name"):
         open_model("nosuch-model")
