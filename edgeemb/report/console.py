@@ -657,15 +657,14 @@ def print_bundle(written: dict, device: str) -> None:
     )
 
 
-def _bench_table(title: str, results: list[BenchResult], ratio_column: bool) -> Table:
-    """A table with a column per benchmarked file, and one for the ratios of the second to the first."""
-    table = Table(title=title)
-    table.add_column("")
-    for result in results:
-        table.add_column(Path(result.artifact).name)
+def _print_bench_table(title: str, results: list[BenchResult], rows: list[list[str]], ratio_column: bool) -> None:
+    """A column per benchmarked file, and one for the ratios of the second to the first; at 80
+    columns the cells wrap, and the ratio column is the first left out."""
+    columns = [Col("", 3, min_width="words")]
+    columns += [Col(Path(result.artifact).name, 2, min_width="words") for result in results]
     if ratio_column:
-        table.add_column("ratio")
-    return table
+        columns.append(Col("ratio", 1, "right", min_width="cells"))
+    print_fitted(title, columns, [list(row) for row in rows])
 
 
 def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None:
@@ -673,7 +672,6 @@ def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None
     last = results[-1]
     emulated = last.emulated
     title = f"{last.backend} under qemu {emulated.qemu.split()[0]} as {emulated.cpu} (one thread)"
-    table = _bench_table(title, results, bool(ratios))
     rows: list[tuple[str, Callable[[BenchResult], str], str | None]] = [
         ("file", lambda r: human_bytes(r.file_bytes), "file_bytes"),
         (
@@ -684,10 +682,11 @@ def print_emulated(results: list[BenchResult], ratios: dict[str, float]) -> None
         ("start-up run", lambda r: f"{r.short_run_instructions / 1e6:,.1f} M instructions", None),
         ("qemu peak RSS", lambda r: human_bytes(r.peak_rss_bytes), "peak_rss"),
     ]
-    for label, value, ratio in rows:
-        ratio_cell = [f"{ratios[ratio]:.2f}x" if ratio else ""] if ratios else []
-        table.add_row(label, *(value(result) for result in results), *ratio_cell)
-    out_console.print(table)
+    cells = [
+        [label, *(value(result) for result in results), *([f"{ratios[ratio]:.2f}x" if ratio else ""] if ratios else [])]
+        for label, value, ratio in rows
+    ]
+    _print_bench_table(title, results, cells, bool(ratios))
     for result in results:
         if result.other_thread_instructions is not None:
             out_console.print(
@@ -745,14 +744,14 @@ def print_bench(results: list[BenchResult], ratios: dict[str, float]) -> None:
     }
     if "latency_p50" not in ratios and "latency_mean" in ratios:
         ratio_of["latency"] = "latency_mean"
-    table = _bench_table(f"{results[-1].backend} benchmark", results, bool(ratios))
+    rows = []
     for key, label in _BENCH_LABELS.items():
         row = [label, *(_bench_cell(result, key) for result in results)]
         if ratios:
             ratio = ratios.get(ratio_of.get(key, ""))
             row.append(f"{ratio:.2f}x" if ratio is not None else "")
-        table.add_row(*row)
-    out_console.print(table)
+        rows.append(row)
+    _print_bench_table(f"{results[-1].backend} benchmark", results, rows, bool(ratios))
     for result in results:
         out_console.print(_limits_note(result))
 

@@ -169,6 +169,15 @@ def test_offload_of_every_profile_at_80_columns_splits_its_table(tiny_model, tmp
     assert "per token, against cache size (latency: mean / p99 us)" in one.stdout  # one profile: one table
 
 
+def test_bench_results_side_by_side_fit_80_columns(tmp_path):
+    files = []
+    for number, result in enumerate((HOST, {**HOST, "artifact": "host/model-with-a-long-name-q4_0.gguf"})):
+        files.append(tmp_path / f"{number}.json")
+        files[-1].write_text(to_json(BenchResult.model_validate(result)))
+    output = _at_80("compare", *files).stdout  # before: cells cut to '...' at 80 columns
+    assert "1.00x" in output and "300.00 MB" in output  # the ratio column and the figures kept whole
+
+
 def test_recipes_name_prints_the_recipe_as_written(tmp_path):
     from edgeemb.recipe import builtin_recipes
 
