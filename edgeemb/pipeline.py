@@ -616,15 +616,19 @@ def export_artifact(
     text: Path | None = None,
     max_tokens: int = 8192,
     onnx_source: Path | None = None,
+    verify: bool = True,
+    tolerances: dict[str, float] | None = None,
 ) -> Exported:
     """Export OUT/ to a file a device runtime loads, then verify it there; a file that fails
-    verification is removed. Returns the export's and the verification's figures.
+    verification (a figure outside `edgeemb.export.tolerance`'s limits, or `tolerances` over them)
+    is removed. Returns the export's and the verification's figures (no check with `verify=False`).
 
     - gguf: the source GGUF with token_embd rewritten, run in llama.cpp beside the source (greedy
       output, decode tokens/s, peak RSS; with `text`, perplexity on its first `max_tokens` tokens).
     - onnx: the whole sentence-embedding model with the table in the graph (or, with
-      `onnx_source`, that ONNX file with its embedding Gather rewritten), run in onnxruntime against
-      PyTorch and the original model on `text`'s lines (built-in sentences without it).
+      `onnx_source`, that ONNX file or optimum folder with its embedding Gather rewritten), run in
+      onnxruntime against PyTorch (or the given graph with the table swapped in) and the original
+      model on `text`'s lines (built-in sentences without it).
     - st: a sentence-transformers directory with the table decoded into it, loaded back with
       `SentenceTransformer(path)` offline and compared with the compressed model on those lines."""
     artifact = load_artifact(Path(out))
@@ -634,7 +638,18 @@ def export_artifact(
             "there is nothing to export into the source's file"
         )
     file = Path(file) if file is not None else artifact.path / EXPORTERS[config.format].file
-    request = ExportRequest(open_source(artifact), artifact.table, file, config, force, text, max_tokens, onnx_source)
+    request = ExportRequest(
+        open_source(artifact),
+        artifact.table,
+        file,
+        config,
+        force,
+        text,
+        max_tokens,
+        onnx_source,
+        verify=verify,
+        tolerances=tolerances or {},
+    )
     return export_table(request)
 
 

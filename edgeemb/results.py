@@ -438,13 +438,34 @@ class OnnxCheck(Result):
     session_rss_mb: float
     threads: int
     text: DataFile | None = None
+    # What the file must compute (max_abs_diff and reference_* are against it): the compressed
+    # model in PyTorch, or with `--from` the given graph with the table swapped in (None: a report
+    # written before the reference was named, always the PyTorch model then).
+    reference: str | None = None
+    reference_mean_cosine: float | None = None
+    reference_min_cosine: float | None = None
+    given: GivenGraphCheck | None = None  # `--from`: the untouched graph against the source model
+    tolerances: dict[str, float] = {}  # the limit each figure was held to (`edgeemb.export.tolerance`)
+    warnings: list[str] = []  # figures outside a limit that only warns (the given graph's)
+
+
+class GivenGraphCheck(Result):
+    """The ONNX graph given with `export --from`, untouched, against the source model."""
+
+    path: str
+    tokenizer: str | None  # the optimum folder's tokenizer.json that fed it (None: the source model's)
+    checker: str  # onnx.checker on the untouched graph
+    max_abs_diff: float
+    mean_cosine: float
+    min_cosine: float
 
 
 class OnnxExported(Result):
-    """An ONNX export, run in onnxruntime against PyTorch and the original model."""
+    """An ONNX export, run in onnxruntime against its reference and the original model (verify:
+    None when written with `--no-verify`)."""
 
     export: OnnxFile
-    verify: OnnxCheck
+    verify: OnnxCheck | None
 
 
 class StFolder(Result):
@@ -458,13 +479,15 @@ class StCheck(Result):
     runtime: str
     texts: int
     max_abs_diff: float
+    tolerances: dict[str, float] = {}  # the limit each figure was held to (`edgeemb.export.tolerance`)
 
 
 class StExported(Result):
-    """A sentence-transformers folder, loaded back and compared with the compressed model."""
+    """A sentence-transformers folder, loaded back and compared with the compressed model (verify:
+    None when written with `--no-verify`)."""
 
     export: StFolder
-    verify: StCheck
+    verify: StCheck | None
 
 
 Exported = GGUFExported | OnnxExported | StExported

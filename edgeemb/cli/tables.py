@@ -20,6 +20,7 @@ from edgeemb.cli.base import (
     main,
 )
 from edgeemb.errors import EdgeembError
+from edgeemb.export.tolerance import parse_tolerances
 from edgeemb.outputs import check_target
 from edgeemb.pipeline import EvaluationData, evaluate_artifact, export_artifact, model_facts, trim_preview
 from edgeemb.pipeline import compress as run_compress
@@ -272,8 +273,10 @@ def evaluate(
     console.print_report(evaluation)
 
 
-_EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there.
-A file that fails verification is removed and the command fails.
+_EXPORT_HELP = """Export a compressed OUT/ folder to a file a device runtime loads, and verify it there
+against the compressed model's own reference. A file with a figure outside its tolerance is
+removed and the command fails, naming the figure and the limit (--tolerance FIGURE=LIMIT sets
+one; --no-verify runs no check, and the result says "not verified").
 
 \b
 gguf  (GGUF source models) the source GGUF with token_embd.weight replaced, every other
@@ -284,9 +287,15 @@ gguf  (GGUF source models) the source GGUF with token_embd.weight replaced, ever
       factorised or codebook embedding).
 onnx  (sentence-transformers models) the whole model, tokens in, normalised sentence
       embedding out, with the compressed table inside the graph (GatherBlockQuantized for
-      int8/int4/int2), or with --from an ONNX file exported elsewhere whose embedding Gather
-      is rewritten. Verified in onnxruntime: max abs difference to the compressed model in
-      PyTorch, cosine to the original model on --text's lines, onnx.checker, p50 latency.
+      int8/int4/int2), and its tokenizer beside it. Verified in onnxruntime on --text's lines:
+      max abs difference and cosine to the compressed model in PyTorch (max_abs_diff <= 1e-3,
+      reference_min_cosine >= 0.9999; with --quantize-rest reference_mean_cosine >= 0.98,
+      reference_min_cosine >= 0.9), cosine to the original model, onnx.checker, p50 latency.
+      --from FILE.onnx or an optimum export folder (model.onnx, its tokenizer.json) rewrites
+      that graph's embedding Gather instead; the reference is then that graph with only the
+      table swapped in, and the untouched graph's cosine to the source model is a warning
+      when below given_min_cosine (0.999): a graph that differs from the source is yours to
+      judge, a rewrite that breaks it is an error.
 st    (sentence-transformers models) a directory SentenceTransformer(path) loads offline,
       the table decoded into it (as large as the original: the size win is in onnx/gguf).
 """
@@ -319,8 +328,27 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
 @click.option(
     "--from",
     "onnx_source",
-    type=_FILE,
-    help="onnx: rewrite the embedding of this existing ONNX export instead of exporting the model.",
+    type=click.Path(exists=True, path_type=Path),
+    help=(
+        "onnx: rewrite the embedding of this ONNX file, or of an optimum export folder's model.onnx "
+        "(fed by its tokenizer.json), instead of exporting the model."
+    ),
+)
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="FIGURE=LIMIT",
+    help=(
+        "Hold the file to LIMIT on FIGURE instead of the default (repeat for more). onnx: max_abs_diff, "
+        "reference_min_cosine, reference_mean_cosine, given_min_cosine; gguf: mean_kl, top1_agreement; "
+        "st: max_abs_diff."
+    ),
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Write the file without running it in its runtime (the result says: not verified).",
 )
 @click.option(
     "--text", type=_FILE, help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks."
@@ -341,16 +369,29 @@ def export(
     tensor_type: str | None,
     quantize_rest: bool,
     onnx_source: Path | None,
+    tolerances: tuple[str, ...],
+    no_verify: bool,
     text: Path | None,
     max_tokens: int,
     force: bool,
     as_json: bool,
 ) -> None:
     config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
+    limits = parse_tolerances(tolerances)
     with console.progress_bars():
         exported = export_artifact(
-            out, config, file, force=force, text=text, max_tokens=max_tokens, onnx_source=onnx_source
+            out,
+            config,
+            file,
+            force=force,
+            text=text,
+            max_tokens=max_tokens,
+            onnx_source=onnx_source,
+            verify=not no_verify,
+            tolerances=limits,
         )
+    for warning in getattr(exported.verify, "warnings", ()):  # figures outside a limit that only warns
+        console.err_console.print(f"warning: {warning}", soft_wrap=True, markup=False, highlight=False)
     if as_json:
         console.print_json(exported)
         return

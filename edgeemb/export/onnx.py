@@ -13,8 +13,14 @@ onnxruntime's com.microsoft::GatherBlockQuantized over the stored codes, scales 
 PQ as two Gathers), and a storage with no ONNX mapping (the GGUF block types) raises an error
 naming what maps. The runtime side (sessions, encoders, probes) is `edgeemb.evaluate.onnxruntime`.
 
-With `quantize_rest`, onnxruntime's `quantize_dynamic` turns the other MatMul weights to int8 and
-leaves the embedding subgraph as it is.
+`compress_onnx` takes an ONNX file exported elsewhere, or an optimum export folder (`onnx_source`:
+its model.onnx, external data beside it, and its tokenizer.json); `verify_onnx` then compares the
+rewritten file with that graph with only the table's values swapped in (`swapped_reference`), and
+the untouched graph with the source model, so that a graph that differs from the source is told
+apart from a rewrite that broke it.
+
+With `quantize_rest`, onnxruntime's `quantize_dynamic` turns the other MatMul (and fused Attention)
+weights to int8 and leaves the embedding subgraph as it is.
 """
 
 from __future__ import annotations
@@ -74,12 +80,35 @@ class OnnxExport:
 
 
 @dataclass(frozen=True)
+class OnnxSource:
+    """What `--from` names: an ONNX file, and the tokenizer.json of the optimum folder it is in."""
+
+    file: Path
+    tokenizer: Path | None = None
+
+
+@dataclass(frozen=True)
+class GivenGraph:
+    """The untouched graph given with `--from` against the source model (its original table)."""
+
+    path: Path
+    tokenizer: Path | None  # the optimum folder's tokenizer.json that fed it (None: the source model's)
+    checker: str  # onnx.checker on the untouched graph: a complaint it shares is not the rewrite's
+    max_abs_diff: float
+    mean_cosine: float
+    min_cosine: float
+
+
+@dataclass(frozen=True)
 class OnnxVerification:
     path: Path
     file_bytes: int
     checker: str  # "ok", or onnx.checker's complaint
     texts: int
-    max_abs_diff: float  # against the compressed model run in PyTorch (the table swapped in)
+    reference: str  # what the file must compute: `REFERENCE_PYTORCH`, or `REFERENCE_SWAPPED` (--from)
+    max_abs_diff: float  # against that reference
+    reference_mean_cosine: float
+    reference_min_cosine: float
     mean_cosine: float  # against the original model's sentence embeddings
     p01_cosine: float
     min_cosine: float
@@ -88,6 +117,11 @@ class OnnxVerification:
     # minus its RSS before (Python, numpy, onnxruntime)
     session_rss_mb: float
     threads: int
+    given: GivenGraph | None = None  # with --from: the graph as given, against the source model
+
+
+REFERENCE_PYTORCH = "the compressed model in PyTorch (the table swapped in)"
+REFERENCE_SWAPPED = "the given graph with only the table's values swapped in (onnxruntime)"
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -115,39 +149,80 @@ def export_onnx(
 
 
 def compress_onnx(
-    source: str | Path,
+    source: str | Path | OnnxSource,
     table: EmbeddingTable,
     out: str | Path,
     *,
     quantize_rest: bool = False,
     force: bool = False,
 ) -> OnnxExport:
-    """Rewrite the word embedding of an ONNX file exported elsewhere: the Gather that reads the
-    largest 2-D initializer at ids coming from a graph input becomes `table`'s subgraph; every
-    other node, input and output stays as it was."""
+    """Rewrite the word embedding of an ONNX file exported elsewhere (or of an optimum export
+    folder's model.onnx): the Gather that reads the largest 2-D initializer at ids coming from a
+    graph input becomes `table`'s subgraph; every other node, input and output stays as it was."""
+    out = Path(out)
+    check_target(out, force)
+    file = onnx_source(source).file
+    return _finish(_load(file), table, out, quantize_rest, force, origin=str(file))
+
+
+def onnx_source(path: str | Path | OnnxSource) -> OnnxSource:
+    """`--from FILE|DIR`: an ONNX file, or a folder `optimum-cli export onnx` wrote (model.onnx,
+    model.onnx_data when the weights are external, config.json and the tokenizer's files), whose
+    tokenizer.json then feeds the graph."""
+    if isinstance(path, OnnxSource):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        return OnnxSource(path)
+    model = path / "model.onnx"
+    if not model.is_file():
+        others = sorted(entry.name for entry in path.glob("*.onnx"))
+        hint = f"; it holds {', '.join(others)}: give one of them as --from FILE" if others else ""
+        raise EdgeembError(f"{path}: no model.onnx, so not an optimum ONNX export folder{hint}")
+    tokenizer = path / "tokenizer.json"
+    return OnnxSource(model, tokenizer if tokenizer.is_file() else None)
+
+
+def _load(source: Path):
+    """An ONNX file with its external data, or one line saying why not."""
     import onnx
     from google.protobuf.message import DecodeError
 
-    source, out = Path(source), Path(out)
-    check_target(out, force)
     if not source.is_file():
         raise EdgeembError(f"{source}: no such ONNX file")
     try:  # onnx itself refuses external data that points outside the model's folder
-        graph = onnx.load(os.fspath(source))
+        return onnx.load(os.fspath(source))
     except (DecodeError, ValueError, OSError, onnx.checker.ValidationError) as exc:
         raise EdgeembError(
             f"{source}: not a readable ONNX file ({' '.join(str(exc).split()) or type(exc).__name__})"
         ) from None
-    return _finish(graph, table, out, quantize_rest, force, origin=str(source))
+
+
+def swapped_reference(source: str | Path, table: EmbeddingTable, out: str | Path) -> Path:
+    """`source` with only its word embedding's values replaced by `table`'s decoded rows (in the
+    graph's float type, read by its own Gather): what a faithful rewrite of that graph computes.
+    Verification runs it beside the rewritten file."""
+    from onnx import helper, numpy_helper
+
+    source, out = Path(source), Path(out)
+    check_target(out, False)
+    graph = _load(source)
+    _, weight = _word_embedding(graph.graph, str(source))
+    _check_shape(table, tuple(weight.dims), f"{source}: {weight.name}")
+    rows = table.to_dense().astype(helper.tensor_dtype_to_np_dtype(weight.data_type))
+    weight.CopyFrom(numpy_helper.from_array(rows, weight.name))
+    with staged(out, False) as staging:
+        onnx_save(graph, staging)
+    return out
 
 
 def _finish(
     graph, table: EmbeddingTable | None, out: Path, quantize_rest: bool, force: bool, origin: str = "the exported model"
 ) -> OnnxExport:
     if table is None:
-        _write(graph, out, quantize_rest, [], force)
+        _write(graph, out, quantize_rest, [], force, origin)
         return OnnxExport(out, out.stat().st_size, "original", 0, quantize_rest)
-    _write(graph, out, quantize_rest, _rewrite(graph, table, origin), force)
+    _write(graph, out, quantize_rest, _rewrite(graph, table, origin), force, origin)
     return OnnxExport(out, out.stat().st_size, table.describe(), table.nbytes, quantize_rest)
 
 
@@ -223,29 +298,55 @@ def _torch_export(path: Path):
     return graph
 
 
-def _write(graph, out: Path, quantize_rest: bool, keep: list[str], force: bool) -> None:
+def _write(graph, out: Path, quantize_rest: bool, keep: list[str], force: bool, origin: str) -> None:
     """Save atomically, with edgeemb's mark in the model's metadata: nothing is left on failure."""
-    import onnx
-
     _set_mark(graph)
     with staged(out, force) as staging:
         if quantize_rest:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            with quiet():
-                # Weights of MatMuls with a constant B only (the default for dynamic quantisation),
-                # per output channel; the embedding subgraph's own nodes are left alone.
-                quantize_dynamic(
-                    graph,
-                    staging,
-                    op_types_to_quantize=["MatMul"],
-                    per_channel=True,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=keep,
-                    extra_options={"MatMulConstBOnly": True},
-                )
+            _quantize_rest(graph, staging, keep, origin)
         else:
-            onnx.save(graph, os.fspath(staging))
+            onnx_save(graph, staging)
+
+
+def onnx_save(graph, path: Path) -> None:
+    import onnx
+
+    onnx.save(graph, os.fspath(path))
+
+
+def _quantize_rest(graph, out: Path, keep: list[str], origin: str) -> None:
+    """onnxruntime's dynamic int8 quantisation of the weights of MatMuls with a constant B (per
+    output channel) and of fused com.microsoft Attention nodes (an optimised graph holds its
+    projections there); the embedding subgraph's own nodes (`keep`) are left alone."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Shape inference cannot type the outputs of com.microsoft ops (an `--optimize O2` export's
+    # SkipLayerNormalization, BiasGelu, Attention); the quantiser then needs the graph's float type.
+    floats = [t.data_type for t in graph.graph.initializer if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+    float_type = max(set(floats), key=floats.count, default=TensorProto.FLOAT)
+    if float_type != TensorProto.FLOAT:  # it would quantise float16 activations, which no kernel takes
+        raise EdgeembError(
+            f"{origin}: the graph's weights are float16; onnxruntime's int8 quantiser (--quantize-rest) "
+            "takes float32 graphs: export it without --quantize-rest, or give the float32 export"
+        )
+    try:
+        with quiet():
+            quantize_dynamic(
+                graph,
+                out,
+                op_types_to_quantize=["MatMul", "Attention"],
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep,
+                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": float_type},
+            )
+    except Exception as exc:  # the quantiser raises assorted types (RuntimeError, ValueError, KeyError, ...)
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise EdgeembError(
+            f"{origin}: onnxruntime's int8 quantiser (--quantize-rest) cannot handle this graph "
+            f"({message}): export it without --quantize-rest"
+        ) from None
 
 
 # The metadata_props key that marks an ONNX file as edgeemb's.
@@ -344,6 +445,12 @@ def _word_embedding(graph, origin: str):
         and from_input(node.input[1])
     ]
     if not found:
+        if any(node.op_type == "EmbedLayerNormalization" for node in graph.node):
+            raise EdgeembError(
+                f"{origin}: the word embedding is read inside a fused com.microsoft EmbedLayerNormalization "
+                "node (onnxruntime's transformer optimizer made it), which takes the whole table: "
+                "give the graph as exported, before that fusion"
+            )
         raise EdgeembError(
             f"{origin}: no Gather reads a 2-D initializer at ids from a graph input: no word embedding to compress"
         )
@@ -365,44 +472,79 @@ def verify_onnx(
     table: EmbeddingTable | None = None,
     texts: list[str] | tuple[str, ...] = SAMPLE_TEXTS,
     *,
+    given: str | Path | OnnxSource | None = None,
     threads: int = 1,
     rounds: int = 3,
 ) -> OnnxVerification:
-    """Check an exported model: onnx.checker; its outputs against the compressed model in PyTorch
-    (`table` swapped into `model`; None: the original) and against the original model; the file
-    size; and, in a fresh process, the session's peak RSS and the p50 latency of one sentence.
+    """Check an exported model: onnx.checker; its outputs against the compressed model's reference
+    and against the original model; the file size; and, in a fresh process, the session's peak
+    RSS and the p50 latency of one sentence. The reference is the compressed model in PyTorch
+    (`table` swapped into `model`; None: the original), or, when the file rewrote the ONNX graph
+    `given` (`export --from`), that graph with only the table's values swapped in, run in
+    onnxruntime; the untouched `given` graph is then also compared with the source model.
     The file is fed by the tokenizer.json beside it (`tokenizer_beside`) when there is one, as a
     user would run it; else by the tokenizer the table implies (the model's, or its trimmed one)."""
-    import onnx  # onnx: only where a file is checked
-
     path, texts = Path(path), list(texts)
     if not path.is_file():
         raise EdgeembError(f"{path}: no such ONNX file")
-    try:
-        onnx.checker.check_model(os.fspath(path), full_check=False)
-        checker = "ok"
-    except onnx.checker.ValidationError as exc:
-        checker = " ".join(str(exc).split())
+    checker = _checker(path)
     source = sentence_model(model)
     tokenizer_json = trimmed_tokenizer_json(source.path, table.keep) if isinstance(table, TrimmedTable) else None
     beside = tokenizer_beside(path)
     shipped = beside.read_text(encoding="utf-8") if beside.is_file() else tokenizer_json
     reference = sentence_encoder(source.path, source.sha256)
     ours = memoize(onnx_encoder(path, source, threads=threads, tokenizer_json=shipped))
-    compressed = reference.encoder(None if table is None else table.to_dense(), "encode (reference)", tokenizer_json)
     drift = embedding_drift(reference.original, ours, texts)
-    max_abs_diff = float(np.abs(ours(texts) - unit_rows(compressed(texts))).max())
+    given_graph = None
+    if given is None:
+        dense = None if table is None else table.to_dense()
+        compressed = reference.encoder(dense, "encode (reference)", tokenizer_json)
+        against = _compare(ours(texts), unit_rows(compressed(texts)))
+    else:
+        given = onnx_source(given)
+        swapped = path.with_name(f"{path.name.removesuffix('.onnx')}.reference.onnx")  # a companion of a staged file
+        try:
+            swapped_reference(given.file, table if table is not None else source.table, swapped)
+            swapped_rows = onnx_encoder(swapped, source, threads=threads, tokenizer_json=shipped)(texts)
+            against = _compare(ours(texts), swapped_rows)
+        finally:
+            swapped.unlink(missing_ok=True)
+        own = given.tokenizer.read_text(encoding="utf-8") if given.tokenizer is not None else None
+        untouched = onnx_encoder(given.file, source, threads=threads, tokenizer_json=own)(texts)
+        figures = _compare(untouched, unit_rows(reference.original(texts)))
+        given_graph = GivenGraph(given.file, given.tokenizer, _checker(given.file), *figures)
     probe = probe_in_child([path], sentence_tokenizer(source.path, shipped)(texts), threads, rounds)
     return OnnxVerification(
         path=path,
         file_bytes=path.stat().st_size,
         checker=checker,
         texts=len(texts),
-        max_abs_diff=max_abs_diff,
+        reference=REFERENCE_PYTORCH if given is None else REFERENCE_SWAPPED,
+        max_abs_diff=against[0],
+        reference_mean_cosine=against[1],
+        reference_min_cosine=against[2],
         mean_cosine=drift.mean_cosine,
         p01_cosine=drift.p01_cosine,
         min_cosine=drift.min_cosine,
         p50_latency_ms=probe["p50_ms"][0],
         session_rss_mb=(probe["peak_rss"] - probe["rss_before"]) / 2**20,
         threads=threads,
+        given=given_graph,
     )
+
+
+def _checker(path: Path) -> str:
+    """ "ok", or onnx.checker's complaint about the file."""
+    import onnx  # onnx: only where a file is checked
+
+    try:
+        onnx.checker.check_model(os.fspath(path), full_check=False)
+        return "ok"
+    except onnx.checker.ValidationError as exc:
+        return " ".join(str(exc).split())
+
+
+def _compare(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """(max abs difference, mean cosine, lowest cosine) of unit rows against their reference."""
+    cosines = np.einsum("ij,ij->i", ours, reference)
+    return float(np.abs(ours - reference).max()), float(cosines.mean()), float(cosines.min())

@@ -4,8 +4,8 @@ holds one per format)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -27,7 +27,9 @@ class ExportRequest:
     force: bool = False
     text: Path | None = None  # gguf: text for perplexity; onnx, st: one sentence per line for the checks
     max_tokens: int = 8192  # gguf: tokens of `text` to score
-    onnx_source: Path | None = None  # onnx: rewrite this ONNX file's embedding instead of exporting the model
+    onnx_source: Path | None = None  # onnx: rewrite this ONNX file's (or optimum folder's) embedding instead
+    verify: bool = True  # False (`--no-verify`): write the file, run no check in its runtime
+    tolerances: Mapping[str, float] = field(default_factory=dict)  # `--tolerance` limits over the defaults
 
     def text_facts(self) -> DataFile | None:
         return DataFile.of(self.text) if self.text else None

@@ -22,6 +22,7 @@ from rich.text import Text
 from edgeemb.analysis import TableAnalysis
 from edgeemb.audit import CorpusAudit
 from edgeemb.bench.cross import CrossBuild
+from edgeemb.export.tolerance import stated
 from edgeemb.offload import ProfileResult
 from edgeemb.offload.run import OffloadResult
 from edgeemb.progress import reporting
@@ -34,6 +35,7 @@ from edgeemb.results import (
     Exported,
     GGUFExported,
     ModelFacts,
+    OnnxCheck,
     OnnxExported,
     Report,
     StExported,
@@ -343,7 +345,14 @@ def print_report(report: Report | Evaluation) -> None:
 
 
 def print_export(out: Path, exported: Exported) -> None:
-    title, rows = _EXPORT_VIEWS[exported.export.format](exported)
+    written = exported.export
+    if exported.verify is None:  # written with --no-verify
+        rows = [("written", f"{written.path} ({human_bytes(written.file_bytes)})"), ("verification", "none run")]
+        print_rows(f"{out}: {written.format} export, not verified", rows)
+        return
+    title, rows = _EXPORT_VIEWS[written.format](exported)
+    if getattr(exported.verify, "tolerances", None):  # reports written before tolerances have none
+        rows.append(("held to", stated(written.format, exported.verify.tolerances)))
     print_rows(f"{out}: {title}", rows)
 
 
@@ -398,7 +407,7 @@ def _onnx_rows(exported: OnnxExported) -> tuple[str, list[tuple[str, str]]]:
             f"other MatMuls {'int8' if written.quantized_rest else 'as exported'}",
         ),
         ("onnx.checker", check.checker),
-        ("vs PyTorch", f"max abs difference {check.max_abs_diff:.2e} (compressed model, same table)"),
+        *_onnx_reference_rows(check),
         (
             "vs original",
             f"cosine mean {check.mean_cosine:.4f}, p1 {check.p01_cosine:.4f}, "
@@ -407,6 +416,30 @@ def _onnx_rows(exported: OnnxExported) -> tuple[str, list[tuple[str, str]]]:
         ("latency", f"p50 {check.p50_latency_ms:.2f} ms per sentence ({check.threads} thread)"),
         ("session memory", f"{check.session_rss_mb:.0f} MB peak RSS above a bare process"),
     ]
+
+
+def _onnx_reference_rows(check: OnnxCheck) -> list[tuple[str, str]]:
+    """The file against the compressed model's reference, and with --from the untouched graph
+    against the source model."""
+    if check.reference is None or check.reference_mean_cosine is None or check.reference_min_cosine is None:
+        return [("vs PyTorch", f"max abs difference {check.max_abs_diff:.2e} (compressed model, same table)")]
+    rows = [
+        (
+            "vs reference",
+            f"max abs difference {check.max_abs_diff:.2e}, cosine mean {check.reference_mean_cosine:.6f}, "
+            f"min {check.reference_min_cosine:.6f}: {check.reference}",
+        )
+    ]
+    if check.given is not None:
+        given = check.given
+        rows.append(
+            (
+                "given graph",
+                f"{given.path} untouched vs the source model: cosine mean {given.mean_cosine:.6f}, "
+                f"min {given.min_cosine:.6f}, max abs difference {given.max_abs_diff:.2e}",
+            )
+        )
+    return rows
 
 
 def _st_rows(exported: StExported) -> tuple[str, list[tuple[str, str]]]:

@@ -28,6 +28,7 @@ def resolve_model(spec: str | Path | None) -> tuple[str, Path]:
 def open_model(spec: str | Path | None = None) -> SourceModel:
     """Load the embedding table of `spec` (default: the embedded MiniLM)."""
     name, path = resolve_model(spec)
+    _refuse_onnx_export(path)
     if path.is_file() and path.suffix == ".safetensors":
         path = path.parent
     if path.is_dir():
@@ -37,3 +38,14 @@ def open_model(spec: str | Path | None = None) -> SourceModel:
     if magic == b"GGUF" or path.suffix == ".gguf":
         return load_gguf(path, name)
     raise EdgeembError(f"{path}: not a model directory or a GGUF file")
+
+
+def _refuse_onnx_export(path: Path) -> None:
+    """An ONNX file, or a folder `optimum-cli export onnx` wrote (model.onnx beside config.json, no
+    safetensors weights), holds a graph, not the table edgeemb compresses: say where it goes."""
+    folder_export = path.is_dir() and any(path.glob("*.onnx")) and not any(path.glob("*.safetensors*"))
+    if path.suffix == ".onnx" or folder_export:
+        raise EdgeembError(
+            f"{path}: an ONNX export, not a model edgeemb reads a table from: compress the model it was "
+            f"exported from, then rewrite this export's embedding with `edgeemb export OUT --format onnx --from {path}`"
+        )
