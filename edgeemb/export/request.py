@@ -43,17 +43,24 @@ def tokenizer_json(source: SourceModel, table: EmbeddingTable) -> str | None:
 def shipped_tokenizer_json(source: SourceModel, table: EmbeddingTable) -> str:
     """The tokenizer.json that goes beside an exported graph, whose ids it feeds: a trimmed table's
     rewritten one, else the model's own file, else (a model with only a vocabulary file) the fast
-    tokenizer transformers builds from it, without the truncation and padding a call leaves set."""
+    tokenizer transformers builds from it. It truncates where the sentence-transformers model does
+    (all-mpnet-base-v2's own file cuts at 128 tokens, the model reads 384) and, if it pads, pads a
+    batch to its longest text (a fixed length below the truncation would leave batches ragged)."""
+    model = sentence_transformer(source.path)
     trimmed = tokenizer_json(source, table)
-    if trimmed is not None:
-        return trimmed
     own = tokenizer_json_file(source.path)
-    if own is not None:
-        return own.read_text(encoding="utf-8")
-    backend = Tokenizer.from_str(sentence_transformer(source.path)[0].tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return backend.to_str()
+    if trimmed is not None:
+        tokenizer = Tokenizer.from_str(trimmed)
+    elif own is not None:
+        tokenizer = Tokenizer.from_str(own.read_text(encoding="utf-8"))
+    else:
+        tokenizer = Tokenizer.from_str(model[0].tokenizer.backend_tokenizer.to_str())
+        tokenizer.no_padding()  # what a call left set, not the model's
+    if model.max_seq_length:
+        tokenizer.enable_truncation(**{**(tokenizer.truncation or {}), "max_length": model.max_seq_length})
+    if tokenizer.padding is not None:
+        tokenizer.enable_padding(**{**tokenizer.padding, "length": None})
+    return tokenizer.to_str()
 
 
 @dataclass(frozen=True)

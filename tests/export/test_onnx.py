@@ -195,6 +195,7 @@ def test_an_untrimmed_export_ships_the_tokenizer_beside_the_model(tiny_model, tm
     assert f"│ tokenizer      │ {out / 'model.tokenizer.json'} (feeds the graph its token ids)" in shown.stdout
     shipped = Tokenizer.from_file(str(out / "model.tokenizer.json"))
     own = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
+    own.enable_truncation(32)  # the model's max_seq_length: the ids the graph is fed
     assert [shipped.encode(text).ids for text in TEXTS] == [own.encode(text).ids for text in TEXTS]
 
 
@@ -229,8 +230,9 @@ def test_a_model_with_only_a_vocabulary_file_ships_the_tokenizer_transformers_bu
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "BertTokenizer"}))
     shipped = Tokenizer.from_str(shipped_tokenizer_json(open_model(folder), tiny.table))
-    assert shipped.truncation is None and shipped.padding is None
+    assert shipped.truncation["max_length"] == 32 and shipped.padding is None  # the model's max_seq_length
     original = Tokenizer.from_str(json.dumps(own))
+    original.enable_truncation(32)
     assert [shipped.encode(text).ids for text in TEXTS] == [original.encode(text).ids for text in TEXTS]
 
 
