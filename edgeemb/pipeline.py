@@ -462,10 +462,16 @@ def compress(
 ) -> CompressResult:
     """Run `recipe` on `model`'s embedding table, evaluate it, and write OUT/ atomically.
 
+    Without a recipe, `default_recipe` picks one the model's runtime ships (the report says why).
     `calibration`: plain text on which steps that ask for it (`quantize: {importance: head}`)
     measure the model's activations; keep it apart from the text you evaluate on."""
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if recipe is not None and not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)  # a bad recipe fails before the model loads
     source = model if isinstance(model, SourceModel) else open_model(model)
+    default = None
+    if recipe is None:
+        name, default = default_recipe(source, calibration)
+        recipe = load_recipe(name)
     out = Path(out) if out is not None else default_out(source, recipe)
     check_target(out, force)
     data = data.merged_over(recipe)
@@ -478,7 +484,7 @@ def compress(
     report = Report(
         edgeemb_version=__version__,
         model=model_facts(source),
-        recipe=RecipeRef(name=recipe.name, digest=recipe.digest),
+        recipe=RecipeRef(name=recipe.name, digest=recipe.digest, default=default),
         table=table_facts(table, source, recipe.replaces_model),
         quality=evaluate_quality(
             source, table, replace(data, perplexity=None) if gguf_perplexity else data, recipe.replaces_model
@@ -511,6 +517,30 @@ def compress(
             report = report.model_copy(update={"quality": quality, "export": exported})
             write_report_files(staging, report, render_report(report))
     return CompressResult(out, manifest, report)
+
+
+def default_recipe(source: SourceModel, calibration: Path | None = None) -> tuple[str, str]:
+    """The built-in recipe `compress` runs when none is named, and why: one whose table the
+    model's own runtime loads as it is, so no export has to quantise it again."""
+    if source.tied is None:
+        return "int4", (
+            "the default for a sentence encoder: int4 blocks of 32 are the layout onnxruntime's "
+            "GatherBlockQuantized reads, so the ONNX export ships the table as it is"
+        )
+    why = "the default for a causal LM: GGUF Q5_0 (5.5 bits per value), a type llama.cpp loads as it is"
+    if calibration is None:
+        return "gguf-q5_0", f"{why}; with --calibration text, the activation-weighted gguf-q5_0-act"
+    if source.head_input_power is not None:
+        return "gguf-q5_0-act", (
+            "the default for a causal LM given --calibration: GGUF Q5_0, a type llama.cpp loads as it is, "
+            "each block's scale weighted by the tied output head's inputs on the calibration text"
+        )
+    missing = (
+        "its output head is separate (untied), while gguf-q5_0-act weighs by a tied head's inputs"
+        if source.tied is False
+        else "gguf-q5_0-act measures a tied head's inputs in llama.cpp, which needs a GGUF file and llama-cpp-python"
+    )
+    return "gguf-q5_0", f"{why}; --calibration is not used: {missing}"
 
 
 def _llama_perplexity(verify: GGUFCheck) -> PerplexityQuality:

@@ -499,6 +499,7 @@ Exported = GGUFExported | OnnxExported | StExported
 class RecipeRef(Result):
     name: str
     digest: str
+    default: str | None = None  # no recipe was named: why compress picked this one
 
 
 class Report(Result):

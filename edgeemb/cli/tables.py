@@ -218,7 +218,8 @@ causal LM. """
     "-r",
     "--recipe",
     help="Built-in recipe name (see `edgeemb recipes`), or a YAML file as a path (with a / or a .yaml suffix). "
-    "Default: int4.",
+    "Default: one the model's runtime ships: int4 for a sentence encoder, gguf-q5_0 for a causal LM "
+    "(gguf-q5_0-act with --calibration and a tied head); the report says which and why.",
 )
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Output folder. Default: edgeemb-out/MODEL-RECIPE.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")

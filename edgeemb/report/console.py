@@ -322,7 +322,9 @@ def print_trim(preview: TrimPreview) -> None:
 
 def print_report(report: Report | Evaluation) -> None:
     model, table, quality = report.model, report.table, report.quality
+    default = report.recipe.default if isinstance(report, Report) else None
     rows = [
+        *([("recipe", f"{report.recipe.name}, picked as {default}")] if isinstance(report, Report) and default else []),
         (
             "table bytes",
             f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  "

@@ -122,9 +122,11 @@ def vocabulary_rows(vocab: TrimFacts | None) -> list[tuple[str, str]]:
 def render_report(report: Report) -> str:
     model, table, quality = report.model, report.table, report.quality
     head = {None: "none (encoder)", True: "tied to the table", False: "separate"}[model.tied]
+    default = report.recipe.default
     lines = [
         f"# edgeemb: {model.name} with recipe `{report.recipe.name}`",
         "",
+        *([f"No recipe was named: `{report.recipe.name}` is {default}.", ""] if default else []),
         f"{model.architecture} ({model.format}), vocab {model.vocab} x dim {model.dim}; "
         f"the table is {model.table_share_of_params:.1%} of {model.total_params / 1e6:.1f} M parameters "
         f"and {model.table_share_of_bytes:.1%} of the weights' bytes; output head: {head}.",

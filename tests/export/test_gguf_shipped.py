@@ -1,0 +1,141 @@
+"""What a GGUF model gets by default and what its export ships (#19 problems 4, 6 and 8): the
+default recipe is a GGUF type llama.cpp loads as it is; a table the export quantises again is
+reported with the shipped file's own figures; a table larger than the source's is a warning; an
+untied output head is left as it is unless asked; report.md carries the export's check; and
+llama.cpp's peer file differs from the source in token_embd alone.
+
+The models are tiny llamas written here (vocabulary 512, width 64, one layer) that llama.cpp
+loads and runs in a second, with or without a separate output head."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from gguf.constants import GGMLQuantizationType as Q
+from gguf.quants import quantize
+
+from edgeemb.artifact import load_artifact
+from edgeemb.cli import main
+from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header
+from edgeemb.pipeline import compress, default_recipe, export_artifact
+from edgeemb.sources import open_model
+
+VOCAB, DIM, N_FF = 512, 64, 128
+TEXT = "the quick brown fox jumps over the lazy dog and then it runs far away. " * 12
+
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python missing")
+
+
+def write_llama(path: Path, embd_type: Q = Q.Q8_0, head: Q | None = Q.Q8_0, seed: int = 0) -> np.ndarray:
+    """A 1-layer llama GGUF llama.cpp runs: SentencePiece-style vocabulary with byte pieces,
+    token_embd in `embd_type`, and a separate output.weight in `head` (None: tied)."""
+    rng = np.random.default_rng(seed)
+
+    def dense(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    embd = (rng.standard_normal((VOCAB, DIM)) * 0.5).astype(np.float32)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(DIM)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(N_FF)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(4)
+    writer.add_rope_dimension_count(16)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("llama")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokens += [f"▁w{i}" for i in range(VOCAB - len(tokens))]
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(VOCAB - 259)])
+    writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * (VOCAB - 259))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_tensor(TOKEN_EMBD, quantize(embd, embd_type), raw_dtype=embd_type)
+    ones = np.ones(DIM, np.float32)
+    layer = {
+        "blk.0.attn_norm.weight": ones,
+        "blk.0.attn_q.weight": dense(DIM, DIM),
+        "blk.0.attn_k.weight": dense(DIM, DIM),
+        "blk.0.attn_v.weight": dense(DIM, DIM),
+        "blk.0.attn_output.weight": dense(DIM, DIM),
+        "blk.0.ffn_norm.weight": ones,
+        "blk.0.ffn_gate.weight": dense(N_FF, DIM),
+        "blk.0.ffn_up.weight": dense(N_FF, DIM),
+        "blk.0.ffn_down.weight": dense(DIM, N_FF),
+        "output_norm.weight": ones,
+    }
+    for name, value in layer.items():
+        writer.add_tensor(name, value)
+    if head is not None:
+        writer.add_tensor(OUTPUT, quantize(dense(VOCAB, DIM), head), raw_dtype=head)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return embd
+
+
+def cli(*args: str | Path) -> str:
+    """`edgeemb ARGS`'s output on a wide terminal, table borders and runs of spaces taken out."""
+    result = CliRunner(env={"COLUMNS": "1000"}).invoke(main, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return " ".join(re.sub("[\u2500-\u257f]", " ", result.output).split())
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+# --- problem 4: the default recipe is one the model's runtime ships ---------------------------
+
+
+@needs_llama
+def test_compress_without_a_recipe_gives_a_gguf_model_a_table_llama_cpp_loads(tmp_path):
+    """Before, the default was int4 for every model, and `export --format gguf` of it failed
+    ("choose a GGUF type"). Now a GGUF model gets Q5_0, which the export copies as it is."""
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=None)
+    result = compress(tmp_path / "tiny.gguf", out=tmp_path / "out")
+    assert result.report.recipe.name == "gguf-q5_0" and result.report.table.storage.startswith("GGUF Q5_0")
+    assert "causal LM" in result.report.recipe.default and "--calibration" in result.report.recipe.default
+    exported = export_artifact(tmp_path / "out")
+    assert exported.export.tensor_type == "Q5_0" and not exported.export.rebuilt
+    shipped = dequantize_tensor(Path(exported.export.path), read_gguf_header(exported.export.path).tensor(TOKEN_EMBD))
+    np.testing.assert_array_equal(shipped, load_artifact(tmp_path / "out").table.to_dense())
+
+
+def test_the_default_says_which_recipe_and_why(tmp_path, tiny_model):
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=None)
+    output = cli("compress", tmp_path / "tiny.gguf", "-o", tmp_path / "out")
+    assert "recipe gguf-q5_0, picked as the default for a causal LM" in output
+    assert "No recipe was named: `gguf-q5_0` is the default" in (tmp_path / "out" / "report.md").read_text()
+    encoder = compress(tiny_model, out=tmp_path / "encoder").report.recipe
+    assert encoder.name == "int4" and "GatherBlockQuantized" in encoder.default
+    named = compress(tmp_path / "tiny.gguf", "int8", tmp_path / "named").report.recipe
+    assert named.name == "int8" and named.default is None
+    assert "No recipe was named" not in (tmp_path / "named" / "report.md").read_text()
+
+
+def test_calibration_text_picks_the_activation_weighted_default_for_a_tied_head(tmp_path):
+    write_llama(tmp_path / "tied.gguf", head=None)
+    write_llama(tmp_path / "untied.gguf", head=Q.Q8_0)
+    calibration = tmp_path / "calibration.txt"
+    tied, untied = open_model(tmp_path / "tied.gguf"), open_model(tmp_path / "untied.gguf")
+    if tied.head_input_power is None:
+        pytest.skip("llama-cpp-python is not installed: no head input power to weigh by")
+    assert default_recipe(tied)[0] == default_recipe(untied)[0] == "gguf-q5_0"
+    assert default_recipe(tied, calibration)[0] == "gguf-q5_0-act"
+    name, why = default_recipe(untied, calibration)
+    assert name == "gguf-q5_0" and "--calibration is not used" in why and "separate (untied)" in why
+    name, why = default_recipe(replace(tied, head_input_power=None), calibration)
+    assert name == "gguf-q5_0" and "llama-cpp-python" in why
