@@ -59,7 +59,7 @@ from edgeemb.export.exporters import EXPORTERS, export_table
 from edgeemb.export.request import ExportRequest, tokenizer_json
 from edgeemb.outputs import check_target, staged
 from edgeemb.recipe import ExportConfig, Recipe, load_recipe, parse_recipe
-from edgeemb.report.markdown import render_report
+from edgeemb.report.markdown import human_bytes, render_report
 from edgeemb.results import (
     ArrayFacts,
     BitsPerByte,
@@ -187,7 +187,21 @@ def table_facts(table: EmbeddingTable, model: SourceModel, replaces_model: bool 
             for name, a in table.arrays().items()
         },
         vocabulary=vocabulary,
+        warnings=_size_warnings(table, model, replaces_model),
     )
+
+
+def _size_warnings(table: EmbeddingTable, model: SourceModel, replaces_model: bool) -> list[str] | None:
+    """A table larger than the source stores it is a surprise worth a warning (int8 of a Q5_0 table)."""
+    if replaces_model or table.nbytes <= model.stored_nbytes:
+        return None
+    source_bits = 8 * model.stored_nbytes / model.table_params
+    return [
+        f"the compressed table is larger than the source's: {human_bytes(model.stored_nbytes)} "
+        f"({model.stored_dtype}, {source_bits:.2f} bits per value) -> {human_bytes(table.nbytes)} "
+        f"({table.describe()}, {table.bits_per_param:.2f} bits), {table.nbytes / model.stored_nbytes:.2f}x "
+        "the bytes: the source already stores it in fewer bits; choose a smaller format"
+    ]
 
 
 _STATIC_MODEL = "a static model (model2vec): the table is the whole model, not its input table"

@@ -170,6 +170,7 @@ class TableFacts(Result):
     ratio_vs_fp32: float
     arrays: dict[str, ArrayFacts]
     vocabulary: VocabularyFacts | None = None
+    warnings: list[str] | None = None  # e.g. the table is larger than the source stores it
 
 
 # --- quality -----------------------------------------------------------------------------------

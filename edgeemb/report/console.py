@@ -28,7 +28,14 @@ from edgeemb.offload.run import OffloadResult
 from edgeemb.progress import reporting
 from edgeemb.recipe import Recipe
 from edgeemb.report.compare import Comparison, cell, columns, default_metric
-from edgeemb.report.markdown import comparison_rows, format_number, health_rows, human_bytes, vocabulary_rows
+from edgeemb.report.markdown import (
+    comparison_rows,
+    format_number,
+    health_rows,
+    human_bytes,
+    size_change,
+    vocabulary_rows,
+)
 from edgeemb.results import (
     BenchResult,
     Evaluation,
@@ -327,9 +334,9 @@ def print_report(report: Report | Evaluation) -> None:
         *([("recipe", f"{report.recipe.name}, picked as {default}")] if isinstance(report, Report) and default else []),
         (
             "table bytes",
-            f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  "
-            f"({table.ratio_vs_source:.2f}x smaller)",
+            f"{human_bytes(model.table_bytes)} -> {human_bytes(table.bytes)}  ({size_change(table.ratio_vs_source)})",
         ),
+        *(("WARNING", warning) for warning in table.warnings or ()),
         ("bits per parameter", f"{table.bits_per_param:.2f}"),
         *vocabulary_rows(table.vocabulary),
         *((key.replace("_", " "), format_number(value)) for key, value in (quality.table or ())),

@@ -15,6 +15,13 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def size_change(ratio: float) -> str:
+    """A source-to-compressed byte ratio as people read it: 1.55x smaller, 1.46x larger."""
+    if round(ratio, 2) == 1:  # as shown: within rounding of the same bytes
+        return "the same size"
+    return f"{ratio:.2f}x smaller" if ratio > 1 else f"{1 / ratio:.2f}x larger"
+
+
 def format_number(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -135,9 +142,11 @@ def render_report(report: Report) -> str:
         "|---|---|---|",
         f"| storage | {model.stored_dtype} | {table.storage} |",
         f"| table bytes | {human_bytes(model.table_bytes)} | {human_bytes(table.bytes)} "
-        f"({table.ratio_vs_source:.2f}x smaller; {table.ratio_vs_fp32:.2f}x vs fp32) |",
+        f"({size_change(table.ratio_vs_source)}; {table.ratio_vs_fp32:.2f}x vs fp32) |",
         f"| bits per parameter | {8 * model.table_bytes / model.table_params:.2f} | {table.bits_per_param:.2f} |",
         "",
+        *(f"**Warning:** {warning}." for warning in table.warnings or ()),
+        *([""] if table.warnings else []),
         *(f"- {label}: {value}" for label, value in vocabulary_rows(table.vocabulary)),
         *([""] if table.vocabulary is not None else []),
         "## Quality",

@@ -25,6 +25,7 @@ from edgeemb.artifact import load_artifact
 from edgeemb.cli import main
 from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header
 from edgeemb.pipeline import compress, default_recipe, export_artifact
+from edgeemb.results import Report, from_json
 from edgeemb.sources import open_model
 
 VOCAB, DIM, N_FF = 512, 64, 128
@@ -139,3 +140,23 @@ def test_calibration_text_picks_the_activation_weighted_default_for_a_tied_head(
     assert name == "gguf-q5_0" and "--calibration is not used" in why and "separate (untied)" in why
     name, why = default_recipe(replace(tied, head_input_power=None), calibration)
     assert name == "gguf-q5_0" and "llama-cpp-python" in why
+
+
+# --- problem 8: a table larger than the source's is a warning ----------------------------------
+
+
+def test_a_table_larger_than_the_source_stores_it_is_a_warning(tmp_path):
+    """int8 of a Q5_0 table (Qwen2.5-0.5B's case) takes more bytes: before, the report said
+    "0.69x smaller" and nothing else."""
+    write_llama(tmp_path / "q5.gguf", Q.Q5_0, head=None)
+    output = cli("compress", tmp_path / "q5.gguf", "-r", "int8", "-o", "out5")
+    assert "WARNING the compressed table is larger than the source's" in output and "x larger" in output
+    assert "smaller" not in output.split("WARNING")[0].split("table bytes")[1]
+    report = from_json(Report, Path("out5/report.json").read_text())
+    (warning,) = report.table.warnings
+    assert "Q5_0, 5.50 bits per value" in warning and "int8" in warning
+    markdown = Path("out5/report.md").read_text()
+    assert f"**Warning:** {warning}" in markdown and "x larger" in markdown
+    # A table that shrinks is no warning.
+    smaller = compress(tmp_path / "q5.gguf", "int4", tmp_path / "int4").report.table
+    assert smaller.warnings is None and smaller.ratio_vs_source > 1
