@@ -50,7 +50,13 @@ class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     format: Literal["gguf", "onnx", "st"]
     type: str | None = None  # gguf: the GGUF type for a table not already stored in one
+    head_type: str | None = None  # gguf: quantise a separate output.weight to this type (default: left as it is)
     quantize_rest: bool = False  # onnx: the other MatMul weights to int8 (onnxruntime dynamic quantisation)
+
+    def as_written(self) -> dict:
+        """The config for a recipe's dict and digest; head_type, added later, is left out while
+        unset, so the digests of recipes written before it stand."""
+        return self.model_dump(mode="json", exclude={"head_type"} if self.head_type is None else None)
 
 
 class OffloadPlan(BaseModel):
@@ -160,7 +166,7 @@ class Recipe(BaseModel):
             "description": self.description,
             "steps": [{name: config.model_dump(mode="json")} for name, config in self.steps],
             "evaluate": dict(self.evaluate),
-            **({"export": self.export.model_dump(mode="json")} if self.export else {}),
+            **({"export": self.export.as_written()} if self.export else {}),
             **({"offload": self.offload.model_dump(mode="json")} if self.offload else {}),
         }
 

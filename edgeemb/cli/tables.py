@@ -322,6 +322,11 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
     ),
 )
 @click.option(
+    "--head-type",
+    help="gguf: quantise a separate (untied) output.weight from the source to this type; without it the head "
+    "is left as it is. Below Q8_0 the export warns.",
+)
+@click.option(
     "--quantize-rest",
     is_flag=True,
     help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).",
@@ -368,6 +373,7 @@ def export(
     fmt: str,
     file: Path | None,
     tensor_type: str | None,
+    head_type: str | None,
     quantize_rest: bool,
     onnx_source: Path | None,
     tolerances: tuple[str, ...],
@@ -377,7 +383,7 @@ def export(
     force: bool,
     as_json: bool,
 ) -> None:
-    config = ExportConfig(format=fmt, type=tensor_type, quantize_rest=quantize_rest)
+    config = ExportConfig(format=fmt, type=tensor_type, head_type=head_type, quantize_rest=quantize_rest)
     limits = parse_tolerances(tolerances)
     with console.progress_bars():
         exported = export_artifact(

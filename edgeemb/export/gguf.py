@@ -8,8 +8,10 @@ offsets that follow it).
 llama.cpp stores a token embedding as one GGML type per tensor, with no factorised, codebook or
 mixed-precision form. A table already stored in a GGML type (a recipe's `quantize: {format:
 Q5_0}`) is copied as is; any other table (low-rank, int4 blocks, PQ, mixed) is rebuilt at full
-width and quantised to the type asked for, and the export says so. When the source has its own
-`output.weight` (an untied head), that matrix is quantised to the same type.
+width and quantised to the type asked for, and the export says so. A source's own `output.weight`
+(an untied head) is left as it is: no recipe asked to touch it (a trimmed vocabulary keeps its
+rows' bytes, in their own type); `head_type` (`export --head-type`) quantises it from the source
+to that type, with a warning in the notes below Q8_0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from edgeemb.ggufio import (
     dequantize_tensor,
     read_gguf_header,
     rewrite_gguf,
+    tensor_bytes,
     trimmed_vocab_metadata,
 )
 from edgeemb.outputs import check_target, staged
@@ -37,6 +40,7 @@ from edgeemb.progress import silenced_output
 from edgeemb.table import EmbeddingTable, QuantizedTable, TrimmedTable
 
 _DENSE = {"F32": np.float32, "F16": np.float16}
+_Q8_0_BITS = 8.5  # below this an output head is quantised harder than llama.cpp's Q8_0
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,15 @@ def encode_ggml(weight: np.ndarray, tensor_type: str) -> np.ndarray:
 
 
 def export_gguf(
-    source: Path, table: EmbeddingTable, out: Path, tensor_type: str | None = None, force: bool = False
+    source: Path,
+    table: EmbeddingTable,
+    out: Path,
+    tensor_type: str | None = None,
+    force: bool = False,
+    head_type: str | None = None,
 ) -> GGUFExport:
-    """Write `out`: the GGUF `source` with its token embedding replaced by `table`."""
+    """Write `out`: the GGUF `source` with its token embedding replaced by `table`; with
+    `head_type`, its separate output head quantised from the source to that type."""
     source, out = Path(source), Path(out)
     check_target(out, force)
     header = read_gguf_header(source)
@@ -109,14 +119,22 @@ def export_gguf(
             f"the table was rebuilt at full width and quantised to {type_name}"
         )
     head = header.tensor(OUTPUT)
-    if head is not None:
+    if head_type is not None and head is None:
+        raise EdgeembError(f"head type {head_type}: {source} has no separate {OUTPUT} (its head is tied to the table)")
+    if head is not None and head_type not in (None, head.type_name):  # asked for: never done otherwise
         weight = dequantize_tensor(source, head, f"dequantize {OUTPUT}")
-        replacements[OUTPUT] = (type_name, encode_ggml(weight if keep is None else weight[keep], type_name))
-        notes.append(f"the untied {OUTPUT} was quantised from the source to {type_name} as well")
+        head_blocks = encode_ggml(weight if keep is None else weight[keep], head_type)
+        replacements[OUTPUT] = (head_type, head_blocks)
+        bits = 8 * head_blocks.nbytes / (head_blocks.shape[0] * head.shape[1])
+        notes.append(_head_note(head.type_name, head_type, bits))
+    elif head is not None:
+        if keep is not None:  # rows are whole blocks: the kept ones copy in any type
+            replacements[OUTPUT] = (head.type_name, np.ascontiguousarray(tensor_bytes(source, head)[keep]))
+        notes.append(f"the untied {OUTPUT} is the source's ({head.type_name}), not requantised")
     if keep is not None:
         notes.append(
             f"vocabulary trimmed to {len(keep)} of {source_rows} tokens: "
-            "the tokenizer in the metadata and the tied output head follow"
+            "the tokenizer in the metadata and the output head follow"
         )
     rewrite_gguf(
         source,
@@ -138,6 +156,13 @@ def export_gguf(
         blocks.nbytes,
         notes,
     )
+
+
+def _head_note(stored: str, asked: str, bits: float) -> str:
+    note = f"the untied {OUTPUT} was quantised from the source's {stored} to {asked}, as asked"
+    if bits < _Q8_0_BITS:  # the head scores every token of the vocabulary at every step
+        note += f"; warning: {bits:.2f} bits per value is below Q8_0, and the head's error reaches every logit"
+    return note
 
 
 def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: bool = False) -> None:

@@ -22,7 +22,8 @@ def write_and_verify(request: ExportRequest) -> GGUFExported:
             "(make one with llama.cpp's convert_hf_to_gguf.py, then compress that file)"
         )
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
-        exported = export_gguf(source.path, request.table, staging, request.config.type)
+        config = request.config
+        exported = export_gguf(source.path, request.table, staging, config.type, head_type=config.head_type)
         text = read_text(request.text) if request.text else None
         source_run, export_run = measure_ggufs([source.path, staging], text, request.max_tokens)
     result = GGUFExported(

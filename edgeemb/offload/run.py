@@ -180,6 +180,14 @@ def table_tokenizer(source: SourceModel, table: EmbeddingTable) -> Callable[[str
     return source.vocabulary().retokenizer(table.keep)
 
 
+_SEPARATE_HEAD = OffloadedHead(
+    bytes=0,
+    tied=False,
+    note="the output head is a separate tensor (untied), not this table: the table is input-only, "
+    "so nothing of it has to stay in RAM",
+)
+
+
 def _offloaded_head(
     source: SourceModel, table: EmbeddingTable, table_bytes: int, head_type: str | None
 ) -> OffloadedHead:
@@ -189,7 +197,7 @@ def _offloaded_head(
             raise EdgeembError(
                 f"{source.name} has no output head tied to its table; " "--head-type applies to tied tables"
             )
-        return INPUT_ONLY
+        return INPUT_ONLY if source.tied is None else _SEPARATE_HEAD
     if head_type is None:
         return OffloadedHead(
             bytes=table_bytes,

@@ -16,7 +16,7 @@ from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
 from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
 from edgeemb.formats import get_format
-from edgeemb.ggufio import MARK_KEY, OUTPUT, TOKEN_EMBD, read_gguf_header, rewrite_gguf, tensor_bytes
+from edgeemb.ggufio import MARK_KEY, TOKEN_EMBD, read_gguf_header, rewrite_gguf, tensor_bytes
 from edgeemb.outputs import MARK, owned
 from edgeemb.recipe import ExportConfig
 from edgeemb.table import DenseTable, LowRankTable, QuantizedTable
@@ -91,14 +91,6 @@ def test_a_table_llama_cpp_cannot_store_is_rebuilt_only_when_asked(tmp_path):
     assert export.rebuilt and "rebuilt at full width" in export.notes[0]
     written = dequantize(_table_bytes(tmp_path / "out.gguf", TOKEN_EMBD), Q.Q8_0)
     np.testing.assert_allclose(written, low_rank.to_dense(), atol=np.abs(low_rank.to_dense()).max() / 127)
-
-
-def test_an_untied_head_is_quantised_to_the_same_type(tmp_path):
-    weight = write_gguf(tmp_path / "source.gguf", Q.F32, output=True)
-    export = export_gguf(tmp_path / "source.gguf", DenseTable(weight), tmp_path / "out.gguf", tensor_type="Q5_0")
-    assert export.replaced == [OUTPUT, TOKEN_EMBD]
-    header = read_gguf_header(tmp_path / "out.gguf")
-    assert header.tensor(OUTPUT).type_name == header.tensor(TOKEN_EMBD).type_name == "Q5_0"
 
 
 def test_bad_requests_leave_nothing_behind(tmp_path):

@@ -10,6 +10,7 @@ loads and runs in a second, with or without a separate output head."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,10 +24,14 @@ from gguf.quants import quantize
 
 from edgeemb.artifact import load_artifact
 from edgeemb.cli import main
-from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header
+from edgeemb.errors import EdgeembError
+from edgeemb.export.gguf import export_gguf
+from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header, tensor_bytes
 from edgeemb.pipeline import compress, default_recipe, export_artifact
 from edgeemb.results import Report, from_json
 from edgeemb.sources import open_model
+from edgeemb.table import DenseTable
+from tests.conftest import data_file
 
 VOCAB, DIM, N_FF = 512, 64, 128
 TEXT = "the quick brown fox jumps over the lazy dog and then it runs far away. " * 12
@@ -160,3 +165,72 @@ def test_a_table_larger_than_the_source_stores_it_is_a_warning(tmp_path):
     # A table that shrinks is no warning.
     smaller = compress(tmp_path / "q5.gguf", "int4", tmp_path / "int4").report.table
     assert smaller.warnings is None and smaller.ratio_vs_source > 1
+
+
+# --- problem 8: an untied output head is left as it is unless asked ----------------------------
+
+
+def test_export_leaves_an_untied_head_as_it_is(tmp_path):
+    """Before, `--type Q4_0` quantised the untied output.weight to Q4_0 too, unasked."""
+    write_llama(tmp_path / "untied.gguf", Q.Q8_0, head=Q.Q8_0)
+    result = compress(tmp_path / "untied.gguf", "int4", tmp_path / "out")
+    export = export_gguf(tmp_path / "untied.gguf", load_artifact(result.out).table, tmp_path / "a.gguf", "Q4_0")
+    assert export.replaced == [TOKEN_EMBD]
+    assert any("output.weight is the source's (Q8_0), not requantised" in note for note in export.notes)
+    source, out = (read_gguf_header(tmp_path / name).tensor(OUTPUT) for name in ("untied.gguf", "a.gguf"))
+    assert out.type_name == "Q8_0"
+    assert np.array_equal(tensor_bytes(tmp_path / "a.gguf", out), tensor_bytes(tmp_path / "untied.gguf", source))
+
+
+def test_a_head_type_asked_for_is_applied_and_below_q8_0_warned(tmp_path):
+    write_llama(tmp_path / "untied.gguf", Q.Q8_0, head=Q.Q8_0)
+    write_llama(tmp_path / "tied.gguf", Q.Q8_0, head=None)
+    table = DenseTable(open_model(tmp_path / "untied.gguf").table.weight)
+    export = export_gguf(tmp_path / "untied.gguf", table, tmp_path / "q4.gguf", "Q8_0", head_type="Q4_0")
+    assert export.replaced == [OUTPUT, TOKEN_EMBD]
+    assert read_gguf_header(tmp_path / "q4.gguf").tensor(OUTPUT).type_name == "Q4_0"
+    (note,) = [note for note in export.notes if OUTPUT in note]
+    assert "from the source's Q8_0 to Q4_0, as asked; warning: 4.50 bits per value is below Q8_0" in note
+    export = export_gguf(tmp_path / "untied.gguf", table, tmp_path / "f16.gguf", "Q8_0", head_type="F16")
+    (note,) = [note for note in export.notes if OUTPUT in note]
+    assert "to F16, as asked" in note and "warning" not in note
+    with pytest.raises(EdgeembError, match="has no separate output.weight"):
+        export_gguf(tmp_path / "tied.gguf", table, tmp_path / "tied-out.gguf", "Q8_0", head_type="Q4_0")
+    assert not (tmp_path / "tied-out.gguf").exists()
+
+
+def test_a_head_type_leaves_recipe_digests_of_earlier_recipes_as_they_were():
+    from edgeemb.recipe import load_recipe, parse_recipe
+
+    recipe = load_recipe("smollm2-135m-q5_0-act")
+    assert "head_type" not in recipe.to_dict()["export"]
+    asked = parse_recipe({"steps": ["quantize"], "export": {"format": "gguf", "head_type": "Q8_0"}})
+    assert asked.to_dict()["export"]["head_type"] == "Q8_0"
+    assert asked.digest != parse_recipe({"steps": ["quantize"], "export": {"format": "gguf"}}).digest
+
+
+@needs_llama
+def test_inspect_and_offload_report_an_untied_head_as_such(tmp_path):
+    write_llama(tmp_path / "untied.gguf", Q.Q8_0, head=Q.Q8_0)
+    inspected = CliRunner().invoke(main, ["inspect", str(tmp_path / "untied.gguf"), "--json"])
+    assert json.loads(inspected.output[inspected.output.index("{") :])["model"]["tied"] is False
+    assert "output head separate" in cli("inspect", tmp_path / "untied.gguf")
+    (tmp_path / "text.txt").write_text(TEXT)
+    offload = cli("offload", tmp_path / "untied.gguf", "--text", tmp_path / "text.txt")
+    assert "the output head is a separate tensor (untied)" in offload
+
+
+# --- real: Qwen2.5-0.5B, the untied GGUF --------------------------------------------------------
+
+
+@pytest.mark.real
+def test_qwen_int8_is_larger_than_its_q5_0_table_and_says_so(tmp_path):
+    """int8 of Qwen2.5-0.5B's Q5_0 table: 93.59 -> 136.44 MB, a warning and "1.46x larger"."""
+    data_file("wikitext2")  # the real tests run beside the shared data
+    try:
+        open_model("qwen2.5-0.5b")
+    except EdgeembError as exc:
+        pytest.skip(str(exc))
+    output = cli("compress", "qwen2.5-0.5b", "-r", "int8", "-o", tmp_path / "o")
+    assert "93.59 MB -> 136.44 MB (1.46x larger)" in output and "WARNING the compressed table is larger" in output
+    assert "output head separate" in cli("inspect", "qwen2.5-0.5b")
