@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeemb.results import Quality, Report, SimilarityScored, TrimFacts
+from edgeemb.results import Exported, GGUFExported, Quality, Report, SimilarityScored, TrimFacts
 
 
 def human_bytes(n: float) -> str:
@@ -174,4 +174,55 @@ def render_report(report: Report) -> str:
             f"Sentence-embedding cosine, original vs compressed, over {drift.n} texts: "
             f"mean {drift.mean_cosine:.4f}, 1st percentile {drift.p01_cosine:.4f}, min {drift.min_cosine:.4f}.",
         ]
+    if report.export is not None:
+        lines += ["", *export_lines(report.export)]
     return "\n".join(lines) + "\n"
+
+
+def export_lines(exported: Exported) -> list[str]:
+    """report.md's export section: the file written and its check in the runtime it is for."""
+    written, check = exported.export, exported.verify
+    if check is None:  # `edgeemb export --no-verify`
+        file = f"`{written.path}` ({human_bytes(written.file_bytes)}), not verified."
+        return [f"## Export ({written.format})", "", file, *_gguf_notes(exported)]
+    if not isinstance(exported, GGUFExported):
+        return [
+            f"## Export ({written.format})",
+            "",
+            f"`{written.path}` ({human_bytes(written.file_bytes)}), verified in {check.runtime}.",
+        ]
+    source, export = check.source, check.export
+    lines = [
+        "## Export (GGUF, verified in llama.cpp)",
+        "",
+        "| | source | export |",
+        "|---|---|---|",
+        f"| file | {human_bytes(written.source_bytes)} | `{written.path}`, {human_bytes(written.file_bytes)} "
+        f"({written.file_bytes / written.source_bytes - 1:+.1%}) |",
+        f"| token_embd | {human_bytes(written.source_table_bytes)} | {written.tensor_type}, "
+        f"{human_bytes(written.table_bytes)} |",
+        f"| greedy output ({len(export.greedy_ids)} tokens) | {_cell(source.greedy_text)} | "
+        f"{check.greedy_tokens_equal_to_source} tokens as the source: {_cell(export.greedy_text)} |",
+        f"| decode tokens/s (same run) | {source.decode_tokens_per_s:.1f} | {export.decode_tokens_per_s:.1f} |",
+        f"| peak RSS | {human_bytes(source.peak_rss_bytes)} | {human_bytes(export.peak_rss_bytes)} |",
+    ]
+    if source.perplexity is not None and export.perplexity is not None and check.text is not None:
+        before, after = source.perplexity.perplexity, export.perplexity.perplexity
+        lines.append(
+            f"| perplexity ({export.perplexity.tokens_scored} tokens of {check.text.data}) | {before:.3f} "
+            f"| {after:.3f} ({after / before - 1:+.2%}) |"
+        )
+    return lines + _gguf_notes(exported)
+
+
+def _gguf_notes(exported: Exported) -> list[str]:
+    """A GGUF export's notes."""
+    if not isinstance(exported, GGUFExported):
+        return []
+    notes = [f"- {note}" for note in exported.export.notes]
+    return ["", *notes] if notes else []
+
+
+def _cell(text: str, width: int = 60) -> str:
+    """Generated text in a table cell: quoted, cut, with no character that ends the cell or row."""
+    return repr(text[:width]).replace("|", "\\|")

@@ -27,7 +27,7 @@ from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
 from edgeemb.export.gguf import export_gguf
 from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header, tensor_bytes
-from edgeemb.pipeline import compress, default_recipe, export_artifact
+from edgeemb.pipeline import EvaluationData, compress, default_recipe, export_artifact
 from edgeemb.results import Report, from_json
 from edgeemb.sources import open_model
 from edgeemb.table import DenseTable
@@ -218,6 +218,33 @@ def test_inspect_and_offload_report_an_untied_head_as_such(tmp_path):
     (tmp_path / "text.txt").write_text(TEXT)
     offload = cli("offload", tmp_path / "untied.gguf", "--text", tmp_path / "text.txt")
     assert "the output head is a separate tensor (untied)" in offload
+
+
+# --- problem 6: report.md carries the GGUF export's check --------------------------------------
+
+
+@needs_llama
+def test_report_md_shows_the_gguf_exports_check(tmp_path):
+    """A recipe that exports GGUF: report.md now has the file, greedy tokens, decode speed and
+    peak RSS (before, only report.json had them)."""
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=Q.Q8_0)
+    recipe = tmp_path / "q5.yaml"
+    recipe.write_text("steps:\n  - quantize: {format: Q5_0}\nexport: {format: gguf}\n")
+    (tmp_path / "text.txt").write_text(TEXT)
+    result = compress(
+        tmp_path / "tiny.gguf", recipe, tmp_path / "out", data=_perplexity_data(tmp_path / "text.txt")
+    ).report
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    check = result.export.verify
+    assert "## Export (GGUF, verified in llama.cpp)" in markdown
+    assert f"{check.greedy_tokens_equal_to_source} tokens as the source" in markdown
+    assert f"| decode tokens/s (same run) | {check.source.decode_tokens_per_s:.1f} |" in markdown
+    assert "| peak RSS |" in markdown and "output.weight is the source's (Q8_0), not requantised" in markdown
+    assert f"| perplexity ({check.export.perplexity.tokens_scored} tokens of " in markdown
+
+
+def _perplexity_data(text: Path) -> EvaluationData:
+    return EvaluationData(perplexity=text, max_tokens=128)
 
 
 # --- real: Qwen2.5-0.5B, the untied GGUF --------------------------------------------------------
