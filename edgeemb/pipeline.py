@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import numpy as np
 from edgeemb import __version__
 from edgeemb.artifact import (
     MANIFEST_FILE,
+    REPORT_FILE,
+    REPORT_MD_FILE,
     TABLE_FILE,
     Artifact,
     load_artifact,
@@ -681,6 +685,7 @@ def export_artifact(
             f"{out} holds a static model (model2vec), not an input table for its source model: "
             "there is nothing to export into the source's file"
         )
+    report = artifact.report  # read before the export: a folder without one fails first
     file = Path(file) if file is not None else artifact.path / EXPORTERS[config.format].file
     request = ExportRequest(
         open_source(artifact),
@@ -694,7 +699,26 @@ def export_artifact(
         verify=verify,
         tolerances=tolerances or {},
     )
-    return export_table(request)
+    exported = export_table(request)
+    _record_export(artifact.path, report.model_copy(update={"export": exported}))
+    return exported
+
+
+def _record_export(out: Path, report: Report) -> None:
+    """OUT/report.json and report.md rewritten with the export just verified (replacing an
+    earlier one's), so OUT/'s report shows the file shipped, a re-quantised table's figures
+    included. OUT/ is staged whole again: its other files hard-linked (copied where links fail),
+    the report files new."""
+    with staged(out, True) as staging:
+        shutil.copytree(out, staging, copy_function=_link, ignore=shutil.ignore_patterns(REPORT_FILE, REPORT_MD_FILE))
+        write_report_files(staging, report, render_report(report))
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def default_out(model: SourceModel, recipe: Recipe) -> Path:

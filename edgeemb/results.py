@@ -407,11 +407,30 @@ class GGUFCheck(Result):
     text: DataFile | None = None
 
 
+class TableFigures(Result):
+    """A table's size and its table-level quality against the source's original table."""
+
+    storage: str
+    bytes: int
+    bits_per_param: float
+    ratio_vs_source: float
+    quality: TableQuality
+
+
+class Requantised(Result):
+    """A table the export quantised again (llama.cpp stores one GGML type per tensor): the
+    shipped file's own token_embd, read back from it, beside the recipe's table."""
+
+    recipe: TableFigures
+    shipped: TableFigures
+
+
 class GGUFExported(Result):
     """A GGUF export, run in llama.cpp beside its source."""
 
     export: GGUFFile
     verify: GGUFCheck
+    requantised: Requantised | None = None  # the table was not stored in a GGML type, or in another one
 
 
 class OnnxFile(Result):

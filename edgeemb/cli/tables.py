@@ -318,7 +318,8 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
     "--type",
     "tensor_type",
     help=(
-        "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32."
+        "gguf: type for token_embd when the table is not stored in one: Q8_0, Q5_0, Q4_0, Q4_1, Q6_K, Q4_K, F16, F32. "
+        "A table quantised again is reported with the shipped file's own figures."
     ),
 )
 @click.option(

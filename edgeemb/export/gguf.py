@@ -114,10 +114,13 @@ def export_gguf(
     replacements = {TOKEN_EMBD: (type_name, blocks)}
     notes = []
     if rebuilt:
-        notes.append(
-            f"llama.cpp has no {rows.describe()} embedding: "
-            f"the table was rebuilt at full width and quantised to {type_name}"
-        )
+        if rows.ggml_blocks() is None:
+            notes.append(
+                f"llama.cpp has no {rows.describe()} embedding: "
+                f"the table was rebuilt at full width and quantised to {type_name}"
+            )
+        else:
+            notes.append(f"the {rows.describe()} table was decoded and quantised again to {type_name}, as asked")
     head = header.tensor(OUTPUT)
     if head_type is not None and head is None:
         raise EdgeembError(f"head type {head_type}: {source} has no separate {OUTPUT} (its head is tied to the table)")

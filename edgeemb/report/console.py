@@ -33,6 +33,7 @@ from edgeemb.report.markdown import (
     format_number,
     health_rows,
     human_bytes,
+    requantised_rows,
     size_change,
     vocabulary_rows,
 )
@@ -380,6 +381,7 @@ def _gguf_rows(exported: GGUFExported) -> tuple[str, list[tuple[str, str]]]:
             f"(source {human_bytes(written.source_table_bytes)})",
         ),
         *(("note", note) for note in written.notes),
+        *requantised_rows(exported.requantised),
         (
             "greedy output",
             f"{check.greedy_tokens_equal_to_source}/{len(export_run.greedy_ids)} tokens as the source: "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeemb.results import Exported, GGUFExported, Quality, Report, SimilarityScored, TrimFacts
+from edgeemb.results import Exported, GGUFExported, Quality, Report, Requantised, SimilarityScored, TrimFacts
 
 
 def human_bytes(n: float) -> str:
@@ -20,6 +20,31 @@ def size_change(ratio: float) -> str:
     if round(ratio, 2) == 1:  # as shown: within rounding of the same bytes
         return "the same size"
     return f"{ratio:.2f}x smaller" if ratio > 1 else f"{1 / ratio:.2f}x larger"
+
+
+def requantised_rows(requantised: Requantised | None) -> list[tuple[str, str]]:
+    """A re-quantised export's tables, the file's beside the recipe's, as (label, value) rows."""
+    if requantised is None:
+        return []
+    recipe, shipped = requantised.recipe, requantised.shipped
+
+    def figures(table) -> str:
+        quality = table.quality
+        return (
+            f"{table.storage}, {human_bytes(table.bytes)}, {table.bits_per_param:.2f} bits "
+            f"({size_change(table.ratio_vs_source)} than the source); relative error {quality.relative_error:.4f}, "
+            f"row cosine mean {quality.row_cosine_mean:.4f}, nn overlap {quality.nn_overlap_mean:.3f}"
+        )
+
+    return [
+        (
+            "re-quantised",
+            f"the file ships token_embd as {shipped.storage}, not the recipe's table: its own figures below "
+            "(error against the source's original table)",
+        ),
+        ("shipped token_embd", figures(shipped)),
+        ("recipe's table", figures(recipe)),
+    ]
 
 
 def format_number(value: object) -> str:
@@ -216,10 +241,11 @@ def export_lines(exported: Exported) -> list[str]:
 
 
 def _gguf_notes(exported: Exported) -> list[str]:
-    """A GGUF export's notes."""
+    """A GGUF export's notes and, when the table was quantised again, the shipped table's figures."""
     if not isinstance(exported, GGUFExported):
         return []
     notes = [f"- {note}" for note in exported.export.notes]
+    notes += [f"- {label}: {value}" for label, value in requantised_rows(exported.requantised)]
     return ["", *notes] if notes else []
 
 

@@ -28,6 +28,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.export.gguf import export_gguf
 from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header, tensor_bytes
 from edgeemb.pipeline import EvaluationData, compress, default_recipe, export_artifact
+from edgeemb.recipe import ExportConfig
 from edgeemb.results import Report, from_json
 from edgeemb.sources import open_model
 from edgeemb.table import DenseTable
@@ -245,6 +246,50 @@ def test_report_md_shows_the_gguf_exports_check(tmp_path):
 
 def _perplexity_data(text: Path) -> EvaluationData:
     return EvaluationData(perplexity=text, max_tokens=128)
+
+
+# --- problem 4: a table quantised again for llama.cpp is reported as shipped -------------------
+
+
+@needs_llama
+def test_a_requantised_export_reports_the_shipped_tables_own_figures(tmp_path):
+    """int8 then `export --type Q4_0`: the table is quantised a second time. Before, the report
+    kept showing int8's figures; now the export and OUT/report.{json,md} carry the Q4_0 table read
+    back from the file (its bytes and its error against the original) beside the recipe's."""
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=None)
+    compress(tmp_path / "tiny.gguf", "int8", tmp_path / "out")
+    (tmp_path / "text.txt").write_text(TEXT)
+    output = cli("export", tmp_path / "out", "--format", "gguf", "--type", "Q4_0", "--text", tmp_path / "text.txt")
+    assert "re-quantised the file ships token_embd as Q4_0, not the recipe's table" in output
+
+    report = from_json(Report, (tmp_path / "out" / "report.json").read_text())
+    requantised = report.export.requantised
+    file = Path(report.export.export.path)
+    info = read_gguf_header(file).tensor(TOKEN_EMBD)
+    original = open_model(tmp_path / "tiny.gguf").table.weight
+    shipped = dequantize_tensor(file, info)
+    error = float(np.linalg.norm(shipped - original) / np.linalg.norm(original))
+    assert requantised.shipped.storage == info.type_name == "Q4_0" and requantised.shipped.bytes == info.nbytes
+    assert requantised.shipped.quality.relative_error == pytest.approx(error, rel=1e-5)
+    assert requantised.recipe.storage == report.table.storage and requantised.recipe.bytes == report.table.bytes
+    assert requantised.recipe.quality == report.quality.table
+    # The file ships a smaller, coarser table than the recipe's: the report now says so.
+    assert requantised.shipped.bytes < requantised.recipe.bytes
+    assert requantised.shipped.quality.relative_error > 2 * requantised.recipe.quality.relative_error
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "shipped token_embd: Q4_0" in markdown and "recipe's table: int8" in markdown
+    assert report.export.verify.export.perplexity is not None and "perplexity (" in markdown
+
+
+@needs_llama
+def test_a_table_the_file_stores_as_it_is_is_not_reported_as_requantised(tmp_path):
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=None)
+    compress(tmp_path / "tiny.gguf", "gguf-q5_0", tmp_path / "out")
+    exported = export_artifact(tmp_path / "out", ExportConfig(format="gguf", type="Q5_0"))
+    assert not exported.export.rebuilt and exported.requantised is None
+    again = export_artifact(tmp_path / "out", ExportConfig(format="gguf", type="Q4_0"), tmp_path / "q4.gguf")
+    assert again.requantised.shipped.storage == "Q4_0" and again.requantised.recipe.storage.startswith("GGUF Q5_0")
+    assert any("quantised again to Q4_0, as asked" in note for note in again.export.notes)
 
 
 # --- real: Qwen2.5-0.5B, the untied GGUF --------------------------------------------------------
