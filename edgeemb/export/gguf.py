@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from edgeemb.ggufio import (
     tensor_bytes,
     trimmed_vocab_metadata,
 )
-from edgeemb.outputs import check_target, staged
+from edgeemb.outputs import check_target
 from edgeemb.progress import silenced_output
 from edgeemb.table import EmbeddingTable, QuantizedTable, TrimmedTable
 
@@ -171,8 +172,11 @@ def _head_note(stored: str, asked: str, bits: float) -> str:
 def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: bool = False) -> None:
     """llama.cpp's own quantiser with `token_embedding_type` set: the peer edgeemb compares with.
 
-    The ftype is the source's own `general.file_type`, so every other tensor keeps its type (and
-    llama.cpp copies it unchanged); only the token embedding is requantised from the source."""
+    Only the token_embd it writes is kept: `out` is the source with that tensor replaced, every
+    other tensor as the source stores it. (Given the source's own `general.file_type`, llama.cpp
+    re-decides a K-quant mixture by its current rules: on Qwen2.5-0.5B's Q4_K_M file it swaps 32
+    ffn_down and attn_v tensors between Q4_K and Q6_K, Q5_0 and Q8_0, which a comparison of
+    token_embd choices must not carry.)"""
     import llama_cpp  # heavy (the compiled llama.cpp): only this peer quantiser needs it
 
     source, out = Path(source), Path(out)
@@ -182,9 +186,13 @@ def llama_quantize_token_embd(source: Path, out: Path, tensor_type: str, force: 
     params.ftype = int(header.metadata.get("general.file_type", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0))
     params.token_embedding_type = int(GGMLQuantizationType[tensor_type])
     params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    with staged(out, force) as staging:
+    params.nthread = len(os.sched_getaffinity(0))  # the CPUs this process may run on
+    with tempfile.TemporaryDirectory(prefix="edgeemb-llama-quantize-") as folder:
+        quantised = Path(folder) / "model.gguf"
         with silenced_output():  # llama.cpp logs every tensor it copies to stderr
-            status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), ctypes.byref(params))
-        if status != 0:
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(quantised).encode(), ctypes.byref(params))
+        info = read_gguf_header(quantised).tensor(TOKEN_EMBD) if status == 0 else None
+        if info is None or info.type_name != tensor_type:
             raise EdgeembError(f"{source}: llama.cpp's quantiser failed for token_embd {tensor_type}")
+        blocks = np.array(tensor_bytes(quantised, info))
+    rewrite_gguf(source, header, out, {TOKEN_EMBD: (tensor_type, blocks)}, force=force)

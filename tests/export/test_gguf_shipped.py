@@ -25,7 +25,7 @@ from gguf.quants import quantize
 from edgeemb.artifact import load_artifact
 from edgeemb.cli import main
 from edgeemb.errors import EdgeembError
-from edgeemb.export.gguf import export_gguf
+from edgeemb.export.gguf import export_gguf, llama_quantize_token_embd
 from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, dequantize_tensor, read_gguf_header, tensor_bytes
 from edgeemb.pipeline import EvaluationData, compress, default_recipe, export_artifact
 from edgeemb.recipe import ExportConfig
@@ -290,6 +290,25 @@ def test_a_table_the_file_stores_as_it_is_is_not_reported_as_requantised(tmp_pat
     again = export_artifact(tmp_path / "out", ExportConfig(format="gguf", type="Q4_0"), tmp_path / "q4.gguf")
     assert again.requantised.shipped.storage == "Q4_0" and again.requantised.recipe.storage.startswith("GGUF Q5_0")
     assert any("quantised again to Q4_0, as asked" in note for note in again.export.notes)
+
+
+# --- llama.cpp's peer: its token_embd choice alone ---------------------------------------------
+
+
+@needs_llama
+def test_llama_cpps_peer_changes_token_embd_alone(tmp_path):
+    """llama.cpp's quantiser re-decides every tensor's type by the file type's rules (on Qwen2.5's
+    Q4_K_M file it swapped 32 of them); the peer file keeps only its token_embd, so a comparison of
+    token_embd choices compares nothing else. Here the F32 layer weights would have become Q8_0."""
+    write_llama(tmp_path / "tiny.gguf", Q.Q8_0, head=Q.Q8_0)
+    llama_quantize_token_embd(tmp_path / "tiny.gguf", tmp_path / "peer.gguf", "Q4_0")
+    source, peer = tmp_path / "tiny.gguf", tmp_path / "peer.gguf"
+    assert read_gguf_header(peer).tensor(TOKEN_EMBD).type_name == "Q4_0"
+    for ours in read_gguf_header(source).tensors:
+        if ours.name != TOKEN_EMBD:
+            theirs = read_gguf_header(peer).tensor(ours.name)
+            assert theirs.type_name == ours.type_name, ours.name
+            assert np.array_equal(tensor_bytes(peer, theirs), tensor_bytes(source, ours))
 
 
 # --- real: Qwen2.5-0.5B, the untied GGUF --------------------------------------------------------
