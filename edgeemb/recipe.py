@@ -48,7 +48,7 @@ class ExportConfig(BaseModel):
     """What `compress` exports OUT/ to once it is written (see `edgeemb export`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    format: Literal["gguf", "onnx", "st"]
+    format: Literal["gguf", "onnx", "st", "hf"]
     type: str | None = None  # gguf: the GGUF type for a table not already stored in one
     head_type: str | None = None  # gguf: quantise a separate output.weight to this type (default: left as it is)
     quantize_rest: bool = False  # onnx: the other MatMul weights to int8 (onnxruntime dynamic quantisation)

@@ -405,6 +405,9 @@ class GGUFCheck(Result):
     source: LlamaRun
     export: LlamaRun
     text: DataFile | None = None
+    # a Hugging Face source: of the export's greedy tokens, how many transformers running the rows
+    # the file should hold predicts before the two first differ
+    greedy_tokens_equal_to_transformers: int | None = None
 
 
 class TableFigures(Result):
@@ -510,7 +513,31 @@ class StExported(Result):
     verify: StCheck | None
 
 
-Exported = GGUFExported | OnnxExported | StExported
+class HfFolder(Result):
+    format: Literal["hf"] = "hf"
+    path: str
+    file_bytes: int
+    table: str
+    dtype: str  # the float type the folder stores the decoded table (and every weight) in
+
+
+class HfCheck(Result):
+    runtime: str
+    texts: int
+    tokens: int
+    max_abs_diff: float  # logits (hidden states of a bare model) against the compressed model
+    tolerances: dict[str, float] = {}  # the limit each figure was held to (`edgeemb.export.tolerance`)
+
+
+class HfExported(Result):
+    """A transformers folder with the table decoded into it, loaded back and compared with the
+    compressed model (verify: None when written with --no-verify)."""
+
+    export: HfFolder
+    verify: HfCheck | None
+
+
+Exported = GGUFExported | OnnxExported | StExported | HfExported
 
 
 # --- OUT/ ---------------------------------------------------------------------------------------

@@ -433,7 +433,7 @@ RECIPES = {
     ),
     "an export step that fails": (
         "steps:\n  - quantize: {format: int4}\nexport: {format: gguf, type: Q8_0}\n",
-        "GGUF export rewrites a source GGUF",
+        "sentence-transformers model: llama.cpp runs causal LMs here",
     ),
 }
 

@@ -56,15 +56,15 @@ def test_a_failing_compress_with_force_keeps_the_previous_output(tiny_model, tmp
     out = tmp_path / "out"
     assert run("compress", tiny_model, "-r", "int8", "-o", out).exit_code == 0
     before = folder_bytes(out)
-    recipe = tmp_path / "r.yaml"  # its export step fails: a sentence-transformers model has no source GGUF
+    recipe = tmp_path / "r.yaml"  # its export step fails: a sentence-transformers model does not export to GGUF
     recipe.write_text("steps:\n  - quantize: {format: int4}\nexport: {format: gguf, type: Q8_0}\n")
     assert_one_line_error(
-        run("compress", tiny_model, "-r", recipe, "-o", out, "--force"), "GGUF export rewrites a source GGUF"
+        run("compress", tiny_model, "-r", recipe, "-o", out, "--force"), "llama.cpp runs causal LMs here"
     )
     assert folder_bytes(out) == before
     assert _names(tmp_path) == ["out", "r.yaml"]  # nothing of the failed run is left
     assert_one_line_error(
-        run("compress", tiny_model, "-r", recipe, "-o", tmp_path / "new"), "GGUF export rewrites a source GGUF"
+        run("compress", tiny_model, "-r", recipe, "-o", tmp_path / "new"), "llama.cpp runs causal LMs here"
     )
     assert _names(tmp_path) == ["out", "r.yaml"]
 

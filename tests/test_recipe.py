@@ -86,7 +86,7 @@ def test_recipe_digest_is_stable_and_fills_defaults():
         ("just text", "expected a mapping"),
         (
             {"steps": ["quantize"], "export": {"format": "zip"}},
-            "export: format: Input should be 'gguf', 'onnx' or 'st'",
+            "export: format: Input should be 'gguf', 'onnx', 'st' or 'hf'",
         ),
         ({"steps": ["quantize"], "export": {"format": "gguf", "tpye": "Q4_0"}}, "export: tpye: Extra inputs are not"),
         (

@@ -90,7 +90,7 @@ def cross_build(
     build = CACHE / f"llama.cpp-{version}-{device.arm_arch}-{hashlib.sha1(toolchain.encode()).hexdigest()[:8]}"
     cached = all((build / "bin" / name).is_file() for name in BINARIES)
     if not cached:
-        _configure_and_build(_source(version), build, device.arm_arch, flags)
+        _configure_and_build(llama_cpp_source(version), build, device.arm_arch, flags)
     out.mkdir(parents=True, exist_ok=True)
     for name in BINARIES:
         shutil.copy2(build / "bin" / name, out / name)
@@ -157,8 +157,10 @@ def _toolchain(ndk: Path | None, api: int) -> tuple[str, list[str]]:
     return "gcc-aarch64-linux-gnu (static)", [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN}", "-DCMAKE_EXE_LINKER_FLAGS=-static"]
 
 
-def _source(version: str) -> Path:
-    """llama.cpp from the llama-cpp-python sdist, downloaded and unpacked once per version."""
+def llama_cpp_source(version: str | None = None) -> Path:
+    """llama.cpp from the llama-cpp-python sdist (default: the installed version's), downloaded and
+    unpacked once per version: its sources, and its convert_hf_to_gguf.py with gguf-py."""
+    version = version or metadata.version("llama-cpp-python")
     folder = CACHE / f"llama-cpp-python-{version}"
     source = folder / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
     if (source / "CMakeLists.txt").is_file():

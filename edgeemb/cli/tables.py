@@ -280,12 +280,15 @@ removed and the command fails, naming the figure and the limit (--tolerance FIGU
 one; --no-verify runs no check, and the result says "not verified").
 
 \b
-gguf  (GGUF source models) the source GGUF with token_embd.weight replaced, every other
-      tensor and all metadata copied byte for byte, run in llama.cpp beside the source:
-      greedy output on a fixed prompt, decode tokens/s, peak RSS, and with --text the
-      perplexity of both on the same tokens. A table stored in a GGUF type is copied as is;
-      any other is rebuilt at full width and quantised to --type (llama.cpp has no
-      factorised or codebook embedding).
+gguf  (GGUF models, Hugging Face causal LMs) the source GGUF with token_embd.weight
+      replaced, every other tensor and all metadata copied byte for byte, run in llama.cpp
+      beside the source: greedy output on a fixed prompt, decode tokens/s, peak RSS, and
+      with --text the perplexity of both on the same tokens. A table stored in a GGUF type
+      is copied as is; any other is rebuilt at full width and quantised to --type (llama.cpp
+      has no factorised or codebook embedding); an untied output head stays as it was.
+      A Hugging Face causal LM is first converted by llama.cpp's own convert_hf_to_gguf.py
+      (from the pinned llama-cpp-python sdist; cached per model) and its export must also
+      give the greedy tokens transformers gives with the same table.
 onnx  (sentence-transformers models) the whole model, tokens in, normalised sentence
       embedding out, with the compressed table inside the graph (GatherBlockQuantized for
       int8/int4/int2), and its tokenizer beside it. Verified in onnxruntime on --text's lines:
@@ -299,20 +302,27 @@ onnx  (sentence-transformers models) the whole model, tokens in, normalised sent
       judge, a rewrite that breaks it is an error.
 st    (sentence-transformers models) a directory SentenceTransformer(path) loads offline,
       the table decoded into it (as large as the original: the size win is in onnx/gguf).
+hf    (Hugging Face transformers models) a transformers folder, the table decoded into it in
+      the source's float type (as large as the original: for transformers users; the size
+      win is in gguf), loaded back with from_pretrained and its logits compared with the
+      compressed model's.
 """
 
 
 @main.command(help=_EXPORT_HELP)
 @click.argument("out", type=_FOLDER)
 @click.option(
-    "--format", "fmt", type=click.Choice(["gguf", "onnx", "st"]), required=True, help="Target runtime format."
+    "--format", "fmt", type=click.Choice(["gguf", "onnx", "st", "hf"]), required=True, help="Target runtime format."
 )
 @click.option(
     "-o",
     "--output",
     "file",
     type=click.Path(path_type=Path),
-    help=("Output file (a folder for st). Default: OUT/model.gguf, OUT/model.onnx or OUT/sentence-transformers."),
+    help=(
+        "Output file (a folder for st and hf). Default: OUT/model.gguf, OUT/model.onnx, "
+        "OUT/sentence-transformers or OUT/transformers."
+    ),
 )
 @click.option(
     "--type",
@@ -358,7 +368,7 @@ st    (sentence-transformers models) a directory SentenceTransformer(path) loads
     help="Write the file without running it in its runtime (the result says: not verified).",
 )
 @click.option(
-    "--text", type=_FILE, help="gguf: plain text for perplexity; onnx, st: one sentence per line for the checks."
+    "--text", type=_FILE, help="gguf: plain text for perplexity; onnx, st, hf: one sentence per line for the checks."
 )
 @click.option(
     "--max-tokens",

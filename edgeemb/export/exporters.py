@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from edgeemb.export import verify_gguf, verify_onnx, verify_st
+from edgeemb.export import verify_gguf, verify_hf, verify_onnx, verify_st
 from edgeemb.export.request import Exporter, ExportRequest
 from edgeemb.results import Exported
 
 EXPORTERS: dict[str, Exporter] = {
-    exporter.format: exporter for exporter in (verify_gguf.EXPORTER, verify_onnx.EXPORTER, verify_st.EXPORTER)
+    exporter.format: exporter
+    for exporter in (verify_gguf.EXPORTER, verify_onnx.EXPORTER, verify_st.EXPORTER, verify_hf.EXPORTER)
 }
 
 

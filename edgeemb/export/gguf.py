@@ -12,6 +12,9 @@ width and quantised to the type asked for, and the export says so. A source's ow
 (an untied head) is left as it is: no recipe asked to touch it (a trimmed vocabulary keeps its
 rows' bytes, in their own type); `head_type` (`export --head-type`) quantises it from the source
 to that type, with a warning in the notes below Q8_0.
+
+The source is a GGUF model, or a Hugging Face causal LM converted by llama.cpp's own converter
+(`edgeemb.export.convert`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType
+from gguf.quants import dequantize
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format, names
@@ -73,10 +77,18 @@ def ggml_bytes(table: EmbeddingTable, tensor_type: str | None) -> tuple[str, np.
         return stored[0], stored[1], False
     if tensor_type is None:
         raise EdgeembError(
-            f"llama.cpp cannot store a {table.describe()} table; choose a GGUF type to quantise it to "
+            f"llama.cpp cannot store a {table.describe()} table; choose a GGUF type to quantise it to with --type "
             f"({', '.join(gguf_types())})"
         )
     return tensor_type, encode_ggml(table.to_dense(), tensor_type), True
+
+
+def expected_rows(table: EmbeddingTable, tensor_type: str | None) -> np.ndarray:
+    """The float32 rows llama.cpp reads from an export of `table` (a trimmed table's kept rows):
+    the table itself, or its rebuild in `tensor_type`, decoded."""
+    rows = table.rows if isinstance(table, TrimmedTable) else table
+    type_name, blocks, _ = ggml_bytes(rows, tensor_type)
+    return dequantize(np.asarray(blocks), GGMLQuantizationType[type_name]).reshape(rows.shape)
 
 
 def encode_ggml(weight: np.ndarray, tensor_type: str) -> np.ndarray:

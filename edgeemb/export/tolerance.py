@@ -45,6 +45,7 @@ FIGURES: dict[str, dict[str, Figure]] = {
             Figure("top1_agreement", "the share of next tokens the expected table's logits also rank first", True),
         ),
         "st": (Figure("max_abs_diff", "the max abs difference to the compressed model", False),),
+        "hf": (Figure("max_abs_diff", "the max abs difference of the logits to the compressed model", False),),
     }.items()
 }
 
@@ -68,6 +69,9 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "gguf": {"mean_kl": 0.01},
     # sentence-transformers: the same PyTorch modules with the same decoded table (MiniLM: 0).
     "st": {"max_abs_diff": 1e-4},
+    # transformers: the folder loaded back against the source with the table rounded to the folder's
+    # float type, the same weights (tiny random causal LMs: 0).
+    "hf": {"max_abs_diff": 1e-4},
 }
 
 

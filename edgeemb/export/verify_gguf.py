@@ -1,19 +1,24 @@
 """GGUF export, verified in llama.cpp: the source GGUF with token_embd rewritten (`export_gguf`),
-run beside the source (greedy output, decode tokens/s, peak RSS; with text, perplexity)."""
+run beside the source (greedy output, decode tokens/s, peak RSS; with text, perplexity).
+
+A Hugging Face causal LM is converted to GGUF first by llama.cpp's own converter, that file is
+the source rewritten and run beside the export, and the export must run as transformers runs the
+same table (`edgeemb.export.convert`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
 
-from edgeemb.errors import EdgeembError
 from edgeemb.evaluate.data import read_text
 from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
 from edgeemb.evaluate.table import table_quality
+from edgeemb.export.convert import check_against_transformers, converted_gguf
 from edgeemb.export.gguf import export_gguf
 from edgeemb.export.request import Exporter, ExportRequest
 from edgeemb.ggufio import TOKEN_EMBD, dequantize_tensor, read_gguf_header
-from edgeemb.outputs import staged
+from edgeemb.outputs import check_target, staged
 from edgeemb.results import (
     GGUFCheck,
     GGUFExported,
@@ -30,25 +35,28 @@ from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 
 def write_and_verify(request: ExportRequest) -> GGUFExported:
     source = request.source
-    if source.format != "gguf":
-        raise EdgeembError(
-            f"{source.name} is a {source.format} model: GGUF export rewrites a source GGUF "
-            "(make one with llama.cpp's convert_hf_to_gguf.py, then compress that file)"
-        )
+    check_target(request.file, request.force)  # before a conversion that may take minutes
+    converted = None if source.format == "gguf" else converted_gguf(source)  # refuses what it cannot convert
+    base = source.path if converted is None else converted.path
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
         config = request.config
-        exported = export_gguf(source.path, request.table, staging, config.type, head_type=config.head_type)
+        exported = export_gguf(base, request.table, staging, config.type, head_type=config.head_type)
         requantised = shipped_table(source, request.table, staging) if exported.rebuilt else None
         text = read_text(request.text) if request.text else None
-        source_run, export_run = measure_ggufs([source.path, staging], text, request.max_tokens)
+        source_run, export_run = measure_ggufs([base, staging], text, request.max_tokens)
+        agreement = None
+        if converted is not None:  # raises if the file does not run as transformers runs the table
+            agreement = check_against_transformers(source, request.table, config.type, staging, export_run)
+    notes = exported.notes if converted is None else [converted.note, *exported.notes]
     result = GGUFExported(
-        export=GGUFFile(**asdict(exported)),
+        export=GGUFFile(**{**asdict(exported), "notes": notes}),
         verify=GGUFCheck(
             runtime="llama.cpp (llama-cpp-python)",
             greedy_tokens_equal_to_source=greedy_agreement(source_run, export_run),
             source=LlamaRun(**asdict(source_run)),
             export=LlamaRun(**asdict(export_run)),
             text=request.text_facts(),
+            greedy_tokens_equal_to_transformers=agreement,
         ),
         requantised=requantised,
     )

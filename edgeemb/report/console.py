@@ -42,6 +42,7 @@ from edgeemb.results import (
     Evaluation,
     Exported,
     GGUFExported,
+    HfExported,
     ModelFacts,
     OnnxCheck,
     OnnxExported,
@@ -394,6 +395,9 @@ def _gguf_rows(exported: GGUFExported) -> tuple[str, list[tuple[str, str]]]:
         ),
         ("peak RSS", f"{human_bytes(export_run.peak_rss_bytes)} (source {human_bytes(source_run.peak_rss_bytes)})"),
     ]
+    if check.greedy_tokens_equal_to_transformers is not None:
+        agreed = f"{check.greedy_tokens_equal_to_transformers}/{len(export_run.greedy_ids)}"
+        rows.append(("vs transformers", f"{agreed} greedy tokens as transformers with the same table"))
     before, after = source_run.perplexity, export_run.perplexity
     if before is not None and after is not None and check.text is not None:
         change = after.perplexity / before.perplexity - 1
@@ -465,11 +469,24 @@ def _st_rows(exported: StExported) -> tuple[str, list[tuple[str, str]]]:
     ]
 
 
+def _hf_rows(exported: HfExported) -> tuple[str, list[tuple[str, str]]]:
+    written, check = exported.export, exported.verify
+    return "transformers export (the table decoded, for transformers users)", [
+        ("written", f"{written.path} ({human_bytes(written.file_bytes)}, the table decoded to {written.dtype})"),
+        (
+            "vs compressed model",
+            f"max abs difference {check.max_abs_diff:.2e} in the outputs over {check.tokens} tokens "
+            "(from_pretrained(path), offline)",
+        ),
+    ]
+
+
 # An export's title and rows, by its format.
 _EXPORT_VIEWS: dict[str, Callable[[Any], tuple[str, list[tuple[str, str]]]]] = {
     "gguf": _gguf_rows,
     "onnx": _onnx_rows,
     "st": _st_rows,
+    "hf": _hf_rows,
 }
 
 
