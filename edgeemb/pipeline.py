@@ -44,7 +44,15 @@ from edgeemb.evaluate.data import (
     read_texts,
     read_word_pairs,
 )
-from edgeemb.evaluate.encoder import Encode, SpanEncode, memoize, sentence_encoder, static_encoder, unk_id
+from edgeemb.evaluate.encoder import (
+    Encode,
+    SentenceEncoder,
+    SpanEncode,
+    memoize,
+    sentence_encoder,
+    static_encoder,
+    unk_id,
+)
 from edgeemb.evaluate.perplexity import CausalLM, Perplexity
 from edgeemb.evaluate.probes import SPAN_VECTOR, builtin_probes, probe_cosines, separations
 from edgeemb.evaluate.sentence import embedding_drift, retrieval_by_similarity, sts_by_similarity, sts_texts
@@ -123,6 +131,7 @@ class EvaluationData:
     similarities: tuple[str, ...] = ()
     fit_text: Path | None = None
     csls_k: int = 10
+    prompts: tuple[str, ...] = ()  # ROLE=NAME overrides of PROMPT_ROLES' defaults (NAME none: no prompt)
 
     def sentence_data(self) -> bool:
         return any((self.sts, self.beir, self.texts, self.probes, self.builtin_probes))
@@ -237,11 +246,9 @@ def evaluate_quality(
     beir = read_beir(data.beir) if data.beir else None
     texts = read_texts(data.texts) if data.texts else None
     encoder = sentence_encoder(model.path, model.sha256)
-    original_encoder = encoder.original
-    if replaces_model:
-        compressed = memoize(static_encoder(table, model.tokenize, unk_id(model.tokens)))
-    else:
-        compressed = memoize(encoder.encoder(table.to_dense(), "encode (compressed)", tokenizer_json(model, table)))
+    prompts = _prompts(data, encoder.prompts)
+    encoders = _Encoders(model, table, encoder, replaces_model)
+    original_encoder, compressed = encoders.pair(None)
     _check_fits(similarities, fit, sts, beir, (original_encoder, compressed))
     words = [
         _word_quality(model, table, path, pairs, (original_encoder, compressed))
@@ -257,11 +264,12 @@ def evaluate_quality(
     sts_quality = retrieval_quality = drift = None
     kinds = [Cosine(), *similarities]  # cosine, the headline compare and sweep read, and the others beside it
     if sts is not None:
-        before, after = (sts_by_similarity(encode, sts, kinds, fit) for encode in (original_encoder, compressed))
+        before, after = (sts_by_similarity(encode, sts, kinds, fit) for encode in encoders.pair(prompts["sts"]))
         fitted = _fit_record(data, fit, len(sts_texts(sts)), "the STS file's sentences")
         sts_quality = StsQuality(
             **_data(data.sts),
             pairs=len(sts.scores),
+            prompt=prompts["sts"],
             original=before["cosine"],
             compressed=after["cosine"],
             delta=after["cosine"] - before["cosine"],
@@ -280,14 +288,16 @@ def evaluate_quality(
         before, after = (
             {
                 name: RetrievalScores(**asdict(scores))
-                for name, scores in retrieval_by_similarity(encode, beir, kinds, fit).items()
+                for name, scores in retrieval_by_similarity(documents, beir, kinds, fit, queries).items()
             }
-            for encode in (original_encoder, compressed)
+            for documents, queries in zip(encoders.pair(prompts["document"]), encoders.pair(prompts["query"]))
         )
         fitted = _fit_record(data, fit, len(set(beir.corpus_texts)), "the corpus documents")
         qrels = data.beir / "qrels" / "test.tsv"
         retrieval_quality = RetrievalQuality(
             **_data(qrels),
+            query_prompt=prompts["query"],
+            document_prompt=prompts["document"],
             original=before["cosine"],
             compressed=after["cosine"],
             similarities={
@@ -316,6 +326,48 @@ def evaluate_quality(
         words=words or None,
         probes=probes,
     )
+
+
+# The model's own prompt each evaluation role takes by default, where the model defines it
+# (EmbeddingGemma's prompts are named so; models without prompts encode texts as they are).
+PROMPT_ROLES = {"sts": "STS", "query": "query", "document": "document"}
+
+
+def _prompts(data: EvaluationData, defined: dict[str, str]) -> dict[str, str | None]:
+    """The prompt name each role uses: PROMPT_ROLES' where the model defines it, overridden by
+    `--prompt ROLE=NAME` (NAME `none`: no prompt)."""
+    chosen: dict[str, str | None] = {role: name if name in defined else None for role, name in PROMPT_ROLES.items()}
+    for item in data.prompts:
+        role, separator, name = item.partition("=")
+        if not separator or role not in PROMPT_ROLES:
+            raise EdgeembError(f"--prompt {item!r}: expected ROLE=NAME, ROLE one of {', '.join(PROMPT_ROLES)}")
+        if name != "none" and name not in defined:
+            names = ", ".join(sorted(defined)) if defined else "none"
+            raise EdgeembError(f"--prompt {item}: the model defines no prompt {name!r} (its prompts: {names})")
+        chosen[role] = None if name == "none" else name
+    return chosen
+
+
+class _Encoders:
+    """The original and the compressed model's sentence encoders, one memoized pair per prompt."""
+
+    def __init__(self, model: SourceModel, table: EmbeddingTable, encoder: SentenceEncoder, static: bool) -> None:
+        self._encoder = encoder
+        # a static model (model2vec) has no prompts: its encoder is the same for every prompt
+        self._static = memoize(static_encoder(table, model.tokenize, unk_id(model.tokens))) if static else None
+        self._dense = None if static else table.to_dense()
+        self._tokenizer_json = None if static else tokenizer_json(model, table)
+        self._compressed: dict[str | None, Encode] = {}
+
+    def pair(self, prompt: str | None) -> tuple[Encode, Encode]:
+        if self._static is not None:
+            return self._encoder.original_with(prompt), self._static
+        if prompt not in self._compressed:
+            label = f"encode (compressed, {prompt} prompt)" if prompt else "encode (compressed)"
+            self._compressed[prompt] = memoize(
+                self._encoder.encoder(self._dense, label, self._tokenizer_json, prompt=prompt)
+            )
+        return self._encoder.original_with(prompt), self._compressed[prompt]
 
 
 def _word_quality(

@@ -229,6 +229,7 @@ class StsQuality(DataFile):
     the others asked for (`--similarity`)."""
 
     pairs: int
+    prompt: str | None = None  # the model's prompt the sentences were encoded with (None: none)
     original: float
     compressed: float
     delta: float
@@ -249,6 +250,8 @@ class RetrievalSimilarity(SimilarityScored):
 class RetrievalQuality(DataFile):
     """Cosine retrieval, and by similarity the others asked for (`--similarity`)."""
 
+    query_prompt: str | None = None  # the model's prompts queries and documents were encoded with
+    document_prompt: str | None = None
     original: RetrievalScores
     compressed: RetrievalScores
     similarities: dict[str, RetrievalSimilarity] | None = None

@@ -115,6 +115,16 @@ _DATA_OPTIONS = (
         help="centered/whitened: fit the mean (and covariance) on these lines, not on the evaluated texts.",
     ),
     click.option(
+        "--prompt",
+        "prompts",
+        multiple=True,
+        metavar="ROLE=NAME",
+        help=(
+            "The model's prompt for an evaluation role (sts, query, document), or none. Default: the model's "
+            "STS, query and document prompts where it defines them (EmbeddingGemma does), else none."
+        ),
+    ),
+    click.option(
         "--csls-k",
         type=click.IntRange(min=1),
         default=10,
@@ -159,6 +169,7 @@ _DATA_FIELDS = (
     "similarities",
     "fit_text",
     "csls_k",
+    "prompts",
 )
 
 

@@ -22,7 +22,8 @@ _BATCH = 64
 
 class SentenceEncoder:
     """One loaded sentence-transformers model; `encoder(weight)` encodes with that table swapped in,
-    `original` with the model's own table (memoized: evaluating several tables encodes it once)."""
+    `original` with the model's own table (memoized: evaluating several tables encodes it once;
+    `original_with(prompt)` likewise with one of the model's prompts)."""
 
     def __init__(self, path: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for a hub
@@ -41,18 +42,34 @@ class SentenceEncoder:
         self._original = self._embedding.weight.data.clone()
         self._tokenizer = self._model[0].tokenizer
         self._original_backend = self._tokenizer._tokenizer
-        self.original = memoize(self.encoder(None, "encode (original)"))
+        # name -> text the model prepends; sentence-transformers lists empty query/document prompts for every model
+        self.prompts: dict[str, str] = {name: text for name, text in (self._model.prompts or {}).items() if text}
+        self._originals: dict[str | None, Encode] = {}
         self.original_spans = self.span_encoder(None, "encode spans (original)")
+
+    @property
+    def original(self) -> Encode:
+        return self.original_with(None)
+
+    def original_with(self, prompt: str | None) -> Encode:
+        """The original model's encoder with the prompt called `prompt` (memoized per prompt)."""
+        if prompt not in self._originals:
+            label = f"encode (original, {prompt} prompt)" if prompt else "encode (original)"
+            self._originals[prompt] = memoize(self.encoder(None, label, prompt=prompt))
+        return self._originals[prompt]
 
     def encoder(
         self,
         weight: np.ndarray | None = None,
         label: str = "encode",
         tokenizer_json: str | None = None,
+        prompt: str | None = None,
     ) -> Encode:
         """An encode function using `weight` as the input table (None: the original table) and,
-        for a trimmed vocabulary, the tokenizer.json rewritten for it."""
+        for a trimmed vocabulary, the tokenizer.json rewritten for it; `prompt` names one of the
+        model's prompts (`prompts`), prepended to every text; None: no prompt, not even a default one."""
         use = self._user(weight, tokenizer_json)
+        prompt_text = "" if prompt is None else self.prompts[prompt]
 
         def encode(texts: list[str]) -> np.ndarray:
             use()
@@ -63,6 +80,7 @@ class SentenceEncoder:
                     batch_size=_BATCH,
                     convert_to_numpy=True,
                     show_progress_bar=False,
+                    prompt=prompt_text,
                 )
                 for s in track(starts, label, len(starts))
             ]

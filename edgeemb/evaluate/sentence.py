@@ -112,7 +112,11 @@ def retrieval(encode: Encode, data: BeirData) -> RetrievalScores:
 
 
 def retrieval_by_similarity(
-    encode: Encode, data: BeirData, similarities: Sequence[Similarity], fit: list[str] | None = None
+    encode: Encode,
+    data: BeirData,
+    similarities: Sequence[Similarity],
+    fit: list[str] | None = None,
+    encode_queries: Encode | None = None,
 ) -> dict[str, RetrievalScores]:
     """Exact retrieval over the whole corpus with each similarity, scored by nDCG@10 and recall@10.
 
@@ -122,6 +126,7 @@ def retrieval_by_similarity(
     document are skipped; both numbers are means over the rest. The corpus and the queries are
     encoded once for every similarity; centered and whitened fit on `fit`'s texts, by default the
     corpus's distinct documents; csls's neighbours are the scored queries and the corpus.
+    `encode_queries` encodes the queries where they take another prompt than the documents.
     """
     doc_index = {doc_id: i for i, doc_id in enumerate(data.corpus_ids)}
     scored = [i for i, query_id in enumerate(data.query_ids) if max(data.qrels[query_id].values()) > 0]
@@ -137,7 +142,7 @@ def retrieval_by_similarity(
     rows_a, cols_a, gains_a = np.asarray(rows), np.asarray(cols), np.asarray(gains, dtype=np.float64)
 
     docs = _embed(encode, data.corpus_texts, "Encoding corpus")
-    queries = _embed(encode, [data.query_texts[i] for i in scored], "Encoding queries")
+    queries = _embed(encode_queries or encode, [data.query_texts[i] for i in scored], "Encoding queries")
     distinct_docs = np.sort(np.unique(data.corpus_texts, return_index=True)[1])
     fit_vectors = _fit_vectors(encode, similarities, fit, docs[distinct_docs])
     n_docs = len(docs)

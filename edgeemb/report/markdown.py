@@ -58,16 +58,19 @@ def comparison_rows(quality: Quality) -> list[tuple[str, str, str, str, str]]:
     rows = []
     if quality.sts is not None:
         sts = quality.sts
-        data = f"{sts.data} ({sts.pairs} pairs)"
+        data = f"{sts.data} ({sts.pairs} pairs{f', prompt {sts.prompt}' if sts.prompt else ''})"
         rows.append(("STS Spearman x100", data, f"{sts.original:.2f}", f"{sts.compressed:.2f}", f"{sts.delta:+.2f}"))
         for name, by in (sts.similarities or {}).items():
             figures = (f"{by.original:.2f}", f"{by.compressed:.2f}", f"{by.delta:+.2f}")
             rows.append((f"STS Spearman x100, {name}", f"{sts.data} ({_set_up(by)})", *figures))
     if quality.retrieval is not None:
         ret = quality.retrieval
+        prompts = {"query": ret.query_prompt, "document": ret.document_prompt}
+        named = ", ".join(f"{role} prompt {name}" for role, name in prompts.items() if name)
+        data = f"{ret.data} ({named})" if named else ret.data
         for key, label in (("ndcg_at_10", "nDCG@10"), ("recall_at_10", "recall@10")):
             before, after = getattr(ret.original, key), getattr(ret.compressed, key)
-            rows.append((label, ret.data, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
+            rows.append((label, data, f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"))
             for name, scored in (ret.similarities or {}).items():
                 before, after = getattr(scored.original, key), getattr(scored.compressed, key)
                 figures = (f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}")
