@@ -20,6 +20,7 @@ from edgeemb.errors import EdgeembError
 from edgeemb.export import convert, verify_gguf
 from edgeemb.ggufio import OUTPUT, TOKEN_EMBD, read_gguf_header, tensor_bytes
 from edgeemb.sources import open_model
+from tests.conftest import data_file
 from tests.tiny_models import causal_lm
 
 pytestmark = pytest.mark.skipif(
@@ -261,3 +262,38 @@ def test_a_transformers_folder_outside_its_tolerance_is_removed(tmp_path):
     assert not (out / "transformers").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
     unchecked = _run("export", str(out), "--format", "hf", "--no-verify")
     assert unchecked["verify"] is None and (out / "transformers" / "model.safetensors").is_file()
+
+
+@pytest.mark.real
+def test_smollm2_as_a_hugging_face_folder_deploys_to_llama_cpp(tmp_path):
+    """A real causal LM in Hugging Face form, with its real byte-level BPE tokenizer (the
+    converter must recognise its pre-tokenizer): SmolLM2-135M's GGUF dequantised by transformers
+    and saved as a BF16 folder, compressed to int4, exported to GGUF Q8_0 and run in llama.cpp,
+    which generates what transformers generates with the same table; the perplexity on WikiText-2
+    is scored in llama.cpp beside the converted source."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeemb.sources import resolve_model
+
+    gguf = resolve_model("smollm2-135m")[1]
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # transformers refuses to save a model it loaded from GGUF as such
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.save_pretrained(tmp_path / "smollm2")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp_path / "smollm2")
+
+    _run("compress", str(tmp_path / "smollm2"), "-r", "int4", "-o", str(tmp_path / "out"))
+    wikitext = data_file("wikitext2", "wikitext2_raw_test_joined.txt")
+    report = _run(
+        "export", str(tmp_path / "out"), "--format", "gguf", "--type", "Q8_0", "--text", str(wikitext),
+        "--max-tokens", "1024",
+    )  # fmt: skip
+    assert "--outtype bf16" in report["export"]["notes"][0]
+    verify = report["verify"]
+    assert verify["greedy_tokens_equal_to_transformers"] >= 16
+    source, exported = verify["source"]["perplexity"], verify["export"]["perplexity"]
+    assert source["tokens_scored"] == exported["tokens_scored"] == 1023
+    assert source["perplexity"] < exported["perplexity"] < 1.3 * source["perplexity"]
