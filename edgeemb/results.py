@@ -411,6 +411,18 @@ class GGUFCheck(Result):
     # a Hugging Face source: of the export's greedy tokens, how many transformers running the rows
     # the file should hold predicts before the two first differ
     greedy_tokens_equal_to_transformers: int | None = None
+    table: TableLogitsCheck | None = None  # the file's rows as llama.cpp reads them (None: an older report)
+    tolerances: dict[str, float] = {}  # the limit each figure was held to (`edgeemb.export.tolerance`)
+
+
+class TableLogitsCheck(Result):
+    """llama.cpp's logits from the export on a fixed text against the same file with token_embd
+    the expected rows in F32 (`edgeemb.export.gguf_check`)."""
+
+    tokens: int
+    mean_kl: float  # nats per token
+    max_kl: float
+    top1_agreement: float
 
 
 class TableFigures(Result):
@@ -432,10 +444,11 @@ class Requantised(Result):
 
 
 class GGUFExported(Result):
-    """A GGUF export, run in llama.cpp beside its source."""
+    """A GGUF export, run in llama.cpp beside its source (verify: None when written with
+    `--no-verify`)."""
 
     export: GGUFFile
-    verify: GGUFCheck
+    verify: GGUFCheck | None
     requantised: Requantised | None = None  # the table was not stored in a GGML type, or in another one
 
 

@@ -1,5 +1,7 @@
 """GGUF export, verified in llama.cpp: the source GGUF with token_embd rewritten (`export_gguf`),
-run beside the source (greedy output, decode tokens/s, peak RSS; with text, perplexity).
+run beside the source (greedy output, decode tokens/s, peak RSS; with text, perplexity), and
+held to `edgeemb.export.tolerance`'s limit on its logits against the same file with the expected
+rows in F32 (`edgeemb.export.gguf_check`): a file whose token_embd is not the table fails.
 
 A Hugging Face causal LM is converted to GGUF first by llama.cpp's own converter, that file is
 the source rewritten and run beside the export, and the export must run as transformers runs the
@@ -16,7 +18,9 @@ from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
 from edgeemb.evaluate.table import table_quality
 from edgeemb.export.convert import check_against_transformers, converted_gguf
 from edgeemb.export.gguf import export_gguf
+from edgeemb.export.gguf_check import expected_rows, table_logits
 from edgeemb.export.request import Exporter, ExportRequest
+from edgeemb.export.tolerance import held, limits
 from edgeemb.ggufio import TOKEN_EMBD, dequantize_tensor, read_gguf_header
 from edgeemb.outputs import check_target, staged
 from edgeemb.results import (
@@ -26,6 +30,7 @@ from edgeemb.results import (
     LlamaRun,
     Requantised,
     TableFigures,
+    TableLogitsCheck,
     TableQuality,
     relocated,
 )
@@ -38,27 +43,33 @@ def write_and_verify(request: ExportRequest) -> GGUFExported:
     check_target(request.file, request.force)  # before a conversion that may take minutes
     converted = None if source.format == "gguf" else converted_gguf(source)  # refuses what it cannot convert
     base = source.path if converted is None else converted.path
+    bounds = limits("gguf", "gguf", request.tolerances)  # a bad --tolerance fails before the export
+    check = None
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
         config = request.config
         exported = export_gguf(base, request.table, staging, config.type, head_type=config.head_type)
         requantised = shipped_table(source, request.table, staging) if exported.rebuilt else None
-        text = read_text(request.text) if request.text else None
-        source_run, export_run = measure_ggufs([base, staging], text, request.max_tokens)
-        agreement = None
-        if converted is not None:  # raises if the file does not run as transformers runs the table
-            agreement = check_against_transformers(source, request.table, config.type, staging, export_run)
+        if request.verify:
+            text = read_text(request.text) if request.text else None
+            source_run, export_run = measure_ggufs([base, staging], text, request.max_tokens)
+            agreement = None
+            if converted is not None:  # raises if the file does not run as transformers runs the table
+                agreement = check_against_transformers(source, request.table, config.type, staging, export_run)
+            logits = table_logits(staging, expected_rows(request.table, exported.tensor_type, exported.rebuilt))
+            held("gguf", request.file, {"mean_kl": logits.mean_kl, "top1_agreement": logits.top1_agreement}, bounds)
+            check = GGUFCheck(
+                runtime="llama.cpp (llama-cpp-python)",
+                greedy_tokens_equal_to_source=greedy_agreement(source_run, export_run),
+                source=LlamaRun(**asdict(source_run)),
+                export=LlamaRun(**asdict(export_run)),
+                text=request.text_facts(),
+                greedy_tokens_equal_to_transformers=agreement,
+                table=TableLogitsCheck(**asdict(logits)),
+                tolerances=bounds,
+            )
     notes = exported.notes if converted is None else [converted.note, *exported.notes]
     result = GGUFExported(
-        export=GGUFFile(**{**asdict(exported), "notes": notes}),
-        verify=GGUFCheck(
-            runtime="llama.cpp (llama-cpp-python)",
-            greedy_tokens_equal_to_source=greedy_agreement(source_run, export_run),
-            source=LlamaRun(**asdict(source_run)),
-            export=LlamaRun(**asdict(export_run)),
-            text=request.text_facts(),
-            greedy_tokens_equal_to_transformers=agreement,
-        ),
-        requantised=requantised,
+        export=GGUFFile(**{**asdict(exported), "notes": notes}), verify=check, requantised=requantised
     )
     return relocated(result, staging, request.file)
 

@@ -33,7 +33,9 @@ class Metric:
 
 
 def _gguf_export(report: Report) -> GGUFExported | None:
-    return report.export if isinstance(report.export, GGUFExported) else None
+    """A verified GGUF export (one written with --no-verify has no runs to compare)."""
+    verified = isinstance(report.export, GGUFExported) and report.export.verify is not None
+    return report.export if verified else None
 
 
 METRICS: tuple[Metric, ...] = (

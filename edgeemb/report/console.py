@@ -398,6 +398,15 @@ def _gguf_rows(exported: GGUFExported) -> tuple[str, list[tuple[str, str]]]:
     if check.greedy_tokens_equal_to_transformers is not None:
         agreed = f"{check.greedy_tokens_equal_to_transformers}/{len(export_run.greedy_ids)}"
         rows.append(("vs transformers", f"{agreed} greedy tokens as transformers with the same table"))
+    if check.table is not None:
+        rows.append(
+            (
+                "vs expected table",
+                f"mean KL {check.table.mean_kl:.2e} nats per token, same top token at "
+                f"{check.table.top1_agreement:.1%} of {check.table.tokens} positions "
+                "(the same file with token_embd the expected rows in F32, a fixed text)",
+            )
+        )
     before, after = source_run.perplexity, export_run.perplexity
     if before is not None and after is not None and check.text is not None:
         change = after.perplexity / before.perplexity - 1
