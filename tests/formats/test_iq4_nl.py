@@ -277,7 +277,7 @@ def test_llama_cpp_decodes_iq4_nl_like_we_do(tmp_path):
 
 def test_exported_gguf_loads_and_generates_in_llama_cpp(tmp_path):
     """export_gguf writes the table as token_embd IQ4_NL, our bytes, and the untied head in
-    IQ4_NL too; llama.cpp loads the file and continues a prompt as a float32 copy of both decoded
+    IQ4_NL too (asked for: head_type); llama.cpp loads the file and continues a prompt as a float32 copy of both decoded
     would: its IQ4_NL head multiplies 8-bit activations, so logits agree to ~1% rather than
     exactly, and each token it picks is the copy's best or within that noise of it."""
     _llama_cpp()
@@ -288,7 +288,7 @@ def test_exported_gguf_loads_and_generates_in_llama_cpp(tmp_path):
     weights = _layer_weights(320, seed=3)
     _write_llama(tmp_path / "source.gguf", embd, Q.F32, weights)
     table = QuantizedTable.quantize(embd, fmt)
-    export = export_gguf(tmp_path / "source.gguf", table, tmp_path / "iq4_nl.gguf")
+    export = export_gguf(tmp_path / "source.gguf", table, tmp_path / "iq4_nl.gguf", head_type="IQ4_NL")
     assert export.tensor_type == "IQ4_NL" and not export.rebuilt
     assert export.replaced == ["output.weight", "token_embd.weight"]
     type_name, written = _token_embd(tmp_path / "iq4_nl.gguf")
