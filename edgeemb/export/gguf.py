@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 from gguf.constants import GGMLQuantizationType
-from gguf.quants import dequantize
 
 from edgeemb.errors import EdgeembError
 from edgeemb.formats import get_format, names
@@ -81,14 +80,6 @@ def ggml_bytes(table: EmbeddingTable, tensor_type: str | None) -> tuple[str, np.
             f"({', '.join(gguf_types())})"
         )
     return tensor_type, encode_ggml(table.to_dense(), tensor_type), True
-
-
-def expected_rows(table: EmbeddingTable, tensor_type: str | None) -> np.ndarray:
-    """The float32 rows llama.cpp reads from an export of `table` (a trimmed table's kept rows):
-    the table itself, or its rebuild in `tensor_type`, decoded."""
-    rows = table.rows if isinstance(table, TrimmedTable) else table
-    type_name, blocks, _ = ggml_bytes(rows, tensor_type)
-    return dequantize(np.asarray(blocks), GGMLQuantizationType[type_name]).reshape(rows.shape)
 
 
 def encode_ggml(weight: np.ndarray, tensor_type: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgeemb.evaluate.data import read_text
 from edgeemb.evaluate.llamacpp import greedy_agreement, measure_ggufs
 from edgeemb.evaluate.table import table_quality
-from edgeemb.export.convert import check_against_transformers, converted_gguf
+from edgeemb.export.convert import converted_gguf, transformers_agreement
 from edgeemb.export.gguf import export_gguf
 from edgeemb.export.gguf_check import expected_rows, table_logits
 from edgeemb.export.request import Exporter, ExportRequest
@@ -41,9 +41,10 @@ from edgeemb.table import DenseTable, EmbeddingTable, TrimmedTable
 def write_and_verify(request: ExportRequest) -> GGUFExported:
     source = request.source
     check_target(request.file, request.force)  # before a conversion that may take minutes
+    # a bad --tolerance fails before the export; a converted model is also held to transformers
+    bounds = limits("gguf", "gguf" if source.format == "gguf" else "gguf-hf", request.tolerances)
     converted = None if source.format == "gguf" else converted_gguf(source)  # refuses what it cannot convert
     base = source.path if converted is None else converted.path
-    bounds = limits("gguf", "gguf", request.tolerances)  # a bad --tolerance fails before the export
     check = None
     with staged(request.file, request.force) as staging:  # the file replaces an earlier one only once verified
         config = request.config
@@ -52,11 +53,13 @@ def write_and_verify(request: ExportRequest) -> GGUFExported:
         if request.verify:
             text = read_text(request.text) if request.text else None
             source_run, export_run = measure_ggufs([base, staging], text, request.max_tokens)
-            agreement = None
-            if converted is not None:  # raises if the file does not run as transformers runs the table
-                agreement = check_against_transformers(source, request.table, config.type, staging, export_run)
-            logits = table_logits(staging, expected_rows(request.table, exported.tensor_type, exported.rebuilt))
+            expected = expected_rows(request.table, exported.tensor_type, exported.rebuilt)
+            logits = table_logits(staging, expected)
             held("gguf", request.file, {"mean_kl": logits.mean_kl, "top1_agreement": logits.top1_agreement}, bounds)
+            agreement = None
+            if converted is not None:  # the file must run as transformers runs the same rows
+                agreement = transformers_agreement(source, request.table, expected, staging, export_run)
+                held("gguf", request.file, {"greedy_tokens_equal_to_transformers": agreement}, bounds)
             check = GGUFCheck(
                 runtime="llama.cpp (llama-cpp-python)",
                 greedy_tokens_equal_to_source=greedy_agreement(source_run, export_run),
