@@ -234,6 +234,15 @@ def export_lines(exported: Exported) -> list[str]:
         f"| decode tokens/s (same run) | {source.decode_tokens_per_s:.1f} | {export.decode_tokens_per_s:.1f} |",
         f"| peak RSS | {human_bytes(source.peak_rss_bytes)} | {human_bytes(export.peak_rss_bytes)} |",
     ]
+    if check.greedy_tokens_equal_to_transformers is not None:
+        agreed = check.greedy_tokens_equal_to_transformers
+        lines.append(f"| greedy tokens as transformers with the same table | | {agreed} |")
+    if check.table is not None:
+        logits = check.table
+        lines.append(
+            f"| logits vs the expected table in F32 ({logits.tokens} tokens) | | mean KL {logits.mean_kl:.2e} nats "
+            f"per token, same top token at {logits.top1_agreement:.1%} |"
+        )
     if source.perplexity is not None and export.perplexity is not None and check.text is not None:
         before, after = source.perplexity.perplexity, export.perplexity.perplexity
         lines.append(

@@ -242,6 +242,9 @@ def test_report_md_shows_the_gguf_exports_check(tmp_path):
     assert f"| decode tokens/s (same run) | {check.source.decode_tokens_per_s:.1f} |" in markdown
     assert "| peak RSS |" in markdown and "output.weight is the source's (Q8_0), not requantised" in markdown
     assert f"| perplexity ({check.export.perplexity.tokens_scored} tokens of " in markdown
+    assert f"mean KL {check.table.mean_kl:.2e} nats per token, same top token at {check.table.top1_agreement:.1%}" in (
+        markdown
+    )
 
 
 def _perplexity_data(text: Path) -> EvaluationData:
