@@ -20,7 +20,7 @@ from edgeemb.cli.base import (
     main,
 )
 from edgeemb.errors import EdgeembError
-from edgeemb.export.tolerance import parse_tolerances
+from edgeemb.export.tolerance import FIGURES, parse_tolerances
 from edgeemb.outputs import check_target
 from edgeemb.pipeline import EvaluationData, evaluate_artifact, export_artifact, model_facts, trim_preview
 from edgeemb.pipeline import compress as run_compress
@@ -303,7 +303,8 @@ onnx  (sentence-transformers models) the whole model, tokens in, normalised sent
       when below given_min_cosine (0.999): a graph that differs from the source is yours to
       judge, a rewrite that breaks it is an error.
 st    (sentence-transformers models) a directory SentenceTransformer(path) loads offline,
-      the table decoded into it (as large as the original: the size win is in onnx/gguf).
+      the table decoded into it (as large as the original: the size win is in onnx/gguf),
+      held to max_abs_diff <= 1e-4 from the compressed model.
 hf    (Hugging Face transformers models) a transformers folder, the table decoded into it in
       the source's float type (as large as the original: for transformers users; the size
       win is in gguf), loaded back with from_pretrained and its logits compared with the
@@ -342,7 +343,8 @@ hf    (Hugging Face transformers models) a transformers folder, the table decode
 @click.option(
     "--quantize-rest",
     is_flag=True,
-    help="onnx: also quantise the other MatMul weights to int8 (onnxruntime dynamic quantisation).",
+    help="onnx: also quantise the other MatMul (and fused Attention) weights to int8 (onnxruntime dynamic "
+    "quantisation).",
 )
 @click.option(
     "--from",
@@ -358,11 +360,9 @@ hf    (Hugging Face transformers models) a transformers folder, the table decode
     "tolerances",
     multiple=True,
     metavar="FIGURE=LIMIT",
-    help=(
-        "Hold the file to LIMIT on FIGURE instead of the default (repeat for more). onnx: max_abs_diff, "
-        "reference_min_cosine, reference_mean_cosine, given_min_cosine; gguf: mean_kl, top1_agreement; "
-        "st: max_abs_diff."
-    ),
+    help="Hold the file to LIMIT on FIGURE instead of the default (repeat for more). "
+    + "; ".join(f"{fmt}: {', '.join(figures)}" for fmt, figures in FIGURES.items())
+    + ".",
 )
 @click.option(
     "--no-verify",

@@ -216,3 +216,21 @@ def test_a_tolerance_is_applied_and_checked(out, tmp_path):
         result = run("export", out, "--format", "onnx", "-o", tmp_path / "other.onnx", "--tolerance", bad)
         assert result.exit_code == 1 and message in result.stderr, result.output
     assert not (tmp_path / "other.onnx").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.real
+def test_real_minilm_exports_hold_their_limits(minilm_onnx, tmp_path):
+    """MiniLM's int4 table with and without the int8 rest, and rewritten into its own fp32 export
+    given with --from: each within its limits, the untouched graph the source model itself."""
+    _, _, fp32 = minilm_onnx
+    out = tmp_path / "out"
+    assert run("compress", "minilm", "-r", "int4", "-o", out).exit_code == 0
+    for options, profile in (([], "onnx"), (["--quantize-rest"], "onnx-int8-rest")):
+        result, report = exported(out, tmp_path / f"{profile}.onnx", *options)
+        assert result.exit_code == 0, result.output
+        measured = {name: limit for name, limit in DEFAULTS[profile].items() if name != "given_min_cosine"}
+        assert report["verify"]["tolerances"] == measured and report["verify"]["warnings"] == []
+    result, report = exported(out, tmp_path / "from.onnx", "--from", fp32)
+    assert result.exit_code == 0, result.output
+    assert report["verify"]["given"]["min_cosine"] > 0.99999 and report["verify"]["warnings"] == []
+    assert report["verify"]["max_abs_diff"] < 1e-4
